@@ -1,0 +1,72 @@
+"""The root of `lattice-ctl`: global options and lazily loaded command groups.
+
+Command modules are imported only when their command runs, so `lattice-ctl --version`
+and `lattice-ctl ping` stay fast (SPEC §7 budgets).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from lattice_protocol._version import __version__
+
+# command name -> "module:attribute" (one module per command group)
+COMMANDS: dict[str, str] = {
+    "daemon": "lattice_ctl.commands.daemon:daemon",
+    "ping": "lattice_ctl.commands.status:ping",
+    "status": "lattice_ctl.commands.status:status",
+    "relay": "lattice_ctl.commands.relay:relay",
+    "providers": "lattice_ctl.commands.providers:providers",
+    "models": "lattice_ctl.commands.providers:models",
+    "service": "lattice_ctl.commands.service:service",
+    "doctor": "lattice_ctl.commands.doctor:doctor",
+}
+
+_HELP = {
+    "daemon": "Start, stop and inspect the local daemon.",
+    "ping": "Round trip to the daemon over its control socket.",
+    "status": "One-line state of this machine's runtime, and details.",
+    "relay": "Pair with a gateway (connect), show or forget the pairing.",
+    "providers": "Detect local model servers (Ollama, LM Studio).",
+    "models": "List the models of the configured provider.",
+    "service": "Install the daemon as a launchd/systemd user service.",
+    "doctor": "Run the troubleshooting checks and print a fix for each failure.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help lists every command without importing them all.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, _HELP.get(name, "")) for name in sorted(COMMANDS)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="lattice-ctl",
+                      message="%(prog)s %(version)s")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--socket", "socket_path", envvar="LATTICE_SOCKET", type=click.Path(),
+              help="The daemon's control socket (default: the user runtime dir).")
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool, socket_path: str | None) -> None:
+    """Control the Lattice daemon that serves this machine's personal runtime."""
+    ctx.ensure_object(dict)
+    ctx.obj["json"] = as_json
+    ctx.obj["socket"] = socket_path
+
+
+def main() -> None:
+    sys.exit(cli.main(prog_name="lattice-ctl", standalone_mode=True))

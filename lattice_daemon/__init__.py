@@ -1,0 +1,1 @@
+"""`lattice-daemon`: serves this machine's personal runtime, outbound only."""

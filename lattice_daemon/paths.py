@@ -1,0 +1,55 @@
+"""Where the daemon keeps its files (SPEC §4).
+
+platformdirs locations under the app name ``lattice``; ``LATTICE_HOME=<dir>`` moves all
+of them under one directory (tests use it), and ``LATTICE_SOCKET`` moves the socket.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "lattice"
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_dir: Path
+    data_dir: Path
+    runtime_dir: Path
+    log_dir: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "daemon.toml"
+
+    @property
+    def key_file(self) -> Path:
+        return self.config_dir / "daemon.key"
+
+    @property
+    def socket(self) -> Path:
+        override = os.environ.get("LATTICE_SOCKET")
+        return Path(override) if override else self.runtime_dir / "daemon.sock"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.runtime_dir / "daemon.lock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "daemon.log"
+
+
+def get_paths() -> Paths:
+    home = os.environ.get("LATTICE_HOME")
+    if home:
+        base = Path(home).expanduser().absolute()
+        return Paths(base / "config", base / "data", base / "run", base / "logs")
+    import platformdirs  # imported here: only needed without LATTICE_HOME
+
+    dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
+    runtime = Path(dirs.user_runtime_dir)
+    return Paths(Path(dirs.user_config_dir), Path(dirs.user_data_dir), runtime,
+                 Path(dirs.user_log_dir))

@@ -1,0 +1,281 @@
+"""Message shapes that cross the relay, with strict parsing.
+
+Two layers:
+
+* relay-visible envelopes (``JobEnvelope``, ``SealedEvent``, ``CancelNotice``): ids,
+  sequence numbers and deadlines the relay needs for routing, plus a sealed body;
+* sealed bodies (``JobSpec``, ``ResultEvent``): the request and what the provider
+  produced, readable only by the gateway and the daemon. Each sealed body repeats the
+  job id, so an envelope cannot be replayed under another job.
+
+``from_dict`` rejects wrong types, missing fields and unknown versions with a
+``ProtocolError`` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PROTOCOL_VERSION = 1
+_MAX_ID = 128
+
+
+class ProtocolError(ValueError):
+    """A message that does not fit the protocol. ``reason`` is a short machine tag."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return value
+
+
+def _field(d: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if name not in d:
+        raise ProtocolError(f"{what}: missing field {name!r}")
+    value = d[name]
+    # bool is an int subclass; never accept it where a number is meant.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProtocolError(f"{what}: field {name!r} has the wrong type")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{what}: field {name!r} has the wrong type")
+    return value
+
+
+def _id(d: dict[str, Any], name: str, what: str) -> str:
+    value = _field(d, name, str, what)
+    if not value or len(value) > _MAX_ID:
+        raise ProtocolError(f"{what}: field {name!r} must be 1 to {_MAX_ID} characters")
+    return value
+
+
+def _version(d: dict[str, Any], what: str) -> None:
+    v = _field(d, "v", int, what)
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError(f"{what}: unsupported protocol version {v}", reason="version")
+
+
+def _number(d: dict[str, Any], name: str, what: str) -> float:
+    value = float(_field(d, name, (int, float), what))
+    if value != value or value < 0:  # NaN or negative
+        raise ProtocolError(f"{what}: field {name!r} must be a non-negative number")
+    return value
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The sealed body of a job: what the daemon runs.
+
+    ``deadline`` (unix seconds) is the latest moment the daemon may *start* the job;
+    once running, a job is bounded by silence, not by total length:
+    ``first_token_timeout`` while the model loads, then ``idle_timeout`` between chunks.
+    """
+
+    job_id: str
+    lattice_id: str
+    deadline: float
+    stream: bool
+    request: dict[str, Any]  # OpenAI chat request body, without "model"
+    model: str | None = None  # local model; None means the runtime's default
+    first_token_timeout: float = 300.0
+    idle_timeout: float = 120.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": PROTOCOL_VERSION,
+            "type": "job",
+            "jobId": self.job_id,
+            "latticeId": self.lattice_id,
+            "deadline": self.deadline,
+            "stream": self.stream,
+            "model": self.model,
+            "request": self.request,
+            "firstTokenTimeout": self.first_token_timeout,
+            "idleTimeout": self.idle_timeout,
+        }
+
+    @classmethod
+    def from_dict(cls, value: Any) -> JobSpec:
+        what = "job"
+        d = _obj(value, what)
+        _version(d, what)
+        if d.get("type") != "job":
+            raise ProtocolError("job: field 'type' must be 'job'")
+        model = d.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ProtocolError("job: field 'model' must be a non-empty string or null")
+        return cls(
+            job_id=_id(d, "jobId", what),
+            lattice_id=_id(d, "latticeId", what),
+            deadline=_number(d, "deadline", what),
+            stream=_field(d, "stream", bool, what),
+            request=_obj(d.get("request"), "job.request"),
+            model=model,
+            first_token_timeout=_number(d, "firstTokenTimeout", what),
+            idle_timeout=_number(d, "idleTimeout", what),
+        )
+
+
+@dataclass(frozen=True)
+class JobEnvelope:
+    """A job as the relay sees it (poll responses): routing data and the sealed spec."""
+
+    job_id: str
+    deadline: float
+    sealed: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobId": self.job_id, "deadline": self.deadline, "sealed": self.sealed}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> JobEnvelope:
+        what = "job envelope"
+        d = _obj(value, what)
+        return cls(
+            job_id=_id(d, "jobId", what),
+            deadline=_number(d, "deadline", what),
+            sealed=_field(d, "sealed", str, what),
+        )
+
+
+@dataclass(frozen=True)
+class CancelNotice:
+    """Gateway -> daemon: stop working on a job (the app went away or timed out)."""
+
+    job_id: str
+    reason: str = "cancelled"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobId": self.job_id, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> CancelNotice:
+        d = _obj(value, "cancel")
+        return cls(job_id=_id(d, "jobId", "cancel"), reason=str(d.get("reason", "cancelled")))
+
+
+# ------------------------------------------------------------------------- results
+
+EventKind = Literal["chunk", "result", "error", "end"]
+_EVENT_KINDS = ("chunk", "result", "error", "end")
+FINAL_KINDS = frozenset({"result", "error", "end"})
+
+
+@dataclass(frozen=True)
+class ResultEvent:
+    """The sealed body of one event the daemon sends back for a job.
+
+    * ``chunk``: ``data`` is one OpenAI ``chat.completion.chunk`` (streaming jobs);
+    * ``result``: ``data`` is the OpenAI ``chat.completion`` (non-streaming jobs);
+    * ``end``: the stream finished normally;
+    * ``error``: the job failed; ``code`` is an ErrorCode value, ``message`` says why.
+
+    ``seq`` starts at 0 and increases by one per event of a job; ``result``, ``end`` and
+    ``error`` are final.
+    """
+
+    kind: EventKind
+    job_id: str
+    seq: int
+    data: dict[str, Any] | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.kind in FINAL_KINDS
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": self.kind, "jobId": self.job_id,
+                             "seq": self.seq}
+        if self.data is not None:
+            d["data"] = self.data
+        if self.kind == "error":
+            d["code"] = self.code
+            d["message"] = self.message
+        return d
+
+    @classmethod
+    def from_dict(cls, value: Any) -> ResultEvent:
+        what = "event"
+        d = _obj(value, what)
+        _version(d, what)
+        kind = d.get("type")
+        if kind not in _EVENT_KINDS:
+            raise ProtocolError(f"event: unknown type {str(kind)[:32]!r}")
+        seq = _field(d, "seq", int, what)
+        if seq < 0:
+            raise ProtocolError("event: field 'seq' must be >= 0")
+        data = None
+        code = message = None
+        if kind in ("chunk", "result"):
+            data = _obj(d.get("data"), f"{kind}.data")
+        elif kind == "error":
+            code = _field(d, "code", str, what)
+            message = _field(d, "message", str, what)
+        return cls(kind=kind, job_id=_id(d, "jobId", what), seq=seq, data=data, code=code,
+                   message=message)
+
+
+def parse_event(value: Any) -> ResultEvent:
+    return ResultEvent.from_dict(value)
+
+
+@dataclass(frozen=True)
+class SealedEvent:
+    """An event as the relay sees it (daemon -> gateway): routing data, sealed body."""
+
+    job_id: str
+    seq: int
+    sealed: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobId": self.job_id, "seq": self.seq, "sealed": self.sealed}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> SealedEvent:
+        what = "sealed event"
+        d = _obj(value, what)
+        seq = _field(d, "seq", int, what)
+        if seq < 0:
+            raise ProtocolError("sealed event: field 'seq' must be >= 0")
+        return cls(job_id=_id(d, "jobId", what), seq=seq, sealed=_field(d, "sealed", str, what))
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayGuard:
+    """The daemon's memory of jobs it accepted, kept until each job's deadline passes.
+
+    ``admit`` raises ``ProtocolError`` (reason ``expired`` or ``replay``) for a job past
+    its deadline or seen before; a replay after the deadline is refused as expired.
+    """
+
+    _seen: dict[str, float] = field(default_factory=dict)
+
+    def admit(self, spec: JobSpec, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if len(self._seen) > 1024:
+            self._prune(now)
+        if spec.deadline <= now:
+            raise ProtocolError(f"job {spec.job_id} is past its deadline", reason="expired")
+        if spec.job_id in self._seen:
+            raise ProtocolError(f"job {spec.job_id} was already received", reason="replay")
+        self._seen[spec.job_id] = spec.deadline
+
+    def _prune(self, now: float) -> None:
+        self._seen = {k: v for k, v in self._seen.items() if v > now}
+
+    def __len__(self) -> int:
+        return len(self._seen)

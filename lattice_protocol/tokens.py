@@ -1,0 +1,72 @@
+"""Secret formats: generation, storage hashes and constant-time comparison.
+
+Every secret is ``<prefix><43 url-safe base64 chars>`` (256 bits from the OS CSPRNG).
+Because the secrets are uniformly random and long, an unsalted SHA-256 is the right
+storage hash: it cannot be brute-forced, and it lets the gateway find a credential by
+its hash with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+
+
+class TokenKind(str, enum.Enum):
+    API_KEY = "sk_"
+    BOOTSTRAP = "plrt_v1_"
+    DAEMON = "lrdt_v1_"
+    ACCESS = "lat_v1_"
+
+
+_SECRET_BYTES = 32
+_SECRET_CHARS = 43  # len(base64url(32 bytes)) without padding
+
+
+def _new(kind: TokenKind) -> str:
+    return kind.value + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def new_api_key() -> str:
+    return _new(TokenKind.API_KEY)
+
+
+def new_bootstrap_token() -> str:
+    return _new(TokenKind.BOOTSTRAP)
+
+
+def new_daemon_token() -> str:
+    return _new(TokenKind.DAEMON)
+
+
+def new_access_token() -> str:
+    return _new(TokenKind.ACCESS)
+
+
+def new_lattice_id() -> str:
+    """A runtime id: short, URL- and model-string-safe, not a secret."""
+    return "prt_" + secrets.token_hex(10)
+
+
+def token_kind(token: str) -> TokenKind | None:
+    """The kind of a well-formed secret, or None for anything else."""
+    # Longest prefix first: "sk_" must not swallow another kind.
+    for kind in sorted(TokenKind, key=lambda k: -len(k.value)):
+        if token.startswith(kind.value):
+            body = token[len(kind.value) :]
+            if len(body) == _SECRET_CHARS and all(c.isalnum() or c in "-_" for c in body):
+                return kind
+            return None
+    return None
+
+
+def hash_secret(token: str) -> str:
+    """The storage form of a secret (hex SHA-256)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def verify_secret(token: str, stored_hash: str) -> bool:
+    """Constant-time check of a presented secret against its stored hash."""
+    return hmac.compare_digest(hash_secret(token), stored_hash)
