@@ -1,0 +1,58 @@
+"""Gateway settings: one frozen object, from CLI options and LATTICE_GATEWAY_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where records live: SQLite path/URL (default: file in the platform data dir) or a
+    # postgresql:// URL.
+    database: str | None = None
+    # What goes into bootstrap `command` strings and `relayUrl`.
+    public_url: str = "http://127.0.0.1:8080"
+    # Redis URL: when set, the relay queue and presence live in Redis (scale-out).
+    redis_url: str | None = None
+
+    # Relay timing (docs/protocol.md).
+    poll_window_seconds: float = 25.0  # how long a poll is held (bounded 1..50)
+    presence_window_seconds: float = 15.0  # reachable if polled within this
+    pickup_timeout_seconds: float = 30.0  # queued job not leased by then -> runtime_timeout
+    first_token_timeout_seconds: float = 300.0  # model loading allowance
+    idle_timeout_seconds: float = 120.0  # max silence between chunks once started
+    job_start_deadline_seconds: float = 60.0  # JobSpec.deadline = enqueue time + this
+    sse_keepalive_seconds: float = 10.0  # SSE comment while nothing else is sent
+
+    # Input bounds.
+    max_body_bytes: int = 4 * 1024 * 1024
+    bootstrap_ttl_default: int = 600
+    bootstrap_ttl_min: int = 60
+    bootstrap_ttl_max: int = 3600
+
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Defaults <- LATTICE_GATEWAY_<FIELD> variables <- explicit overrides (non-None)."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = os.environ.get("LATTICE_GATEWAY_" + f.name.upper())
+            if raw is None:
+                continue
+            if f.type in ("float", float):
+                values[f.name] = float(raw)
+            elif f.type in ("int", int):
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)

@@ -1,0 +1,1 @@
+"""Durable records (SQLAlchemy): SQLite by default, PostgreSQL when scaled out."""
