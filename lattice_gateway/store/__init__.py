@@ -1,1 +1,23 @@
-"""Durable records (SQLAlchemy): SQLite by default, PostgreSQL when scaled out."""
+"""Durable records (SQLAlchemy Core, async): SQLite by default, PostgreSQL when scaled out."""
+
+from .records import (
+    CredentialRecord,
+    IssuedCredential,
+    MintedBootstrapToken,
+    RedeemedRuntime,
+    iso_from_ms,
+)
+from .sql import SqlStore
+from .url import DatabaseTarget, default_database_path, resolve_database
+
+__all__ = [
+    "CredentialRecord",
+    "DatabaseTarget",
+    "IssuedCredential",
+    "MintedBootstrapToken",
+    "RedeemedRuntime",
+    "SqlStore",
+    "default_database_path",
+    "iso_from_ms",
+    "resolve_database",
+]

@@ -1,0 +1,107 @@
+"""Versioned schema migrations: an ordered list of steps and a table of applied versions.
+
+At start the store applies, in one transaction, every step whose version is not recorded
+yet, each together with its row in ``schema_migrations``. Steps are append-only: a
+released step is never edited; a schema change is a new step. On PostgreSQL an advisory
+lock serialises replicas that start at the same time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+_MIGRATIONS_TABLE = sa.Table(
+    "schema_migrations", sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_ms", sa.BigInteger, nullable=False),
+)
+
+_PG_LOCK_KEY = 0x1A771CE  # arbitrary, constant: "lattice gateway migrations"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial(conn: Connection) -> None:
+    # The schema as first released. Defined here (not imported from schema.py) so this
+    # step keeps creating exactly the v1 tables however schema.py evolves.
+    md = sa.MetaData()
+    sa.Table("gateway_meta", md,
+             sa.Column("key", sa.String(64), primary_key=True),
+             sa.Column("value", sa.Text, nullable=False))
+    sa.Table("accounts", md,
+             sa.Column("account_id", sa.String(64), primary_key=True),
+             sa.Column("name", sa.String(200), nullable=False, unique=True),
+             sa.Column("created_ms", sa.BigInteger, nullable=False))
+    sa.Table("credentials", md,
+             sa.Column("secret_hash", sa.String(64), primary_key=True),
+             sa.Column("kind", sa.String(16), nullable=False),
+             sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.account_id"),
+                       nullable=False),
+             sa.Column("scopes", sa.Text, nullable=False),
+             sa.Column("created_ms", sa.BigInteger, nullable=False),
+             sa.Column("expires_ms", sa.BigInteger, nullable=True),
+             sa.Column("revoked_ms", sa.BigInteger, nullable=True))
+    sa.Table("runtimes", md,
+             sa.Column("lattice_id", sa.String(64), primary_key=True),
+             sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.account_id"),
+                       nullable=False, index=True),
+             sa.Column("display_name", sa.String(200), nullable=False),
+             sa.Column("execution_backend", sa.String(32), nullable=False),
+             sa.Column("status", sa.String(16), nullable=False),
+             sa.Column("created_ms", sa.BigInteger, nullable=False),
+             sa.Column("updated_ms", sa.BigInteger, nullable=False),
+             sa.Column("daemon_public_key", sa.String(64), nullable=True),
+             sa.Column("daemon_token_hash", sa.String(64), nullable=True, unique=True),
+             sa.Column("daemon_version", sa.String(64), nullable=True),
+             sa.Column("models", sa.Text, nullable=True),
+             sa.Column("default_model", sa.String(200), nullable=True),
+             sa.Column("last_seen_ms", sa.BigInteger, nullable=True))
+    sa.Table("bootstrap_tokens", md,
+             sa.Column("token_hash", sa.String(64), primary_key=True),
+             sa.Column("lattice_id", sa.String(64), sa.ForeignKey("runtimes.lattice_id"),
+                       nullable=False, index=True),
+             sa.Column("created_ms", sa.BigInteger, nullable=False),
+             sa.Column("expires_ms", sa.BigInteger, nullable=False),
+             sa.Column("used_ms", sa.BigInteger, nullable=True))
+    md.create_all(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _v1_initial),
+)
+
+
+def applied_versions(conn: Connection) -> set[int]:
+    _MIGRATIONS_TABLE.create(conn, checkfirst=True)
+    return set(conn.execute(sa.select(_MIGRATIONS_TABLE.c.version)).scalars())
+
+
+def migrate(conn: Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Apply pending migrations in order inside the caller's transaction; the versions run."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+    done = applied_versions(conn)
+    ran: list[int] = []
+    for step in sorted(migrations, key=lambda m: m.version):
+        if step.version in done:
+            continue
+        step.apply(conn)
+        conn.execute(sa.insert(_MIGRATIONS_TABLE).values(
+            version=step.version, name=step.name, applied_ms=int(time.time() * 1000)))
+        ran.append(step.version)
+    return ran
+
+
+def latest_version(migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    return max(m.version for m in migrations)

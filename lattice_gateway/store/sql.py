@@ -1,0 +1,413 @@
+"""The gateway's durable records on SQLAlchemy Core (async): SQLite or PostgreSQL.
+
+Hot paths (every daemon poll authenticates its token, every chat request looks up its
+runtime and credential) are served from short-TTL in-memory caches; anything this process
+changes (revoke, redeem, session register) invalidates the affected entries at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from lattice_protocol import (
+    ErrorCode,
+    KeyPair,
+    LatticeError,
+    TokenKind,
+    hash_secret,
+    new_access_token,
+    new_api_key,
+    new_bootstrap_token,
+    new_daemon_token,
+    new_lattice_id,
+    token_kind,
+)
+
+from ..services import Runtime
+from . import schema as t
+from .cache import TtlCache
+from .migrations import migrate
+from .records import (
+    CredentialKind,
+    CredentialRecord,
+    IssuedCredential,
+    MintedBootstrapToken,
+    RedeemedRuntime,
+    iso_from_ms,
+)
+from .url import DatabaseTarget, resolve_database
+
+log = logging.getLogger("lattice_gateway.store")
+
+_GATEWAY_KEY = "gateway_private_key"
+_SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
+    """WAL, busy timeout, foreign keys; write transactions take the lock up front.
+
+    ``BEGIN IMMEDIATE`` for writes: a deferred transaction that reads and then writes can
+    fail with SQLITE_BUSY when another writer committed in between; taking the write lock
+    first makes concurrent writers queue on the busy timeout instead.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("lattice_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class SqlStore:
+    """Accounts, credentials, runtimes, bootstrap tokens and the gateway keypair."""
+
+    def __init__(self, engine: AsyncEngine, target: DatabaseTarget, *,
+                 clock: Callable[[], float] = time.time, cache_ttl: float = 2.0) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(lattice_write=True)
+        self.target = target
+        # Wall clock for expiry decisions; tests replace it to move time without sleeping.
+        self.clock = clock
+        self._credentials: TtlCache[str, CredentialRecord | None] = TtlCache(cache_ttl)
+        self._runtimes: TtlCache[str, Runtime | None] = TtlCache(cache_ttl)
+        self._daemon_tokens: TtlCache[str, Runtime] = TtlCache(cache_ttl)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, database: str | None, *, clock: Callable[[], float] = time.time,
+                   cache_ttl: float = 2.0) -> SqlStore:
+        """Connect and bring the schema up to date (runs pending migrations)."""
+        target = resolve_database(database)
+        if target.dialect == "sqlite":
+            assert target.sqlite_path is not None
+            target.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(target.url, pool_size=8, max_overflow=16)
+            _install_sqlite_pragmas(engine)
+        else:
+            connect_args: dict[str, Any] = {}
+            if target.pg_schema:
+                connect_args["server_settings"] = {"search_path": target.pg_schema}
+            engine = create_async_engine(target.url, pool_size=10, max_overflow=20,
+                                         pool_pre_ping=True, connect_args=connect_args)
+        store = cls(engine, target, clock=clock, cache_ttl=cache_ttl)
+        try:
+            await store._migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        async with self._writer.begin() as conn:
+            if self.target.pg_schema:  # validated in url.py: [A-Za-z][A-Za-z0-9_]*
+                schema = self.target.pg_schema
+                await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            ran = await conn.run_sync(migrate)
+        if ran:
+            log.info("database %s migrated to version %s", self.target.display(), ran[-1])
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- gateway keypair -------------------------------------------------------------------
+
+    async def gateway_keypair(self) -> KeyPair:
+        """The gateway's Curve25519 keypair, created on first start and kept thereafter."""
+        query = sa.select(t.gateway_meta.c.value).where(t.gateway_meta.c.key == _GATEWAY_KEY)
+        async with self._engine.connect() as conn:
+            existing = (await conn.execute(query)).scalar_one_or_none()
+        if existing is not None:
+            return KeyPair.from_private_text(existing)
+        generated = KeyPair.generate()
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(sa.insert(t.gateway_meta).values(
+                    key=_GATEWAY_KEY, value=generated.private_text()))
+            return generated
+        except IntegrityError:
+            # Another replica created it first: use theirs.
+            async with self._engine.connect() as conn:
+                return KeyPair.from_private_text((await conn.execute(query)).scalar_one())
+
+    # -- accounts and credentials ----------------------------------------------------------
+
+    async def ensure_account(self, name: str) -> str:
+        """The id of the account called ``name``, created if needed."""
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise ValueError("account name must be 1..200 characters")
+        query = sa.select(t.accounts.c.account_id).where(t.accounts.c.name == name)
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(query)).scalar_one_or_none()
+        if found is not None:
+            return str(found)
+        account_id = "acct_" + secrets.token_hex(8)
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(sa.insert(t.accounts).values(
+                    account_id=account_id, name=name, created_ms=self._now_ms()))
+            return account_id
+        except IntegrityError:
+            async with self._engine.connect() as conn:
+                return str((await conn.execute(query)).scalar_one())
+
+    async def create_api_key(self, account_name: str, scopes: Iterable[str]) -> IssuedCredential:
+        return await self._issue("api_key", new_api_key(), account_name, scopes, None)
+
+    async def create_access_token(self, account_name: str, scopes: Iterable[str],
+                                  ttl_seconds: int) -> IssuedCredential:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl must be positive")
+        return await self._issue("access_token", new_access_token(), account_name, scopes,
+                                 ttl_seconds)
+
+    async def _issue(self, kind: CredentialKind, secret: str, account_name: str,
+                     scopes: Iterable[str], ttl_seconds: int | None) -> IssuedCredential:
+        scope_list = tuple(dict.fromkeys(scopes))
+        if not scope_list:
+            raise ValueError("at least one scope is required")
+        account_id = await self.ensure_account(account_name)
+        now = self._now_ms()
+        expires = now + ttl_seconds * 1000 if ttl_seconds is not None else None
+        async with self._writer.begin() as conn:
+            await conn.execute(sa.insert(t.credentials).values(
+                secret_hash=hash_secret(secret), kind=kind, account_id=account_id,
+                scopes=" ".join(scope_list), created_ms=now, expires_ms=expires))
+        return IssuedCredential(secret, account_id, scope_list, expires)
+
+    async def credential(self, secret: str) -> CredentialRecord | None:
+        """What a presented API key / access token grants (cached), or None if unknown.
+
+        Expiry and revocation are left to the caller, which answers 401 for both.
+        """
+        if token_kind(secret) not in (TokenKind.API_KEY, TokenKind.ACCESS):
+            return None
+        digest = hash_secret(secret)
+        hit, record = self._credentials.get(digest)
+        if hit:
+            return record
+        c = t.credentials.c
+        # Lookup by the hash (primary key): the hash is what is secret-equivalent here,
+        # and finding a row by it leaks nothing about other rows' hashes.
+        query = sa.select(c.account_id, c.kind, c.scopes, c.expires_ms, c.revoked_ms).where(
+            c.secret_hash == digest)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        record = None if row is None else CredentialRecord(
+            account_id=row.account_id, kind=row.kind, scopes=frozenset(row.scopes.split()),
+            expires_ms=row.expires_ms, revoked=row.revoked_ms is not None)
+        if record is not None:  # unknown secrets are not cached: the CLI may create them
+            self._credentials.put(digest, record)
+        return record
+
+    async def revoke_credential(self, secret: str) -> bool:
+        digest = hash_secret(secret)
+        c = t.credentials.c
+        async with self._writer.begin() as conn:
+            result = await conn.execute(sa.update(t.credentials).where(
+                c.secret_hash == digest, c.revoked_ms.is_(None)).values(revoked_ms=self._now_ms()))
+        self._credentials.pop(digest)
+        return result.rowcount == 1
+
+    # -- runtimes --------------------------------------------------------------------------
+
+    @staticmethod
+    def _runtime(row: Any) -> Runtime:
+        models: tuple[str, ...] = ()
+        if row.models:
+            try:
+                models = tuple(str(m) for m in json.loads(row.models))
+            except (ValueError, TypeError):
+                models = ()
+        return Runtime(
+            lattice_id=row.lattice_id, account_id=row.account_id,
+            display_name=row.display_name, execution_backend=row.execution_backend,
+            status=row.status, created_at=iso_from_ms(row.created_ms),
+            updated_at=iso_from_ms(row.updated_ms), daemon_public_key=row.daemon_public_key,
+            default_model=row.default_model, models=models, daemon_version=row.daemon_version,
+            last_seen_at=iso_from_ms(row.last_seen_ms) if row.last_seen_ms else None)
+
+    def _forget_runtime(self, lattice_id: str) -> None:
+        self._runtimes.pop(lattice_id)
+        self._daemon_tokens.drop_where(lambda rt: rt.lattice_id == lattice_id)
+
+    async def create_runtime(self, account_id: str, display_name: str,
+                             execution_backend: str) -> Runtime:
+        now = self._now_ms()
+        lattice_id = new_lattice_id()
+        async with self._writer.begin() as conn:
+            await conn.execute(sa.insert(t.runtimes).values(
+                lattice_id=lattice_id, account_id=account_id, display_name=display_name,
+                execution_backend=execution_backend, status="unpaired", created_ms=now,
+                updated_ms=now))
+            row = (await conn.execute(
+                sa.select(t.runtimes).where(t.runtimes.c.lattice_id == lattice_id))).one()
+        self._runtimes.pop(lattice_id)
+        return self._runtime(row)
+
+    async def list_runtimes(self, account_id: str) -> list[Runtime]:
+        c = t.runtimes.c
+        query = sa.select(t.runtimes).where(c.account_id == account_id).order_by(
+            c.created_ms, c.lattice_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._runtime(r) for r in rows]
+
+    async def get_runtime(self, lattice_id: str) -> Runtime | None:
+        hit, cached = self._runtimes.get(lattice_id)
+        if hit:
+            return cached
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(t.runtimes).where(t.runtimes.c.lattice_id == lattice_id))).first()
+        runtime = None if row is None else self._runtime(row)
+        self._runtimes.put(lattice_id, runtime)
+        return runtime
+
+    async def revoke_runtime(self, lattice_id: str) -> Runtime | None:
+        """Mark revoked (idempotent). The daemon token hash is kept so the daemon gets 403."""
+        c = t.runtimes.c
+        async with self._writer.begin() as conn:
+            await conn.execute(sa.update(t.runtimes).where(
+                c.lattice_id == lattice_id, c.status != "revoked").values(
+                status="revoked", updated_ms=self._now_ms()))
+            row = (await conn.execute(
+                sa.select(t.runtimes).where(c.lattice_id == lattice_id))).first()
+        self._forget_runtime(lattice_id)
+        return None if row is None else self._runtime(row)
+
+    async def runtime_for_daemon_token(self, token: str) -> Runtime | None:
+        """The runtime holding this daemon token (revoked ones too), or None."""
+        if token_kind(token) is not TokenKind.DAEMON:
+            return None
+        digest = hash_secret(token)
+        hit, cached = self._daemon_tokens.get(digest)
+        if hit:
+            return cached
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(t.runtimes).where(
+                t.runtimes.c.daemon_token_hash == digest))).first()
+        if row is None:
+            return None
+        runtime = self._runtime(row)
+        self._daemon_tokens.put(digest, runtime)
+        return runtime
+
+    async def record_daemon_session(self, lattice_id: str, *, daemon_version: str,
+                                    models: list[str], default_model: str | None) -> None:
+        """What a daemon reported at session register: shown as the runtime's models."""
+        c = t.runtimes.c
+        now = self._now_ms()
+        async with self._writer.begin() as conn:
+            await conn.execute(sa.update(t.runtimes).where(
+                c.lattice_id == lattice_id, c.status == "paired").values(
+                daemon_version=daemon_version[:64], models=json.dumps(list(models)),
+                default_model=default_model, last_seen_ms=now, updated_ms=now))
+        self._forget_runtime(lattice_id)
+
+    # -- bootstrap tokens ------------------------------------------------------------------
+
+    async def mint_bootstrap_token(self, lattice_id: str, ttl_seconds: int) -> MintedBootstrapToken:
+        token = new_bootstrap_token()
+        now = self._now_ms()
+        expires = now + ttl_seconds * 1000
+        async with self._writer.begin() as conn:
+            await conn.execute(sa.insert(t.bootstrap_tokens).values(
+                token_hash=hash_secret(token), lattice_id=lattice_id, created_ms=now,
+                expires_ms=expires))
+        return MintedBootstrapToken(token, lattice_id, expires)
+
+    async def redeem_bootstrap_token(self, token: str, *, daemon_public_key: str,
+                                     daemon_version: str | None) -> RedeemedRuntime:
+        """Spend a bootstrap token once and pair the runtime to this daemon key.
+
+        One conditional UPDATE (``used_ms IS NULL`` and not expired) decides the winner of
+        concurrent redeems; losers then learn why from a read. A new daemon token replaces
+        any earlier one. Raises LatticeError with the contract's distinct codes.
+        """
+        if token_kind(token) is not TokenKind.BOOTSTRAP:
+            raise LatticeError(ErrorCode.INVALID_BOOTSTRAP_TOKEN, "unknown bootstrap token")
+        digest = hash_secret(token)
+        bt, rt = t.bootstrap_tokens.c, t.runtimes.c
+        now = self._now_ms()
+        daemon_token = new_daemon_token()
+        async with self._writer.begin() as conn:
+            spent = await conn.execute(sa.update(t.bootstrap_tokens).where(
+                bt.token_hash == digest, bt.used_ms.is_(None), bt.expires_ms > now).values(
+                used_ms=now))
+            if spent.rowcount == 1:
+                lattice_id = (await conn.execute(sa.select(bt.lattice_id).where(
+                    bt.token_hash == digest))).scalar_one()
+                paired = await conn.execute(sa.update(t.runtimes).where(
+                    rt.lattice_id == lattice_id, rt.status != "revoked").values(
+                    status="paired", daemon_public_key=daemon_public_key,
+                    daemon_token_hash=hash_secret(daemon_token),
+                    daemon_version=(daemon_version or None) and daemon_version[:64],
+                    updated_ms=now))
+                if paired.rowcount == 1:
+                    row = (await conn.execute(
+                        sa.select(t.runtimes).where(rt.lattice_id == lattice_id))).one()
+                    redeemed = RedeemedRuntime(self._runtime(row), daemon_token)
+                else:
+                    redeemed = None
+                    await conn.rollback()  # leave the token unspent; the runtime is revoked
+            else:
+                redeemed = None
+                lattice_id = None
+        if redeemed is not None:
+            self._forget_runtime(redeemed.runtime.lattice_id)
+            return redeemed
+        if lattice_id is not None:
+            raise LatticeError(ErrorCode.RUNTIME_REVOKED, "this runtime has been revoked")
+        raise await self._why_not_redeemable(digest, now)
+
+    async def _why_not_redeemable(self, digest: str, now: int) -> LatticeError:
+        bt, rt = t.bootstrap_tokens.c, t.runtimes.c
+        query = sa.select(bt.used_ms, bt.expires_ms, rt.status).join_from(
+            t.bootstrap_tokens, t.runtimes, bt.lattice_id == rt.lattice_id).where(
+            bt.token_hash == digest)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return LatticeError(ErrorCode.INVALID_BOOTSTRAP_TOKEN, "unknown bootstrap token")
+        if row.status == "revoked":
+            return LatticeError(ErrorCode.RUNTIME_REVOKED, "this runtime has been revoked")
+        if row.used_ms is not None:
+            return LatticeError(ErrorCode.BOOTSTRAP_TOKEN_USED,
+                                "this bootstrap token has already been used; mint a new one")
+        return LatticeError(ErrorCode.BOOTSTRAP_TOKEN_EXPIRED,
+                            f"this bootstrap token expired at {iso_from_ms(row.expires_ms)}; "
+                            "mint a new one")
+
+    # -- test support ----------------------------------------------------------------------
+
+    async def execute(self, statement: Any) -> None:
+        """Run one write statement (tests use it to age tokens without sleeping)."""
+        async with self._writer.begin() as conn:
+            await conn.execute(statement)
+        self._credentials.clear()
+        self._runtimes.clear()
+        self._daemon_tokens.clear()
