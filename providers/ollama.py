@@ -52,8 +52,11 @@ class OllamaProvider(HttpProvider):
                                              provider=self.display_name))
         maker: ChunkMaker | None = None
         tool_index = 0
+        finished = False
         async with aclosing(self.stream_lines("/api/chat", body)) as lines:
             async for line in lines:
+                if finished:
+                    continue  # read to the end so the connection goes back to the pool
                 try:
                     event = _json.loads(line)
                 except ValueError:
@@ -97,9 +100,10 @@ class OllamaProvider(HttpProvider):
                     if include_usage:
                         yield maker.usage(usage_dict(event.get("prompt_eval_count") or 0,
                                                      event.get("eval_count") or 0))
-                    return
-        raise self.error("stream_error",
-                         "the response ended before the final (done) line")
+                    finished = True
+        if not finished:
+            raise self.error("stream_error",
+                             "the response ended before the final (done) line")
 
 
 def _openai_tool_call(call: dict[str, Any], index: int) -> dict[str, Any]:

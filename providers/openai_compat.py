@@ -63,14 +63,18 @@ class OpenAICompatProvider(HttpProvider):
         finish: str | None = None
         usage: dict[str, int] | None = None
         saw_tool_call = False
+        done = False
         async with aclosing(self.stream_lines("/v1/chat/completions",
                                               _json.dumps(body))) as lines:
             async for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # ":" comments (keep-alives), "event:", "id:" lines
+                if done or not line.startswith(b"data:"):
+                    # ":" comments (keep-alives), "event:"/"id:" lines; after [DONE], read
+                    # to the end so the connection goes back to the pool.
+                    continue
                 payload = line[5:].strip()
                 if payload == _DONE:
-                    break
+                    done = True
+                    continue
                 try:
                     event = _json.loads(payload)
                 except ValueError:
@@ -101,11 +105,9 @@ class OpenAICompatProvider(HttpProvider):
                         yield maker.chunk(delta, logprobs=logprobs)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
-            else:
-                # EOF without [DONE]: fine once the server said how it finished.
-                if finish is None:
-                    raise self.error("stream_error",
-                                     "the stream ended before the response finished")
+        if not done and finish is None:
+            # EOF without [DONE] is fine once the server said how it finished.
+            raise self.error("stream_error", "the stream ended before the response finished")
         if maker is None:
             raise self.error("stream_error", "the stream ended without any output")
         if finish is None or (saw_tool_call and finish == "stop"):
