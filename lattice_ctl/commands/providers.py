@@ -1,0 +1,93 @@
+"""`lattice-ctl providers` and `lattice-ctl models` (SPEC §4, §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from lattice_ctl import output
+from lattice_ctl.daemon_link import client_for, try_ask
+
+
+def _configured() -> Any | None:
+    """The configured ProviderConfig, or None when there is no config file yet."""
+    from lattice_daemon.config import ConfigError, load_config
+    from lattice_daemon.paths import get_paths
+
+    paths = get_paths()
+    if not paths.config_file.exists():
+        return None
+    try:
+        return load_config(paths).provider
+    except ConfigError as exc:
+        output.fail(str(exc))
+
+
+def _providers_text(data: dict[str, Any]) -> str:
+    lines = []
+    for item in data["providers"]:
+        mark = "[green]reachable[/green]" if item["ok"] else "[red]not reachable[/red]"
+        configured = " (configured)" if item.get("configured") else ""
+        lines.append(f"{item['kind']} at {item['url']}{configured}: {mark}")
+        lines.append(f"  {item['detail']}")
+        if item.get("models"):
+            lines.append(f"  models: {', '.join(item['models'])}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds per probe.")
+def providers(timeout: float) -> None:
+    """Detect Ollama (11434) and LM Studio (1234), plus the configured provider."""
+    from providers import DEFAULT_URLS, detect_providers
+
+    targets: list[tuple[str, str]] = list(DEFAULT_URLS.items())
+    configured = _configured()
+    configured_key = None
+    if configured is not None:
+        url = configured.url or DEFAULT_URLS.get(configured.kind)
+        if url:
+            configured_key = (configured.kind, url.rstrip("/"))
+            if configured_key not in [(k, u.rstrip("/")) for k, u in targets]:
+                targets.append(configured_key)
+    results = []
+    for kind, url in targets:  # one kind per probe call: detect_providers maps kind -> url
+        for health in detect_providers(timeout=timeout, urls={kind: url}):
+            item = health.to_dict()
+            item["configured"] = (kind, url.rstrip("/")) == configured_key
+            results.append(item)
+    output.emit({"providers": results}, _providers_text)
+
+
+def _models_text(data: dict[str, Any]) -> str:
+    if not data["models"]:
+        return f"{data['kind']} at {data['url']} has no models."
+    default = data.get("defaultModel")
+    return "\n".join(f"{m}{'  (default)' if m == default else ''}" for m in data["models"])
+
+
+@click.command()
+def models() -> None:
+    """The configured provider's models (through the daemon when it runs)."""
+    answer = try_ask(client_for().ping)
+    if answer is not None:
+        provider = answer.body.get("provider") or {}
+        if provider.get("ok"):
+            output.emit({"kind": provider.get("kind"), "url": provider.get("url"),
+                         "models": list(provider.get("models") or []),
+                         "defaultModel": provider.get("defaultModel"), "via": "daemon"},
+                        _models_text)
+            return
+    from lattice_daemon.config import ProviderConfig
+    from providers import DEFAULT_URLS, detect_providers
+
+    configured = _configured() or ProviderConfig()
+    url = configured.url or DEFAULT_URLS.get(configured.kind)
+    if not url:
+        output.fail(f"the {configured.kind} provider has no URL in the config")
+    health = detect_providers(timeout=3.0, urls={configured.kind: url})[0]
+    if not health.ok:
+        output.fail(health.detail, data={"kind": configured.kind, "url": url})
+    output.emit({"kind": configured.kind, "url": health.url, "models": health.models,
+                 "defaultModel": configured.default_model, "via": "provider"}, _models_text)

@@ -1,0 +1,273 @@
+"""`lattice-ctl relay connect | status | disconnect` (SPEC §4, docs/protocol.md §1)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from lattice_ctl import output
+from lattice_ctl.control_client import START_HINT, ControlClient, ControlError, DaemonNotRunning
+from lattice_ctl.daemon_link import client_for, relay_state_line, try_ask
+
+PROVIDER_CHOICES = ("ollama", "lmstudio", "openai")
+
+
+@click.group()
+def relay() -> None:
+    """Pair with a gateway (connect), show or forget the pairing."""
+
+
+def _read_token(value: str | None) -> str:
+    """The token from the option, stdin (``-``), LATTICE_BOOTSTRAP_TOKEN or a prompt."""
+    if value == "-":
+        value = sys.stdin.readline()
+    elif not value:
+        value = os.environ.get("LATTICE_BOOTSTRAP_TOKEN")
+    if not value and sys.stdin.isatty():
+        value = click.prompt("Bootstrap token", hide_input=True, err=True)
+    if not value or not value.strip():
+        output.fail("no bootstrap token: pass --bootstrap-token TOKEN (or - to read it from "
+                    "stdin, or set LATTICE_BOOTSTRAP_TOKEN)", exit_code=2)
+    return value.strip()
+
+
+def choose_provider(kind: str | None, url: str | None, model: str | None,
+                    existing: Any | None) -> Any:
+    """The ProviderConfig to save: the flags, else the existing config, else detection.
+
+    Decided before redeeming so a failure here does not burn the one-time token.
+    """
+    from dataclasses import replace
+
+    from lattice_daemon.config import ProviderConfig
+
+    base = existing if existing is not None else ProviderConfig()
+    if kind or url:
+        chosen_kind = kind or _kind_at(url)
+        return replace(base, kind=chosen_kind, url=url,
+                       default_model=model or (base.default_model
+                                               if base.kind == chosen_kind else None))
+    if existing is not None:
+        return replace(base, default_model=model or base.default_model)
+    from providers import DEFAULT_URLS, detect_providers
+
+    with output.spinner("Looking for Ollama and LM Studio..."):
+        found = [h for h in detect_providers(timeout=0.5) if h.ok]
+    if len(found) == 1:
+        health = found[0]
+        output.info(f"Using {health.kind} at {health.url}"
+                    + (f" ({len(health.models)} models)" if health.models else ""))
+        return replace(base, kind=health.kind, url=None, default_model=model)
+    names = ", ".join(f"{h.kind} at {h.url}" for h in found)
+    if sys.stdin.isatty():
+        question = (f"Found {names}. Which provider should serve requests?" if found else
+                    "No local model server answered (Ollama on 11434, LM Studio on 1234). "
+                    "Which one will you run?")
+        chosen = click.prompt(question, type=click.Choice(PROVIDER_CHOICES),
+                              default=found[0].kind if found else "ollama", err=True)
+        chosen_url = None
+        if chosen == "openai":
+            chosen_url = click.prompt("Its base URL (e.g. http://127.0.0.1:8000)", err=True)
+        return replace(base, kind=chosen, url=chosen_url, default_model=model)
+    if found:
+        output.fail(f"found {names}; choose one with --provider ollama|lmstudio",
+                    exit_code=2)
+    output.fail("no local model server found (Ollama on "
+                f"{DEFAULT_URLS['ollama']}, LM Studio on {DEFAULT_URLS['lmstudio']}). "
+                "Start one (`ollama serve`, or LM Studio's server) or name it with "
+                "--provider ollama|lmstudio|openai --provider-url URL", exit_code=2)
+
+
+def _kind_at(url: str | None) -> str:
+    """--provider-url without --provider: ask the server which wire format it speaks."""
+    from providers import detect_providers
+
+    assert url
+    for health in detect_providers(timeout=1.0, urls={"ollama": url}):
+        if health.ok:
+            return "ollama"
+    for health in detect_providers(timeout=1.0, urls={"openai": url}):
+        if health.ok:
+            return "openai"
+    output.fail(f"nothing that speaks the Ollama or OpenAI API answered at {url}; "
+                "start it, or name its kind with --provider ollama|lmstudio|openai",
+                exit_code=2)
+
+
+def _wait_connected(client: ControlClient, timeout: float) -> dict[str, Any]:
+    """Poll the daemon until its relay state is ``connected``; fail on a final state."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    with output.spinner("Waiting for the runtime to become reachable..."):
+        while time.monotonic() < deadline:
+            try:
+                last = dict(client.ping().body.get("relay") or {})
+            except ControlError:
+                last = {}
+            if last.get("state") == "connected":
+                return last
+            if last.get("state") == "repair_required":
+                output.fail(f"the gateway refused this daemon: "
+                            f"{last.get('lastError') or 're-pair required'}",
+                            data={"relay": last})
+            time.sleep(0.02)
+    reason = last.get("lastError") or relay_state_line(last)
+    output.fail(f"paired, but the runtime is not reachable after {timeout:g} s: {reason}",
+                data={"relay": last})
+
+
+@relay.command()
+@click.option("--gateway", required=True, help="The gateway URL (from the app's command).")
+@click.option("--bootstrap-token", "token_option", metavar="TOKEN",
+              help="The one-time token (plrt_v1_...); '-' reads it from stdin. "
+                   "Default: $LATTICE_BOOTSTRAP_TOKEN.")
+@click.option("--provider", "provider_kind", type=click.Choice(PROVIDER_CHOICES),
+              help="The local model server (default: detect Ollama / LM Studio).")
+@click.option("--provider-url", help="Its base URL (default: the kind's usual port).")
+@click.option("--model", help="Default local model for lattice:personal:<id>.")
+@click.option("--replace", is_flag=True, help="Replace this machine's existing pairing.")
+@click.option("--wait", "wait_seconds", default=30.0, show_default=True,
+              help="Seconds to wait for the runtime to become reachable.")
+def connect(gateway: str, token_option: str | None, provider_kind: str | None,
+            provider_url: str | None, model: str | None, replace: bool,
+            wait_seconds: float) -> None:
+    """Pair this machine with a gateway using a one-time bootstrap token."""
+    from lattice_ctl.pairing import PairingError, check_token_shape, normalize_gateway, redeem
+    from lattice_daemon.config import (
+        ConfigError,
+        DaemonConfig,
+        load_config,
+        load_or_create_keypair,
+        save_config,
+    )
+    from lattice_daemon.paths import get_paths
+
+    paths = get_paths()
+    try:
+        gateway = normalize_gateway(gateway)
+        token = check_token_shape(_read_token(token_option))
+    except PairingError as exc:
+        output.fail(str(exc), exit_code=2, data={"code": exc.code})
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        if not replace:
+            output.fail(f"{exc}; fix it or pass --replace to start over")
+        config = DaemonConfig()
+    if config.relay is not None and not replace:
+        output.fail(f"this machine is already paired with runtime {config.relay.lattice_id} "
+                    f"({config.relay.display_name}) at {config.relay.gateway}; add --replace "
+                    "to replace that pairing", data={"code": "already_paired"})
+    existing_provider = config.provider if paths.config_file.exists() else None
+    config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
+    try:
+        keys = load_or_create_keypair(paths)
+    except ConfigError as exc:
+        output.fail(str(exc))
+    try:
+        with output.spinner(f"Pairing with {gateway}..."):
+            redeemed = redeem(gateway, token, keys.public_text())
+    except PairingError as exc:
+        output.fail(str(exc), data={"code": exc.code})
+    config.relay = redeemed.relay
+    save_config(paths, config)
+    result: dict[str, Any] = {
+        "ok": True, "latticeId": redeemed.relay.lattice_id,
+        "displayName": redeemed.relay.display_name, "gateway": gateway,
+        "configFile": str(paths.config_file),
+        "provider": {"kind": config.provider.kind, "url": config.provider.url,
+                     "defaultModel": config.provider.default_model},
+    }
+    client = client_for(timeout=15.0)
+    try:
+        client.reload()
+    except DaemonNotRunning:
+        result.update(daemonRunning=False, reachable=False)
+        output.emit(result, lambda d: (
+            f"Paired: runtime {d['latticeId']} ({d['displayName']}) with {gateway}.\n"
+            f"The daemon is not running; start it with: {START_HINT}"))
+        return
+    except ControlError as exc:
+        output.fail(f"paired and saved, but the daemon did not take the new config: {exc}",
+                    data=result)
+    relay_state = _wait_connected(client, wait_seconds)
+    result.update(daemonRunning=True, reachable=True, relay=relay_state)
+    output.emit(result, lambda d: (
+        f"Connected: runtime {d['latticeId']} ({d['displayName']}) is reachable at {gateway}"))
+
+
+def _relay_status_text(data: dict[str, Any]) -> str:
+    if not data["paired"]:
+        return ("Not paired. Pair with: "
+                "lattice-ctl relay connect --gateway URL --bootstrap-token TOKEN")
+    lines = [f"Paired: runtime {data['latticeId']} ({data['displayName']}) "
+             f"at {data['gateway']} since {data['pairedAt']}"]
+    live = data.get("daemon") or {}
+    if not live.get("running"):
+        lines.append(f"Daemon: not running (start it with: {START_HINT})")
+    else:
+        relay_live = live.get("relay") or {}
+        line = f"Relay: {relay_state_line(relay_live)}"
+        if relay_live.get("lastPollAt"):
+            line += f", last poll {relay_live['lastPollAt']}"
+        if relay_live.get("lastError"):
+            line += f" - {relay_live['lastError']}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@relay.command(name="status")
+def status_cmd() -> None:
+    """The pairing (from the config) and the live relay state (from the daemon)."""
+    from lattice_daemon.config import ConfigError, load_config
+    from lattice_daemon.paths import get_paths
+
+    try:
+        config = load_config(get_paths())
+    except ConfigError as exc:
+        output.fail(str(exc))
+    data: dict[str, Any] = {"paired": config.relay is not None}
+    if config.relay is not None:
+        data.update(latticeId=config.relay.lattice_id, displayName=config.relay.display_name,
+                    accountId=config.relay.account_id, gateway=config.relay.gateway,
+                    pairedAt=config.relay.paired_at)
+    answer = try_ask(client_for().ping)
+    data["daemon"] = ({"running": False} if answer is None
+                      else {"running": True, "relay": answer.body.get("relay")})
+    output.emit(data, _relay_status_text)
+
+
+@relay.command()
+def disconnect() -> None:
+    """Deregister from the gateway and forget the pairing (works with the daemon down)."""
+    from lattice_daemon.config import ConfigError, load_config, save_config
+    from lattice_daemon.paths import get_paths
+
+    paths = get_paths()
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        output.fail(str(exc))
+    daemon_told = False
+    try:
+        client_for(timeout=15.0).relay_disconnect()
+        daemon_told = True
+    except DaemonNotRunning:
+        pass
+    except ControlError as exc:
+        output.warn(f"the daemon could not deregister: {exc}; forgetting the pairing anyway")
+    if config.relay is None:
+        output.emit({"ok": True, "wasPaired": False, "daemonNotified": daemon_told},
+                    lambda d: "Not paired; nothing to disconnect.")
+        return
+    lattice_id = config.relay.lattice_id
+    config.relay = None
+    save_config(paths, config)
+    output.emit({"ok": True, "wasPaired": True, "latticeId": lattice_id,
+                 "daemonNotified": daemon_told},
+                lambda d: f"Disconnected: runtime {lattice_id} is no longer served by this "
+                          "machine.")

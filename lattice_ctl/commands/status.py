@@ -1,0 +1,127 @@
+"""`lattice-ctl ping` and `lattice-ctl status` (SPEC §4).
+
+Both are on the fast path (ping <= 150 ms): no httpx, no provider imports here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from lattice_ctl import output
+from lattice_ctl.control_client import NOT_RUNNING_MESSAGE, START_HINT
+from lattice_ctl.daemon_link import (
+    ask,
+    client_for,
+    describe_provider,
+    format_duration,
+    relay_state_line,
+    try_ask,
+)
+
+
+def _relay_line(relay: dict[str, Any]) -> str:
+    line = relay_state_line(relay)
+    if relay.get("gateway"):
+        line += f" to {relay['gateway']}"
+    if relay.get("lastPollAt"):
+        line += f" (last poll {relay['lastPollAt']})"
+    if relay.get("lastError"):
+        line += f" - {relay['lastError']}"
+    return line
+
+
+def _ping_text(data: dict[str, Any]) -> str:
+    return "\n".join([
+        f"Daemon {data.get('daemonVersion', '?')} (pid {data.get('pid', '?')}), "
+        f"up {format_duration(data.get('uptimeSeconds'))}",
+        f"Relay: {_relay_line(data.get('relay') or {})}",
+        f"Provider: {describe_provider(data.get('provider'))}",
+    ])
+
+
+@click.command()
+def ping() -> None:
+    """Round trip to the daemon: version, uptime, relay and provider state."""
+    import time
+
+    started = time.perf_counter()
+    answer = ask(client_for().ping)
+    data = dict(answer.body)
+    data["roundTripMs"] = round((time.perf_counter() - started) * 1000, 2)
+    output.emit(data, _ping_text)
+
+
+def _status_text(data: dict[str, Any]) -> str:
+    lines = [data["stateLine"]]
+    runtime = data.get("runtime")
+    if runtime:
+        lines.append(f"Runtime: {runtime.get('latticeId')} ({runtime.get('displayName')})")
+    if data.get("gateway"):
+        lines.append(f"Gateway: {data['gateway']}")
+    if not data.get("running"):
+        lines.append(f"Daemon: not running (start it with: {START_HINT})")
+        provider = data.get("provider") or {}
+        lines.append(f"Provider: {provider.get('kind')} at "
+                     f"{provider.get('url') or 'its default URL'} (from the config)")
+        return "\n".join(lines)
+    relay = data.get("relay") or {}
+    lines.append(f"Last successful poll: {relay.get('lastPollAt') or 'never'}")
+    if relay.get("lastError"):
+        lines.append(f"Last error: {relay['lastError']}")
+    lines.append(f"Provider: {describe_provider(data.get('provider'))}")
+    jobs = data.get("jobs") or {}
+    lines.append(f"Jobs: {jobs.get('inFlight', 0)} in flight, {jobs.get('served', 0)} served, "
+                 f"{jobs.get('failed', 0)} failed (max {jobs.get('maxConcurrency', '?')} at once)")
+    lines.append(f"Daemon: {data.get('daemonVersion')} (pid {data.get('pid')}), "
+                 f"up {format_duration(data.get('uptimeSeconds'))}")
+    return "\n".join(lines)
+
+
+def _offline_status() -> dict[str, Any]:
+    """What the config says, for when the daemon is not running."""
+    from lattice_daemon.config import ConfigError, load_config
+    from lattice_daemon.paths import get_paths
+
+    paths = get_paths()
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        output.fail(f"{exc} (the daemon is not running)", data={"running": False})
+    runtime = None
+    if config.relay is not None:
+        runtime = {"latticeId": config.relay.lattice_id,
+                   "displayName": config.relay.display_name,
+                   "accountId": config.relay.account_id,
+                   "executionBackend": config.relay.execution_backend}
+    state_line = ("Daemon not running" if config.paired
+                  else "Not paired (daemon not running)")
+    return {
+        "running": False,
+        "state": "not_running" if config.paired else "not_paired",
+        "stateLine": state_line,
+        "message": NOT_RUNNING_MESSAGE,
+        "runtime": runtime,
+        "gateway": config.relay.gateway if config.relay else None,
+        "provider": {"kind": config.provider.kind, "url": config.provider.url,
+                     "defaultModel": config.provider.default_model},
+        "configFile": str(paths.config_file),
+        "logFile": str(paths.log_file),
+    }
+
+
+@click.command()
+def status() -> None:
+    """One state line (Not paired / Connected / Reconnecting / Re-pair required), details."""
+    answer = try_ask(client_for().status)
+    if answer is None:
+        output.emit(_offline_status(), _status_text)
+        return
+    data = dict(answer.body)
+    relay = data.get("relay") or {}
+    data["running"] = True
+    data["state"] = relay.get("state")
+    data["stateLine"] = relay_state_line(relay)
+    data["gateway"] = relay.get("gateway")
+    output.emit(data, _status_text)

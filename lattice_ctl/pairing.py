@@ -1,0 +1,147 @@
+"""Redeeming a bootstrap token (docs/protocol.md §1) and what each failure means.
+
+The bootstrap token is a secret: it goes only into the redeem request body. Every
+message built here is scrubbed of it, whatever the gateway echoes back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from lattice_daemon.config import RelayConfig
+from lattice_protocol._version import __version__
+
+BOOTSTRAP_PREFIX = "plrt_v1"
+
+# The gateway's codes (SPEC §1) -> what the person at the terminal should do.
+REDEEM_ERRORS: dict[str, str] = {
+    "bootstrap_token_expired": (
+        "This bootstrap token has expired. Ask the app for a new one (a new "
+        "`lattice-ctl relay connect ...` command) and run that."),
+    "bootstrap_token_used": (
+        "This bootstrap token was already used: each token pairs one machine, once. "
+        "Ask the app for a new one."),
+    "invalid_bootstrap_token": (
+        "The gateway does not know this bootstrap token. Check that it was copied "
+        "completely and that --gateway is the gateway that issued it."),
+    "runtime_revoked": (
+        "This runtime was revoked on the gateway and cannot be paired again. "
+        "Create a new runtime and use its command."),
+}
+
+
+class PairingError(Exception):
+    """Redeeming failed; ``str(exc)`` is safe to show (never contains the token)."""
+
+    def __init__(self, message: str, code: str = "pairing_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Redeemed:
+    relay: RelayConfig
+    poll_window_seconds: float | None
+
+
+def normalize_gateway(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise PairingError(f"--gateway must be an http:// or https:// URL, got {url!r}",
+                           "invalid_gateway")
+    return url
+
+
+def check_token_shape(token: str) -> str:
+    token = token.strip()
+    if not token:
+        raise PairingError("the bootstrap token is empty", "invalid_bootstrap_token")
+    if not token.startswith(BOOTSTRAP_PREFIX):
+        raise PairingError(f"that is not a bootstrap token (they start with "
+                           f"{BOOTSTRAP_PREFIX}_); copy the whole command the app showed",
+                           "invalid_bootstrap_token")
+    return token
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "<bootstrap token>") if token else text
+
+
+def _proxy_hint(gateway: str) -> str:
+    scheme = "HTTPS_PROXY" if gateway.startswith("https") else "HTTP_PROXY"
+    proxy = (os.environ.get(scheme) or os.environ.get(scheme.lower())
+             or os.environ.get("ALL_PROXY"))
+    if proxy:
+        return (f" (going through the proxy in {scheme}; check the proxy, or add the "
+                f"gateway's host to NO_PROXY)")
+    return " (if this network needs a proxy, set HTTPS_PROXY)"
+
+
+def redeem(gateway: str, token: str, daemon_public_key: str,
+           timeout: float = 15.0) -> Redeemed:
+    """POST /v1/relay/redeem; the config section to save, or PairingError."""
+    import httpx
+
+    url = f"{gateway}/v1/relay/redeem"
+    body = {"bootstrapToken": token, "daemonPublicKey": daemon_public_key,
+            "daemonVersion": __version__}
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            response = client.post(url, json=body,
+                                   headers={"User-Agent": f"lattice-ctl/{__version__}"})
+    except httpx.ProxyError as exc:
+        raise PairingError(f"the proxy refused the connection to {gateway}: "
+                           f"{_scrub(str(exc), token)}", "gateway_unreachable") from None
+    except httpx.TimeoutException:
+        raise PairingError(f"the gateway at {gateway} did not answer within {timeout:g} s"
+                           + _proxy_hint(gateway), "gateway_unreachable") from None
+    except httpx.TransportError as exc:
+        reason = _scrub(str(exc), token) or type(exc).__name__
+        raise PairingError(f"cannot reach the gateway at {gateway}: {reason}"
+                           + _proxy_hint(gateway), "gateway_unreachable") from None
+    return _parse_redeem(gateway, token, response.status_code, response.content)
+
+
+def _parse_redeem(gateway: str, token: str, status: int, content: bytes) -> Redeemed:
+    import json
+
+    try:
+        data: Any = json.loads(content) if content else None
+    except ValueError:
+        data = None
+    if status >= 400:
+        error = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(error, dict):
+            hint = " (is --gateway the right URL?)" if status in (404, 405) else ""
+            raise PairingError(f"{gateway} did not answer like a Lattice gateway "
+                               f"(HTTP {status}){hint}", "bad_gateway_answer")
+        code = str(error.get("code") or "error")
+        message = REDEEM_ERRORS.get(code)
+        if message is None:
+            message = (f"the gateway refused the pairing: "
+                       f"{_scrub(str(error.get('message') or ''), token)} (HTTP {status})")
+        raise PairingError(message, code)
+    if not isinstance(data, dict):
+        raise PairingError(f"{gateway} did not answer like a Lattice gateway "
+                           f"(HTTP {status}, not JSON)", "bad_gateway_answer")
+    try:
+        relay = RelayConfig(
+            gateway=gateway,
+            relay_url=str(data.get("relayUrl") or gateway),
+            lattice_id=str(data["latticeId"]),
+            account_id=str(data["accountId"]),
+            display_name=str(data.get("displayName") or ""),
+            execution_backend=str(data.get("executionBackend") or "local-model"),
+            daemon_token=str(data["daemonToken"]),
+            gateway_public_key=str(data["gatewayPublicKey"]),
+            paired_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        )
+    except KeyError as exc:
+        raise PairingError(f"the gateway's pairing answer lacks {exc.args[0]}",
+                           "bad_gateway_answer") from None
+    window = data.get("pollWindowSeconds")
+    return Redeemed(relay, float(window) if isinstance(window, (int, float)) else None)
