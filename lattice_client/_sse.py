@@ -1,0 +1,101 @@
+"""Server-sent events of an OpenAI chat stream, parsed into chunk dicts.
+
+Comment lines (``: keep-alive``) are ignored, ``data: [DONE]`` ends the stream, and an
+event whose JSON carries ``error`` raises the typed exception for its code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from ._errors import LatticeAPIError, error_from_body
+
+DONE = "[DONE]"
+
+
+class SSEDecoder:
+    """Incremental decoder: feed it lines, it returns the data of each complete event."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        line = line.rstrip("\r\n")
+        if not line:
+            if not self._data:
+                return None
+            data, self._data = "\n".join(self._data), []
+            return data
+        if line.startswith(":"):
+            return None  # comment: the gateway's keep-alive
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        # "event", "id" and "retry" carry nothing a chat stream needs.
+        return None
+
+    def flush(self) -> str | None:
+        """The last event when the stream ended without a blank line."""
+        return self.feed("")
+
+
+class StreamProtocolError(LatticeAPIError):
+    """The stream carried something that is not an OpenAI chunk."""
+
+
+def decode_event(data: str) -> dict[str, Any] | None:
+    """The chunk for one event's data; ``None`` for ``[DONE]``; raises on an error event."""
+    if data.strip() == DONE:
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise StreamProtocolError(
+            f"the stream sent an event that is not JSON: {data[:120]!r}", code="invalid_stream",
+            status=200,
+        ) from None
+    if not isinstance(payload, dict):
+        raise StreamProtocolError("the stream sent an event that is not a JSON object",
+                                  code="invalid_stream", status=200)
+    if "error" in payload:
+        # The HTTP status was already 200; the code's own status is the meaningful one.
+        raise error_from_body(payload, None)
+    return payload
+
+
+def iter_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    decoder = SSEDecoder()
+    for line in lines:
+        data = decoder.feed(line)
+        if data is None:
+            continue
+        chunk = decode_event(data)
+        if chunk is None:
+            return
+        yield chunk
+    data = decoder.flush()
+    if data is not None:
+        chunk = decode_event(data)
+        if chunk is not None:
+            yield chunk
+
+
+async def aiter_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    decoder = SSEDecoder()
+    async for line in lines:
+        data = decoder.feed(line)
+        if data is None:
+            continue
+        chunk = decode_event(data)
+        if chunk is None:
+            return
+        yield chunk
+    data = decoder.flush()
+    if data is not None:
+        chunk = decode_event(data)
+        if chunk is not None:
+            yield chunk
