@@ -5,15 +5,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from lattice_protocol import ErrorCode, LatticeError
 
 
-async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+class OrjsonResponse(Response):
+    """JSON via orjson: several times faster than the stdlib on the hot paths."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def json_response(content: Any, status_code: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    return OrjsonResponse(content, status_code=status_code, headers=headers)
+
+
+async def read_json_body(request: Request, max_bytes: int,
+                         allow_empty: bool = False) -> dict[str, Any]:
     """The body as a JSON object, or ApiError request_too_large / invalid_request.
 
     Reads at most ``max_bytes`` + 1 bytes: a huge body is refused without buffering it.
+    With ``allow_empty``, an empty body reads as ``{}`` (all fields optional).
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -32,6 +50,8 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
                                f"request body exceeds {max_bytes} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    if not raw and allow_empty:
+        return {}
     if not raw:
         raise LatticeError(ErrorCode.INVALID_REQUEST, "request body must be a JSON object")
     try:

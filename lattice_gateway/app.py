@@ -1,0 +1,121 @@
+"""``create_app(settings)``: the gateway as one ASGI app (Starlette).
+
+The lifespan opens the store (running migrations), loads the gateway keypair, creates the
+relay broker and publishes them as ``app.state.services``. Every error leaves as the
+OpenAI envelope with the contract's code; nothing unexpected leaks a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lattice_protocol import ErrorCode, LatticeError
+
+from . import relay as relay_broker
+from .auth import CredentialAuthenticator
+from .errors import api_error_response, error_response
+from .routes import bootstrap, chat, meta, models, runtimes
+from .routes import relay as relay_routes
+from .services import Services
+from .settings import Settings
+from .store import SqlStore
+
+log = logging.getLogger("lattice_gateway")
+
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
+               413: ErrorCode.REQUEST_TOO_LARGE}
+
+
+async def _lattice_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LatticeError)
+    return api_error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+    if code is ErrorCode.NOT_FOUND:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif code is ErrorCode.METHOD_NOT_ALLOWED:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), None)
+    headers = {"allow": allow} if allow else None
+    return error_response(code, message, headers=headers)
+
+
+class _LastResort:
+    """Pure ASGI guard: an unexpected exception becomes a 500 envelope, logged once.
+
+    Not BaseHTTPMiddleware: that would buffer and add latency on every request. Only the
+    exception type and path are logged, never request bodies (prompts) or headers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error("unhandled %s on %s %s", type(exc).__name__, scope.get("method"),
+                      scope.get("path"), exc_info=log.isEnabledFor(logging.DEBUG))
+            if started:
+                return  # mid-response: the connection ends; nothing valid can be sent
+            response = error_response(ErrorCode.INTERNAL_ERROR,
+                                      "internal error; the failure was logged")
+            await response(scope, receive, send)
+
+
+def create_app(settings: Settings, *, store_clock: Any = None) -> Starlette:
+    """The gateway ASGI app. ``store_clock`` (tests) replaces the store's wall clock."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await SqlStore.open(settings.database, **(
+            {"clock": store_clock} if store_clock is not None else {}))
+        try:
+            keys = await store.gateway_keypair()
+            broker = relay_broker.create_broker(settings)
+            app.state.services = Services(settings=settings, store=store, broker=broker,
+                                          auth=CredentialAuthenticator(store),
+                                          gateway_keys=keys)
+            log.info("gateway ready: database %s, public url %s", store.target.display(),
+                     settings.public_url)
+            try:
+                yield
+            finally:
+                await broker.close()
+        finally:
+            await store.close()
+
+    all_routes = [*meta.routes, *runtimes.routes, *bootstrap.routes, *models.routes,
+                  *relay_routes.routes, *chat.routes]
+    return Starlette(
+        routes=all_routes,
+        middleware=[Middleware(_LastResort)],
+        exception_handlers={LatticeError: _lattice_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )

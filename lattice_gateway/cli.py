@@ -1,0 +1,169 @@
+"""``lattice-gateway``: serve the gateway; create API keys and access tokens (SPEC §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from lattice_protocol import __version__
+
+from .services import ALL_SCOPES
+from .settings import Settings
+
+T = TypeVar("T")
+
+_DATABASE_HELP = ("SQLite path or sqlite:///PATH, or postgresql://... "
+                  "[env LATTICE_GATEWAY_DATABASE; default: gateway.db in the data dir]")
+
+
+def _run(make: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(make())  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the database: {exc}") from None
+
+
+def _database(option: str | None) -> str | None:
+    return Settings.from_env(database=option).database
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="lattice-gateway",
+                      message="%(prog)s %(version)s")
+def main() -> None:
+    """Lattice gateway: the public API, the relay, and its records."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--database", default=None, help=_DATABASE_HELP)
+@click.option("--public-url", default=None,
+              help="URL daemons and apps use to reach this gateway (goes into bootstrap "
+                   "commands and relayUrl) [env LATTICE_GATEWAY_PUBLIC_URL]")
+@click.option("--redis-url", default=None,
+              help="Redis for the relay queue and presence when scaled out "
+                   "[env LATTICE_GATEWAY_REDIS_URL]")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="Log one line per request (never headers or bodies).")
+@click.option("--shutdown-timeout", default=5.0, show_default=True, type=float,
+              help="Seconds to let open requests (held polls) finish on SIGTERM/SIGINT.")
+def serve(host: str, port: int, database: str | None, public_url: str | None,
+          redis_url: str | None, log_level: str, access_log: bool,
+          shutdown_timeout: float) -> None:
+    """Run the gateway (uvicorn; uvloop and httptools when installed)."""
+    import uvicorn
+
+    from .app import create_app
+    from .store import resolve_database
+
+    if public_url is None and "LATTICE_GATEWAY_PUBLIC_URL" not in os.environ:
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        public_url = f"http://{shown_host}:{port}"
+    settings = Settings.from_env(database=database, public_url=public_url, redis_url=redis_url)
+    try:
+        resolve_database(settings.database)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        create_app(settings), host=host, port=port, loop="auto", http="auto",
+        lifespan="on", access_log=access_log, log_level=log_level, server_header=False,
+        timeout_graceful_shutdown=shutdown_timeout, log_config=None,
+    )
+    # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
+    # the shutdown timeout), then run the lifespan shutdown (close broker and store).
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(1)
+
+
+def _scopes_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--scope", "scopes", multiple=True, required=True, type=click.Choice(ALL_SCOPES),
+        help="Scope to grant (repeatable).")(func)
+
+
+def _print_secret(payload: dict[str, Any], secret_field: str, as_json: bool,
+                  label: str) -> None:
+    if as_json:
+        click.echo(json.dumps(payload))
+        return
+    click.echo(payload[secret_field])
+    click.echo(f"{label} for account {payload['accountId']} "
+               f"(scopes: {' '.join(payload['scopes'])}). It is shown only once.", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """API keys (sk_...) for app backends."""
+
+
+@keys.command("create")
+@click.option("--account", required=True, help="Account name (created if needed).")
+@_scopes_option
+@click.option("--database", default=None, help=_DATABASE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: apiKey, accountId, scopes.")
+def keys_create(account: str, scopes: tuple[str, ...], database: str | None,
+                as_json: bool) -> None:
+    """Create an API key and print it once."""
+    from .store import SqlStore
+
+    async def create() -> dict[str, Any]:
+        store = await SqlStore.open(_database(database))
+        try:
+            issued = await store.create_api_key(account, scopes)
+        finally:
+            await store.close()
+        return {"apiKey": issued.secret, "accountId": issued.account_id,
+                "scopes": list(issued.scopes)}
+
+    _print_secret(_run(create), "apiKey", as_json, "API key")
+
+
+@main.group()
+def tokens() -> None:
+    """OAuth-style access tokens (lat_v1_...) for user accounts."""
+
+
+@tokens.command("create")
+@click.option("--account", required=True, help="Account name (created if needed).")
+@_scopes_option
+@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(1, 366 * 86400),
+              help="Lifetime in seconds.")
+@click.option("--database", default=None, help=_DATABASE_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: accessToken, accountId, scopes, expiresAt.")
+def tokens_create(account: str, scopes: tuple[str, ...], ttl: int, database: str | None,
+                  as_json: bool) -> None:
+    """Issue an expiring access token and print it once."""
+    from .store import SqlStore, iso_from_ms
+
+    async def create() -> dict[str, Any]:
+        store = await SqlStore.open(_database(database))
+        try:
+            issued = await store.create_access_token(account, scopes, ttl)
+        finally:
+            await store.close()
+        assert issued.expires_ms is not None
+        return {"accessToken": issued.secret, "accountId": issued.account_id,
+                "scopes": list(issued.scopes), "expiresAt": iso_from_ms(issued.expires_ms)}
+
+    _print_secret(_run(create), "accessToken", as_json, "Access token")
+
+
+if __name__ == "__main__":
+    main()

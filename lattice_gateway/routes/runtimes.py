@@ -1,0 +1,176 @@
+"""Personal-runtime records (SPEC §1): create, list, get, revoke, mint bootstrap tokens.
+
+The stored status (unpaired / paired / revoked) is overlaid with live presence from the
+broker: a paired runtime is ``reachable`` while a daemon session of it is live, else
+``offline``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from lattice_protocol import ErrorCode, LatticeError
+
+from ..http import json_response, read_json_body
+from ..services import SCOPE_INFERENCE, SCOPE_MANAGE, Principal, Runtime, Services
+from ..store import iso_from_ms
+
+EXECUTION_BACKENDS = ("local-model", "assistant-runtime")
+DISPLAY_NAME_MAX = 200
+READ_SCOPES = (SCOPE_INFERENCE, SCOPE_MANAGE)
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def _iso_from_epoch(seconds: float) -> str:
+    return iso_from_ms(int(seconds * 1000))
+
+
+async def public_records(services: Services, runtimes: list[Runtime]) -> list[dict[str, Any]]:
+    """The API shape of runtimes, with live status and last-seen from the broker."""
+    live_ids = [r.lattice_id for r in runtimes if r.status == "paired"]
+    reachable = await services.broker.reachable(live_ids) if live_ids else {}
+    last_seen = await services.broker.last_seen(live_ids) if live_ids else {}
+    records = []
+    for runtime in runtimes:
+        status: str = runtime.status
+        if status == "paired":
+            status = "reachable" if reachable.get(runtime.lattice_id) else "offline"
+        seen = last_seen.get(runtime.lattice_id)
+        records.append({
+            "latticeId": runtime.lattice_id,
+            "accountId": runtime.account_id,
+            "displayName": runtime.display_name,
+            "executionBackend": runtime.execution_backend,
+            "status": status,
+            "createdAt": runtime.created_at,
+            "updatedAt": runtime.updated_at,
+            "lastSeenAt": _iso_from_epoch(seen) if seen else runtime.last_seen_at,
+            "daemonVersion": runtime.daemon_version,
+            "models": list(runtime.models),
+            "defaultModel": runtime.default_model,
+        })
+    return records
+
+
+async def owned_runtime(services: Services, principal: Principal, lattice_id: str) -> Runtime:
+    """The caller's runtime; another account's is as absent as a missing one (404)."""
+    runtime = await services.store.get_runtime(lattice_id)
+    if runtime is None or runtime.account_id != principal.account_id:
+        raise LatticeError(ErrorCode.RUNTIME_NOT_FOUND, f"no personal runtime {lattice_id!r}")
+    return runtime
+
+
+def _display_name(body: dict[str, Any]) -> str:
+    value = body.get("displayName")
+    if not isinstance(value, str) or not value.strip():
+        raise LatticeError(ErrorCode.INVALID_REQUEST,
+                           "displayName is required and must be a non-empty string",
+                           "displayName")
+    if len(value) > DISPLAY_NAME_MAX:
+        raise LatticeError(ErrorCode.INVALID_REQUEST,
+                           f"displayName must be at most {DISPLAY_NAME_MAX} characters",
+                           "displayName")
+    return value.strip()
+
+
+def _execution_backend(body: dict[str, Any]) -> str:
+    value = body.get("executionBackend")
+    if value not in EXECUTION_BACKENDS:
+        raise LatticeError(ErrorCode.INVALID_REQUEST,
+                           "executionBackend must be one of: " + ", ".join(EXECUTION_BACKENDS),
+                           "executionBackend")
+    return str(value)
+
+
+async def create_runtime(request: Request) -> Response:
+    services = services_of(request)
+    principal = await services.auth.authenticate(request, SCOPE_MANAGE)
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    display_name = _display_name(body)
+    backend = _execution_backend(body)
+    runtime = await services.store.create_runtime(principal.account_id, display_name, backend)
+    [record] = await public_records(services, [runtime])
+    return json_response({"runtime": record}, status_code=201)
+
+
+async def list_runtimes(request: Request) -> Response:
+    services = services_of(request)
+    principal = await services.auth.authenticate(request, READ_SCOPES)
+    runtimes = await services.store.list_runtimes(principal.account_id)
+    return json_response({"runtimes": await public_records(services, runtimes)})
+
+
+async def get_runtime(request: Request) -> Response:
+    services = services_of(request)
+    principal = await services.auth.authenticate(request, READ_SCOPES)
+    runtime = await owned_runtime(services, principal, request.path_params["lattice_id"])
+    [record] = await public_records(services, [runtime])
+    return json_response({"runtime": record})
+
+
+async def revoke_runtime(request: Request) -> Response:
+    services = services_of(request)
+    principal = await services.auth.authenticate(request, SCOPE_MANAGE)
+    runtime = await owned_runtime(services, principal, request.path_params["lattice_id"])
+    revoked = await services.store.revoke_runtime(runtime.lattice_id)
+    assert revoked is not None  # records are never deleted
+    # After the store: a daemon that polls between the two already gets 403.
+    await services.broker.revoke_runtime(runtime.lattice_id)
+    [record] = await public_records(services, [revoked])
+    return json_response({"runtime": record})
+
+
+def _ttl_seconds(body: dict[str, Any], services: Services) -> int:
+    settings = services.settings
+    value = body.get("ttlSeconds", settings.bootstrap_ttl_default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise LatticeError(ErrorCode.INVALID_REQUEST, "ttlSeconds must be an integer",
+                           "ttlSeconds")
+    if not settings.bootstrap_ttl_min <= value <= settings.bootstrap_ttl_max:
+        raise LatticeError(ErrorCode.INVALID_REQUEST,
+                           f"ttlSeconds must be between {settings.bootstrap_ttl_min} and "
+                           f"{settings.bootstrap_ttl_max}", "ttlSeconds")
+    return value
+
+
+def connect_command(public_url: str, token: str) -> str:
+    """The exact command the user runs on their machine (SPEC §1)."""
+    return (f"lattice-ctl relay connect --gateway '{public_url.rstrip('/')}' "
+            f"--bootstrap-token '{token}'")
+
+
+async def mint_bootstrap_token(request: Request) -> Response:
+    services = services_of(request)
+    principal = await services.auth.authenticate(request, SCOPE_MANAGE)
+    runtime = await owned_runtime(services, principal, request.path_params["lattice_id"])
+    body = await read_json_body(request, services.settings.max_body_bytes, allow_empty=True)
+    ttl = _ttl_seconds(body, services)
+    if runtime.status == "revoked":
+        raise LatticeError(ErrorCode.RUNTIME_REVOKED,
+                           "this runtime has been revoked; create a new runtime instead")
+    minted = await services.store.mint_bootstrap_token(runtime.lattice_id, ttl)
+    return json_response({
+        "latticeId": runtime.lattice_id,
+        "bootstrapToken": minted.token,
+        "expiresAt": iso_from_ms(minted.expires_ms),
+        "command": connect_command(services.settings.public_url, minted.token),
+    }, status_code=201)
+
+
+routes = [
+    Route("/v1/personal-runtimes", create_runtime, methods=["POST"]),
+    Route("/v1/personal-runtimes", list_runtimes, methods=["GET"]),
+    Route("/v1/personal-runtimes/{lattice_id}", get_runtime, methods=["GET"]),
+    Route("/v1/personal-runtimes/{lattice_id}", revoke_runtime, methods=["DELETE"]),
+    Route("/v1/personal-runtimes/{lattice_id}/bootstrap-tokens", mint_bootstrap_token,
+          methods=["POST"]),
+]
