@@ -1,24 +1,43 @@
-"""The relay broker: queue, leases and presence (placeholder until the relay lands)."""
+"""The relay broker: queue, leases and presence.
+
+In-process (``memory.MemoryBroker``) by default; Redis (``redis.RedisBroker``) when
+``settings.redis_url`` is set, so several gateway replicas share one relay.
+"""
 
 from __future__ import annotations
 
-from ..services import Broker
+import os
+
 from ..settings import Settings
+from .base import EventsResult, JobTicket, PollResult, Refusal, RelayBroker, SessionNotFound
+from .memory import MemoryBroker
+
+__all__ = ["EventsResult", "JobTicket", "MemoryBroker", "PollResult", "Refusal", "RelayBroker",
+           "SessionNotFound", "create_broker", "poll_window"]
+
+POLL_WINDOW_MIN = 1.0
+POLL_WINDOW_MAX = 50.0
 
 
-class _NoRelay:
-    async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]:
-        return dict.fromkeys(lattice_ids, False)
-
-    async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
-        return dict.fromkeys(lattice_ids)
-
-    async def revoke_runtime(self, lattice_id: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
+def poll_window(settings: Settings) -> float:
+    """The announced poll window: settings, bounded 1..50 s (docs/protocol.md §3)."""
+    return min(max(settings.poll_window_seconds, POLL_WINDOW_MIN), POLL_WINDOW_MAX)
 
 
-def create_broker(settings: Settings) -> Broker:
-    return _NoRelay()
+def create_broker(settings: Settings) -> RelayBroker:
+    if settings.redis_url:
+        from .redis import RedisBroker
+
+        return RedisBroker(
+            settings.redis_url,
+            poll_window_seconds=poll_window(settings),
+            presence_window_seconds=settings.presence_window_seconds,
+            pickup_timeout_seconds=settings.pickup_timeout_seconds,
+            key_prefix=(settings.extra.get("redis_prefix")
+                        or os.environ.get("LATTICE_GATEWAY_REDIS_PREFIX") or "lattice:relay:"),
+        )
+    return MemoryBroker(
+        poll_window_seconds=poll_window(settings),
+        presence_window_seconds=settings.presence_window_seconds,
+        pickup_timeout_seconds=settings.pickup_timeout_seconds,
+    )

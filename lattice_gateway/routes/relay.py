@@ -1,5 +1,166 @@
-"""Placeholder: filled in by the relay work."""
+"""Relay session routes (docs/protocol.md §2-§5): register, long-poll, events, deregister.
 
-from starlette.routing import BaseRoute
+Every request carries the daemon token; a session is only usable with its runtime's
+token (anything else is ``404 session_not_found``). Bodies are parsed strictly; bad
+input is a ``400 invalid_request`` envelope and never disturbs other sessions.
+"""
 
-routes: list[BaseRoute] = []
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from lattice_protocol import ErrorCode, LatticeError, ProtocolError, SealedEvent
+
+from ..errors import api_error_response
+from ..http import read_json_body
+from ..relay import RelayBroker, poll_window
+from ..services import Runtime, Services
+
+MAX_CONCURRENCY = 1024  # bounds capacity and maxConcurrency
+MAX_EVENTS_PER_REQUEST = 4096
+MAX_MODELS = 1024
+_MAX_TEXT = 256
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _invalid(message: str, param: str | None = None) -> LatticeError:
+    return LatticeError(ErrorCode.INVALID_REQUEST, message, param)
+
+
+async def _authenticate_daemon(request: Request) -> Runtime:
+    # Imported late: auth.py is the core engineer's module and imports the store.
+    from ..auth import authenticate_daemon
+
+    result: Any = authenticate_daemon(request)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _envelope_errors(endpoint: Endpoint) -> Endpoint:
+    """Every LatticeError becomes its envelope; the process keeps serving."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except LatticeError as exc:
+            return api_error_response(exc)
+
+    wrapped.__name__ = endpoint.__name__
+    return wrapped
+
+
+def _services(request: Request) -> tuple[Services, RelayBroker]:
+    services: Services = request.app.state.services
+    return services, services.broker  # type: ignore[return-value]
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT:
+        raise _invalid(f"field {name!r} must be a string of 1 to {_MAX_TEXT} characters", name)
+    return value
+
+
+def _count(body: dict[str, Any], name: str, low: int, default: int | None = None) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_CONCURRENCY:
+        raise _invalid(f"field {name!r} must be an integer from {low} to {MAX_CONCURRENCY}", name)
+    return value
+
+
+def _parse_register(body: dict[str, Any]) -> tuple[str, list[str], str | None, int]:
+    daemon_version = _text(body, "daemonVersion")
+    provider = body.get("provider")
+    if not isinstance(provider, dict):
+        raise _invalid("field 'provider' must be an object {kind, models, defaultModel}",
+                       "provider")
+    _text(provider, "kind")
+    models = provider.get("models", [])
+    if (not isinstance(models, list) or len(models) > MAX_MODELS
+            or not all(isinstance(m, str) and 0 < len(m) <= _MAX_TEXT for m in models)):
+        raise _invalid("field 'provider.models' must be a list of model names", "provider.models")
+    default_model = _text(provider, "defaultModel", required=False)
+    max_concurrency = _count(body, "maxConcurrency", 1, default=1)
+    assert daemon_version is not None
+    return daemon_version, models, default_model, max_concurrency
+
+
+@_envelope_errors
+async def register_session(request: Request) -> Response:
+    services, broker = _services(request)
+    runtime = await _authenticate_daemon(request)
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    daemon_version, models, default_model, max_concurrency = _parse_register(body)
+    session_id = await broker.register_session(runtime.lattice_id, max_concurrency)
+    await services.store.record_daemon_session(
+        runtime.lattice_id, daemon_version=daemon_version, models=models,
+        default_model=default_model)
+    return _json({
+        "sessionId": session_id,
+        "latticeId": runtime.lattice_id,
+        "pollWindowSeconds": poll_window(services.settings),
+        "presenceWindowSeconds": services.settings.presence_window_seconds,
+    }, status=201)
+
+
+@_envelope_errors
+async def poll(request: Request) -> Response:
+    services, broker = _services(request)
+    runtime = await _authenticate_daemon(request)
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    # capacity 0 is a heartbeat that only collects cancel notices (a daemon whose slots
+    # are all busy keeps one such poll outstanding).
+    capacity = _count(body, "capacity", 0)
+    result = await broker.poll(runtime.lattice_id, request.path_params["session_id"], capacity,
+                               receive=request.receive)
+    return _json(result.to_dict())
+
+
+@_envelope_errors
+async def post_events(request: Request) -> Response:
+    services, broker = _services(request)
+    runtime = await _authenticate_daemon(request)
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    raw_events = body.get("events")
+    if not isinstance(raw_events, list) or len(raw_events) > MAX_EVENTS_PER_REQUEST:
+        raise _invalid(f"field 'events' must be a list of at most {MAX_EVENTS_PER_REQUEST} "
+                       "sealed events", "events")
+    try:
+        events = [SealedEvent.from_dict(e) for e in raw_events]
+    except ProtocolError as exc:
+        raise _invalid(str(exc), "events") from None
+    result = await broker.post_events(runtime.lattice_id, request.path_params["session_id"],
+                                      events)
+    return _json(result.to_dict())
+
+
+@_envelope_errors
+async def deregister_session(request: Request) -> Response:
+    _, broker = _services(request)
+    runtime = await _authenticate_daemon(request)
+    await broker.deregister_session(runtime.lattice_id, request.path_params["session_id"])
+    return Response(status_code=204)
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/relay/sessions", register_session, methods=["POST"]),
+    Route("/v1/relay/sessions/{session_id}/poll", poll, methods=["POST"]),
+    Route("/v1/relay/sessions/{session_id}/events", post_events, methods=["POST"]),
+    Route("/v1/relay/sessions/{session_id}", deregister_session, methods=["DELETE"]),
+]

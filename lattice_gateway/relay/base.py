@@ -1,0 +1,111 @@
+"""What the relay routes and the chat route need from a broker, beyond ``services.Broker``.
+
+The broker only ever sees relay-visible envelopes (``JobEnvelope``, ``SealedEvent``,
+``CancelNotice``): it routes sealed bytes by job id and never opens them. Whoever holds
+the app's request (the chat route, through a ``JobTicket``) opens events and tells the
+broker when a job is finished, which releases the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
+
+# An ASGI ``receive`` callable: the poll watches it to notice a daemon that went away.
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class SessionNotFound(LatticeError):
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.SESSION_NOT_FOUND,
+                         "relay session not found: register a new session")
+
+
+@dataclass
+class PollResult:
+    jobs: list[JobEnvelope] = field(default_factory=list)
+    cancels: list[CancelNotice] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobs": [j.to_dict() for j in self.jobs],
+                "cancels": [c.to_dict() for c in self.cancels]}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    job_id: str
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"jobId": self.job_id, "code": self.code, "message": self.message}
+
+
+@dataclass
+class EventsResult:
+    refused: list[Refusal] = field(default_factory=list)
+    cancels: list[CancelNotice] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"refused": [r.to_dict() for r in self.refused],
+                "cancels": [c.to_dict() for c in self.cancels]}
+
+
+class JobTicket(Protocol):
+    """The app-side handle of one submitted job."""
+
+    job_id: str
+
+    @property
+    def leased(self) -> bool:
+        """Whether a daemon session has picked the job up."""
+        ...
+
+    async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
+        """The next event, a broker-side failure (runtime_timeout, runtime_unreachable,
+        runtime_revoked), or None when ``timeout`` seconds passed with nothing."""
+        ...
+
+    def finish(self) -> None:
+        """The holder saw a final event: release the lease, forget the job."""
+        ...
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """The app went away or timed out: drop a queued job, tell a leased one's session
+        (a CancelNotice). A waiting ``next_event`` returns a ``cancelled`` error."""
+        ...
+
+
+class RelayBroker(Protocol):
+    """``services.Broker`` plus sessions, polls, events and job submission."""
+
+    poll_window_seconds: float
+    presence_window_seconds: float
+
+    async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]: ...
+
+    async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]: ...
+
+    async def revoke_runtime(self, lattice_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def register_session(self, lattice_id: str, max_concurrency: int) -> str: ...
+
+    async def deregister_session(self, lattice_id: str, session_id: str) -> None:
+        """Raises SessionNotFound when the session is not this runtime's."""
+        ...
+
+    async def poll(self, lattice_id: str, session_id: str, capacity: int,
+                   receive: Receive | None = None) -> PollResult:
+        """Jobs (at most ``capacity``, leased to the session) and cancel notices; parks
+        up to the poll window when there is nothing. Raises SessionNotFound."""
+        ...
+
+    async def post_events(self, lattice_id: str, session_id: str,
+                          events: list[SealedEvent]) -> EventsResult: ...
+
+    async def submit(self, lattice_id: str, envelope: JobEnvelope) -> JobTicket: ...

@@ -1,0 +1,431 @@
+"""The in-process broker: per-runtime queues, leases and presence in this process's memory.
+
+Everything runs on the event loop, so each operation below is atomic without locks.
+
+Cheap idle polls: a parked poll is one future and one slot in a FIFO of deadlines; there
+is no timer per poll. Every poll waits the same window, so deadlines are appended in
+order and one shared sweeper task (a coarse timing wheel) expires them from the front,
+together with pickup deadlines (same constant) and presence deadlines (same constant).
+The only per-poll extra is the disconnect watcher on the request's ``receive``, which
+is how a crashed daemon's dropped connection is noticed while its poll is parked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
+
+from .base import EventsResult, PollResult, Receive, Refusal, SessionNotFound
+
+MAX_SESSIONS_PER_RUNTIME = 32  # a daemon token cannot grow the broker without bound
+
+
+class _State(enum.Enum):
+    QUEUED = 1
+    LEASED = 2
+    DONE = 3
+
+
+class MemoryTicket:
+    """One submitted job, as the chat route holding the app's request sees it."""
+
+    __slots__ = (
+        "_broker",
+        "_items",
+        "_waiter",
+        "enqueued_at",
+        "envelope",
+        "job_id",
+        "lattice_id",
+        "session",
+        "state",
+        "was_leased",
+    )
+
+    def __init__(self, broker: MemoryBroker, lattice_id: str, envelope: JobEnvelope) -> None:
+        self._broker = broker
+        self.job_id = envelope.job_id
+        self.lattice_id = lattice_id
+        self.envelope = envelope
+        self.enqueued_at = time.monotonic()
+        self.state = _State.QUEUED
+        self.session: _Session | None = None
+        self.was_leased = False
+        self._items: deque[SealedEvent | LatticeError] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def leased(self) -> bool:
+        return self.was_leased
+
+    def push(self, item: SealedEvent | LatticeError) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(timeout, 0.0), _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._items.popleft() if self._items else None
+
+    def finish(self) -> None:
+        self._broker._finish(self)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._broker._cancel(self, reason)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass(eq=False)
+class _Parked:
+    session: _Session
+    capacity: int
+    future: asyncio.Future[PollResult | None]
+    deadline: float
+
+
+@dataclass(eq=False)
+class _Session:
+    session_id: str
+    lattice_id: str
+    max_concurrency: int
+    last_active: float  # monotonic
+    leased: dict[str, MemoryTicket] = field(default_factory=dict)
+    cancels: list[CancelNotice] = field(default_factory=list)
+    parked: _Parked | None = None
+    activity: int = 0  # bumped on every request; a presence deadline is for one value
+    alive: bool = True
+
+
+@dataclass(eq=False)
+class _Runtime:
+    queue: deque[MemoryTicket] = field(default_factory=deque)
+    waiting: deque[_Parked] = field(default_factory=deque)  # parked polls wanting jobs
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    last_seen_wall: float | None = None
+    flush_scheduled: bool = False
+
+
+class MemoryBroker:
+    """The embedded broker (one gateway process)."""
+
+    def __init__(self, *, poll_window_seconds: float = 25.0,
+                 presence_window_seconds: float = 15.0,
+                 pickup_timeout_seconds: float = 30.0) -> None:
+        self.poll_window_seconds = poll_window_seconds
+        self.presence_window_seconds = presence_window_seconds
+        self.pickup_timeout_seconds = pickup_timeout_seconds
+        self._runtimes: dict[str, _Runtime] = {}
+        self._revoked: set[str] = set()
+        self._poll_deadlines: deque[_Parked] = deque()
+        self._pickup_deadlines: deque[MemoryTicket] = deque()
+        self._presence_deadlines: deque[tuple[float, _Session, int]] = deque()
+        self._tick = max(0.01, min(0.25, poll_window_seconds / 10,
+                                   presence_window_seconds / 10, pickup_timeout_seconds / 10))
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ services.Broker
+
+    async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]:
+        now = time.monotonic()
+        return {lid: self._is_reachable(lid, now) for lid in lattice_ids}
+
+    def _is_reachable(self, lattice_id: str, now: float) -> bool:
+        rt = self._runtimes.get(lattice_id)
+        if rt is None:
+            return False
+        window = self.presence_window_seconds
+        return any(s.parked is not None or now - s.last_active < window
+                   for s in rt.sessions.values())
+
+    async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
+        result: dict[str, float | None] = {}
+        for lid in lattice_ids:
+            rt = self._runtimes.get(lid)
+            result[lid] = rt.last_seen_wall if rt else None
+        return result
+
+    async def revoke_runtime(self, lattice_id: str) -> None:
+        self._revoked.add(lattice_id)
+        rt = self._runtimes.pop(lattice_id, None)
+        if rt is None:
+            return
+        revoked = LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
+        for ticket in rt.queue:
+            if ticket.state is _State.QUEUED:
+                ticket.state = _State.DONE
+                ticket.push(revoked)
+        rt.queue.clear()
+        for session in list(rt.sessions.values()):
+            self._end_session(session, revoked)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for rt in self._runtimes.values():
+            for session in rt.sessions.values():
+                if session.parked is not None and not session.parked.future.done():
+                    session.parked.future.set_result(PollResult())
+
+    # ------------------------------------------------------------------------ sessions
+
+    async def register_session(self, lattice_id: str, max_concurrency: int) -> str:
+        self._ensure_sweeper()
+        if lattice_id in self._revoked:
+            raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
+        rt = self._runtimes.setdefault(lattice_id, _Runtime())
+        if len(rt.sessions) >= MAX_SESSIONS_PER_RUNTIME:
+            # The oldest-registered idle session goes: a daemon that restarts in a loop
+            # without deregistering must not pile sessions up.
+            for old in list(rt.sessions.values()):
+                if old.parked is None and not old.leased:
+                    self._end_session(old, None)
+                    break
+            else:
+                raise LatticeError(ErrorCode.RATE_LIMITED,
+                                   "too many relay sessions for this runtime")
+        session_id = "rs_" + secrets.token_hex(12)
+        session = _Session(session_id, lattice_id, max_concurrency, time.monotonic())
+        rt.sessions[session_id] = session
+        self._touch(session)
+        return session_id
+
+    async def deregister_session(self, lattice_id: str, session_id: str) -> None:
+        session = self._session(lattice_id, session_id)
+        self._end_session(session, LatticeError(
+            ErrorCode.RUNTIME_UNREACHABLE, "the personal runtime's daemon stopped"))
+
+    def _session(self, lattice_id: str, session_id: str) -> _Session:
+        rt = self._runtimes.get(lattice_id)
+        session = rt.sessions.get(session_id) if rt else None
+        if session is None or not session.alive:
+            raise SessionNotFound()
+        return session
+
+    def _touch(self, session: _Session) -> None:
+        now = time.monotonic()
+        session.last_active = now
+        session.activity += 1
+        rt = self._runtimes.get(session.lattice_id)
+        if rt is not None:
+            rt.last_seen_wall = time.time()
+        self._presence_deadlines.append(
+            (now + self.presence_window_seconds, session, session.activity))
+
+    def _end_session(self, session: _Session, failure: LatticeError | None) -> None:
+        session.alive = False
+        rt = self._runtimes.get(session.lattice_id)
+        if rt is not None:
+            rt.sessions.pop(session.session_id, None)
+        for ticket in session.leased.values():
+            ticket.state = _State.DONE
+            if failure is not None:
+                ticket.push(failure)
+        session.leased.clear()
+        parked = session.parked
+        if parked is not None and not parked.future.done():
+            parked.future.set_result(PollResult())
+
+    # --------------------------------------------------------------------------- polls
+
+    async def poll(self, lattice_id: str, session_id: str, capacity: int,
+                   receive: Receive | None = None) -> PollResult:
+        session = self._session(lattice_id, session_id)
+        self._touch(session)
+        previous = session.parked
+        if previous is not None and not previous.future.done():
+            previous.future.set_result(PollResult())  # superseded by this poll
+        result = self._collect(session, capacity)
+        if result.jobs or result.cancels:
+            return result
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PollResult | None] = loop.create_future()
+        parked = _Parked(session, capacity, future, time.monotonic() + self.poll_window_seconds)
+        session.parked = parked
+        rt = self._runtimes[lattice_id]
+        if capacity > 0:
+            rt.waiting.append(parked)
+        self._poll_deadlines.append(parked)
+        watcher = loop.create_task(_watch_disconnect(receive, future)) if receive else None
+        try:
+            outcome = await future
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if session.parked is parked:
+                session.parked = None
+            if session.alive:
+                self._touch(session)  # the presence window runs from the poll's end
+        return outcome if outcome is not None else PollResult()
+
+    def _collect(self, session: _Session, capacity: int) -> PollResult:
+        result = PollResult()
+        if session.cancels:
+            result.cancels, session.cancels = session.cancels, []
+        if capacity > 0:
+            queue = self._runtimes[session.lattice_id].queue
+            while queue and len(result.jobs) < capacity:
+                ticket = queue.popleft()
+                if ticket.state is _State.QUEUED:
+                    self._lease(ticket, session)
+                    result.jobs.append(ticket.envelope)
+        return result
+
+    def _lease(self, ticket: MemoryTicket, session: _Session) -> None:
+        ticket.state = _State.LEASED
+        ticket.session = session
+        ticket.was_leased = True
+        session.leased[ticket.job_id] = ticket
+
+    def _flush(self, rt: _Runtime) -> None:
+        """Hand queued jobs to parked polls (scheduled once per loop turn on enqueue, so
+        jobs enqueued together go out in one poll answer)."""
+        rt.flush_scheduled = False
+        while rt.queue and rt.waiting:
+            parked = rt.waiting.popleft()
+            session = parked.session
+            if parked.future.done() or session.parked is not parked or not session.alive:
+                continue
+            result = self._collect(session, parked.capacity)
+            if result.jobs or result.cancels:
+                parked.future.set_result(result)
+            else:
+                rt.waiting.appendleft(parked)
+                break
+
+    # -------------------------------------------------------------------------- events
+
+    async def post_events(self, lattice_id: str, session_id: str,
+                          events: list[SealedEvent]) -> EventsResult:
+        session = self._session(lattice_id, session_id)
+        self._touch(session)
+        result = EventsResult()
+        refused: set[str] = set()
+        for event in events:
+            ticket = session.leased.get(event.job_id)
+            if ticket is None:
+                if event.job_id not in refused:
+                    refused.add(event.job_id)
+                    result.refused.append(Refusal(
+                        event.job_id, ErrorCode.LEASE_NOT_HELD.value,
+                        "the job is not leased to this session"))
+                continue
+            ticket.push(event)
+        if session.cancels:
+            result.cancels, session.cancels = session.cancels, []
+        return result
+
+    # ---------------------------------------------------------------------------- jobs
+
+    async def submit(self, lattice_id: str, envelope: JobEnvelope) -> MemoryTicket:
+        self._ensure_sweeper()
+        ticket = MemoryTicket(self, lattice_id, envelope)
+        if lattice_id in self._revoked:
+            ticket.state = _State.DONE
+            ticket.push(LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked"))
+            return ticket
+        rt = self._runtimes.setdefault(lattice_id, _Runtime())
+        rt.queue.append(ticket)
+        self._pickup_deadlines.append(ticket)
+        if rt.waiting and not rt.flush_scheduled:
+            rt.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, rt)
+        return ticket
+
+    def _finish(self, ticket: MemoryTicket) -> None:
+        if ticket.state is _State.LEASED and ticket.session is not None:
+            ticket.session.leased.pop(ticket.job_id, None)
+        ticket.state = _State.DONE
+
+    def _cancel(self, ticket: MemoryTicket, reason: str) -> None:
+        state = ticket.state
+        if state is _State.DONE:
+            return
+        ticket.state = _State.DONE  # a queued job is dropped lazily from the queue
+        ticket.push(LatticeError(ErrorCode.CANCELLED, f"job cancelled ({reason})"))
+        session = ticket.session
+        if state is not _State.LEASED or session is None:
+            return
+        session.leased.pop(ticket.job_id, None)
+        if not session.alive:
+            return
+        session.cancels.append(CancelNotice(ticket.job_id, reason))
+        parked = session.parked
+        if parked is not None and not parked.future.done():
+            result = PollResult(cancels=session.cancels)
+            session.cancels = []
+            parked.future.set_result(result)
+
+    # ------------------------------------------------------------------------- sweeper
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and not self._closed:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        """Expire parked polls, unpicked jobs and silent sessions whose time is up."""
+        polls = self._poll_deadlines
+        while polls and polls[0].deadline <= now:
+            parked = polls.popleft()
+            if not parked.future.done():
+                parked.future.set_result(PollResult())
+        pickups = self._pickup_deadlines
+        limit = now - self.pickup_timeout_seconds
+        while pickups and pickups[0].enqueued_at <= limit:
+            ticket = pickups.popleft()
+            if ticket.state is _State.QUEUED:
+                ticket.state = _State.DONE
+                ticket.push(LatticeError(
+                    ErrorCode.RUNTIME_TIMEOUT,
+                    f"the personal runtime did not pick the job up within "
+                    f"{self.pickup_timeout_seconds:g} s"))
+                rt = self._runtimes.get(ticket.lattice_id)
+                while rt is not None and rt.queue and rt.queue[0].state is _State.DONE:
+                    rt.queue.popleft()
+        presence = self._presence_deadlines
+        while presence and presence[0][0] <= now:
+            _, session, activity = presence.popleft()
+            if session.alive and session.activity == activity and session.parked is None:
+                self._end_session(session, LatticeError(
+                    ErrorCode.RUNTIME_UNREACHABLE,
+                    "the personal runtime's daemon stopped answering"))
+
+
+async def _watch_disconnect(receive: Receive,
+                            future: asyncio.Future[PollResult | None]) -> None:
+    """End a parked poll when its client's connection drops (a crashed daemon)."""
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            if not future.done():
+                future.set_result(None)
+            return

@@ -1,0 +1,29 @@
+"""Server-sent events framing, exactly as OpenAI streams chat completions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from lattice_protocol import ErrorCode, error_body
+
+SSE_DONE = b"data: [DONE]\n\n"
+# A comment line: clients ignore it, proxies and idle timers see traffic.
+SSE_KEEPALIVE = b": keep-alive\n\n"
+
+SSE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def sse_data(value: Any) -> bytes:
+    """One ``data:`` event carrying a JSON value (orjson never emits raw newlines)."""
+    return b"data: " + orjson.dumps(value) + b"\n\n"
+
+
+def sse_error(code: ErrorCode, message: str, param: str | None = None) -> bytes:
+    """The in-stream error event the openai clients raise as ``APIError``."""
+    return sse_data(error_body(code, message, param))
