@@ -1,0 +1,109 @@
+"""`lattice-ctl --version`, the not-running message, --json purity and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lattice_ctl.control_client import NOT_RUNNING_MESSAGE
+from lattice_protocol._version import __version__
+from tests.ctl.conftest import RunCtl, stdout_json
+
+CTL = [str(Path(sys.executable).parent / "lattice-ctl")]
+
+
+def test_version_prints_the_package_version_quickly(lattice_home: Path) -> None:
+    timings = []
+    for _ in range(3):  # best of three: the machine is shared
+        started = time.perf_counter()
+        done = subprocess.run([*CTL, "--version"], capture_output=True, text=True, check=True)
+        timings.append(time.perf_counter() - started)
+    assert done.stdout.strip() == f"lattice-ctl {__version__}"
+    assert min(timings) < 0.3, timings  # budget 100 ms; generous for a loaded CI box
+
+
+def test_version_does_not_import_httpx_or_rich(lattice_home: Path) -> None:
+    code = ("import sys\nfrom lattice_ctl.cli import cli\n"
+            "try:\n    cli.main(['--version'], standalone_mode=False)\nexcept SystemExit: pass\n"
+            "print('HEAVY=' + ','.join(m for m in ('httpx', 'rich', 'providers')"
+            " if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_ping_when_not_running_says_so_and_how_to_start(run_ctl: RunCtl) -> None:
+    result = run_ctl("ping")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert NOT_RUNNING_MESSAGE in result.stderr
+    assert "lattice-ctl daemon start" in result.stderr
+
+
+def test_ping_json_when_not_running_is_pure_json(run_ctl: RunCtl) -> None:
+    result = run_ctl("--json", "ping")
+    assert result.exit_code == 1
+    data = stdout_json(result)
+    assert data["ok"] is False and data["running"] is False
+    assert data["code"] == "daemon_not_running"
+
+
+def test_ping_subprocess_not_running_exit_code_and_stderr(lattice_home: Path) -> None:
+    done = subprocess.run([*CTL, "ping"], capture_output=True, text=True,
+                          env={**os.environ, "LATTICE_HOME": str(lattice_home)})
+    assert done.returncode == 1
+    assert "not running" in done.stderr and "lattice-ctl daemon start" in done.stderr
+    assert done.stdout == ""
+
+
+def test_status_works_without_daemon_from_config(run_ctl: RunCtl) -> None:
+    result = run_ctl("status")
+    assert result.exit_code == 0
+    assert "Not paired" in result.stdout
+    assert "not running" in result.stdout
+    data = stdout_json(run_ctl("--json", "status"))
+    assert data["running"] is False and data["state"] == "not_paired"
+
+
+def test_daemon_status_exits_3_when_not_running(run_ctl: RunCtl) -> None:
+    result = run_ctl("daemon", "status")
+    assert result.exit_code == 3
+    assert "not running" in result.stdout
+    assert stdout_json(run_ctl("--json", "daemon", "status")) == {"running": False}
+
+
+def test_daemon_stop_when_not_running_is_a_no_op(run_ctl: RunCtl) -> None:
+    result = run_ctl("--json", "daemon", "stop")
+    assert result.exit_code == 0
+    assert stdout_json(result)["wasRunning"] is False
+
+
+def test_daemon_logs_without_a_log_file_fails_clearly(run_ctl: RunCtl) -> None:
+    result = run_ctl("daemon", "logs")
+    assert result.exit_code == 1
+    assert "no log file yet" in result.stderr
+
+
+def test_daemon_logs_prints_the_last_lines(run_ctl: RunCtl, lattice_home: Path) -> None:
+    from lattice_daemon.paths import get_paths
+
+    log = get_paths().log_file
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"line {i}\n" for i in range(50)))
+    result = run_ctl("daemon", "logs", "-n", "3")
+    assert result.exit_code == 0
+    assert result.stdout == "line 47\nline 48\nline 49\n"
+
+
+def test_unknown_command_is_a_usage_error(run_ctl: RunCtl) -> None:
+    result = run_ctl("frobnicate")
+    assert result.exit_code == 2
+
+
+def test_json_output_is_valid_for_relay_status_unpaired(run_ctl: RunCtl) -> None:
+    data = json.loads(run_ctl("--json", "relay", "status").stdout)
+    assert data == {"paired": False, "daemon": {"running": False}}
