@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -58,6 +58,9 @@ def _envelope_errors(endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except LatticeError as exc:
             return api_error_response(exc)
+        except ClientDisconnect:
+            # The daemon went away mid-request (stopped or crashed): nobody to answer.
+            return Response(status_code=499)
 
     wrapped.__name__ = endpoint.__name__
     return wrapped

@@ -19,7 +19,8 @@ Replies (``Reply``): fixed ``text``; ``echo`` (the last user message); streaming
 answered in ``chunks`` (default: the text split in words) with ``first_delay`` before
 the first and ``chunk_delay`` between chunks; ``error=(code, message)`` answers with an
 error event (after ``error_after_chunks`` chunks when streaming); ``never=True`` takes
-the job and never answers (to test cancellation and timeouts).
+the job and never answers (to test cancellation and timeouts). With
+``error_after_chunks=0`` a streaming job fails before its first chunk.
 
 From synchronous tests use ``ThreadedFakeDaemon``, which runs the same daemon on its
 own event loop in a thread.
@@ -292,6 +293,10 @@ class FakeDaemon:
                     "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
+        if reply.error is not None and reply.error_after_chunks == 0:
+            await emit("error", code=reply.error[0], message=reply.error[1])  # before any chunk
+            self.completed.append(spec.job_id)
+            return
         await emit("chunk", chunk({"role": "assistant", "content": ""}))
         for index, piece in enumerate(pieces):
             if reply.error is not None and index == reply.error_after_chunks:
@@ -391,3 +396,23 @@ class ThreadedFakeDaemon:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+async def paired_daemon(gateway_url: str, api_key: str, *, display_name: str = "laptop",
+                        **options: Any) -> FakeDaemon:
+    """Create a runtime with ``api_key`` (manage scope), mint a bootstrap token, redeem it
+    with a new FakeDaemon and start it. The runtime id is ``daemon.lattice_id``."""
+    headers = {"x-api-key": api_key}
+    async with httpx.AsyncClient(base_url=gateway_url, headers=headers, trust_env=False,
+                                 timeout=10.0) as client:
+        created = await client.post("/v1/personal-runtimes", json={
+            "displayName": display_name, "executionBackend": "local-model"})
+        assert created.status_code == 201, created.text
+        lattice_id = created.json()["runtime"]["latticeId"]
+        minted = await client.post(f"/v1/personal-runtimes/{lattice_id}/bootstrap-tokens",
+                                   json={"ttlSeconds": 600})
+        assert minted.status_code == 201, minted.text
+    daemon = FakeDaemon(gateway_url, **options)
+    await daemon.redeem(minted.json()["bootstrapToken"])
+    await daemon.start()
+    return daemon
