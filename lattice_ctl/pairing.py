@@ -115,11 +115,14 @@ def _parse_redeem(gateway: str, token: str, status: int, content: bytes) -> Rede
     if status >= 400:
         error = data.get("error") if isinstance(data, dict) else None
         if not isinstance(error, dict):
-            hint = " (is --gateway the right URL?)" if status in (404, 405) else ""
+            hint = "; is --gateway the right URL?" if status in (404, 405) else ""
             raise PairingError(f"{gateway} did not answer like a Lattice gateway "
                                f"(HTTP {status}){hint}", "bad_gateway_answer")
         code = str(error.get("code") or "error")
         message = REDEEM_ERRORS.get(code)
+        if message is None and status in (404, 405):
+            message = (f"no Lattice relay at {gateway} (HTTP {status}); is --gateway the "
+                       "right URL?")
         if message is None:
             message = (f"the gateway refused the pairing: "
                        f"{_scrub(str(error.get('message') or ''), token)} (HTTP {status})")

@@ -82,7 +82,7 @@ class FakeControlServer:
                         break
                     data += part
                 head = data.split(b"\r\n", 1)[0].decode("latin-1")
-                method, path = (head.split(" ") + ["", ""])[:2]
+                method, path = [*head.split(" "), "", ""][:2]
                 route = f"{method} {path}"
                 self.requests.append((route, data))
                 conn.sendall(self._render(self.routes.get(route)))

@@ -1,0 +1,253 @@
+"""`lattice-ctl relay connect | status | disconnect` against a real gateway process."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.ctl.fake_control import fake_daemon_socket, ping_body
+from tests.e2e.harness import (
+    create_runtime,
+    ctl,
+    ctl_env,
+    home_paths,
+    mint_bootstrap,
+    revoke_runtime,
+    run_command_string,
+)
+from tests.support.gateway import GatewayProcess, run_gateway
+from tests.support.net import free_port, wait_until
+
+PROVIDER = ("--provider", "ollama", "--provider-url", "http://127.0.0.1:9")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    # ttl min 1 s: an expired token in one second instead of one minute
+    with run_gateway(tmp_path_factory.mktemp("gw"), bootstrap_ttl_min=1) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def key(gateway: GatewayProcess) -> str:
+    return gateway.create_key("ctl-tests")
+
+
+def _token(gateway: GatewayProcess, key: str, ttl: int | None = None) -> tuple[str, dict]:
+    runtime = create_runtime(gateway.url, key)
+    return runtime["latticeId"], mint_bootstrap(gateway.url, key, runtime["latticeId"], ttl)
+
+
+def _connect(home: Path, gateway: GatewayProcess, token: str, *extra: str):
+    return ctl(home, "relay", "connect", "--gateway", gateway.url, "--bootstrap-token", token,
+               *PROVIDER, *extra)
+
+
+def _assert_secret_absent(done, secret: str) -> None:
+    assert secret not in done.stdout and secret not in done.stderr
+
+
+def test_connect_pairs_writes_private_config_and_says_start_daemon(
+        lattice_home: Path, gateway: GatewayProcess, key: str) -> None:
+    lattice_id, minted = _token(gateway, key)
+    done = ctl(lattice_home, "--json", "relay", "connect", "--gateway", gateway.url,
+               "--bootstrap-token", minted["bootstrapToken"], *PROVIDER)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["latticeId"] == lattice_id
+    assert data["daemonRunning"] is False and data["reachable"] is False
+    _assert_secret_absent(done, minted["bootstrapToken"])
+    paths = home_paths(lattice_home)
+    assert stat.S_IMODE(paths.config_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths.key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths.config_dir.stat().st_mode) == 0o700
+    text = paths.config_file.read_text()
+    assert lattice_id in text and "lrdt_v1" in text  # the daemon token is kept (0600)
+    assert minted["bootstrapToken"] not in text
+    human = ctl(lattice_home, "relay", "status")
+    assert f"Paired: runtime {lattice_id}" in human.stdout
+    assert "not running" in human.stdout
+    assert "gateway" not in human.stderr.lower() or human.returncode == 0
+    assert ctl(lattice_home, "--json", "relay", "status").returncode == 0
+
+
+def test_command_string_verbatim_prints_how_to_start(lattice_home: Path,
+                                                     gateway: GatewayProcess, key: str) -> None:
+    from tests.e2e.harness import write_provider_config
+
+    write_provider_config(lattice_home, "ollama", "http://127.0.0.1:9")
+    lattice_id, minted = _token(gateway, key)
+    done = run_command_string(lattice_home, minted["command"])
+    assert done.returncode == 0, done.stderr
+    assert f"Paired: runtime {lattice_id}" in done.stdout
+    assert "lattice-ctl daemon start" in done.stdout
+
+
+def test_unknown_token_is_reported_precisely(lattice_home: Path,
+                                             gateway: GatewayProcess) -> None:
+    token = "plrt_v1_" + "A" * 43
+    done = _connect(lattice_home, gateway, token)
+    assert done.returncode == 1
+    assert "does not know this bootstrap token" in done.stderr
+    _assert_secret_absent(done, token)
+    assert not home_paths(lattice_home).config_file.exists()
+
+
+def test_used_token_is_reported_precisely(lattice_home: Path, tmp_path: Path,
+                                          gateway: GatewayProcess, key: str) -> None:
+    _, minted = _token(gateway, key)
+    first = _connect(lattice_home, gateway, minted["bootstrapToken"])
+    assert first.returncode == 0, first.stderr
+    other_home = tmp_path / "other"
+    again = _connect(other_home, gateway, minted["bootstrapToken"])
+    assert again.returncode == 1
+    assert "already used" in again.stderr
+    _assert_secret_absent(again, minted["bootstrapToken"])
+    data = json.loads(ctl(other_home, "--json", "relay", "connect", "--gateway", gateway.url,
+                          "--bootstrap-token", minted["bootstrapToken"], *PROVIDER).stdout)
+    assert data["code"] == "bootstrap_token_used"
+
+
+def test_expired_token_is_reported_precisely(lattice_home: Path, gateway: GatewayProcess,
+                                             key: str) -> None:
+    _, minted = _token(gateway, key, ttl=1)
+    expires = time.time() + 1.0
+    wait_until(lambda: time.time() > expires + 0.2, timeout=3, what="token expiry")
+    done = _connect(lattice_home, gateway, minted["bootstrapToken"])
+    assert done.returncode == 1
+    assert "has expired" in done.stderr
+    _assert_secret_absent(done, minted["bootstrapToken"])
+
+
+def test_revoked_runtime_is_reported(lattice_home: Path, gateway: GatewayProcess,
+                                     key: str) -> None:
+    lattice_id, minted = _token(gateway, key)
+    revoke_runtime(gateway.url, key, lattice_id)
+    done = _connect(lattice_home, gateway, minted["bootstrapToken"])
+    assert done.returncode == 1
+    assert "was revoked on the gateway" in done.stderr
+
+
+def test_existing_pairing_is_not_replaced_without_flag(lattice_home: Path,
+                                                       gateway: GatewayProcess,
+                                                       key: str) -> None:
+    first_id, first = _token(gateway, key)
+    assert _connect(lattice_home, gateway, first["bootstrapToken"]).returncode == 0
+    second_id, second = _token(gateway, key)
+    refused = _connect(lattice_home, gateway, second["bootstrapToken"])
+    assert refused.returncode == 1
+    assert "already paired" in refused.stderr and "--replace" in refused.stderr
+    assert first_id in home_paths(lattice_home).config_file.read_text()
+    # the refusal did not burn the one-time token: --replace can still use it
+    replaced = _connect(lattice_home, gateway, second["bootstrapToken"], "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    text = home_paths(lattice_home).config_file.read_text()
+    assert second_id in text and first_id not in text
+
+
+def test_token_from_stdin_and_from_environment(lattice_home: Path, tmp_path: Path,
+                                               gateway: GatewayProcess, key: str) -> None:
+    lattice_id, minted = _token(gateway, key)
+    done = ctl(lattice_home, "relay", "connect", "--gateway", gateway.url,
+               "--bootstrap-token", "-", *PROVIDER, input=minted["bootstrapToken"] + "\n")
+    assert done.returncode == 0, done.stderr
+    assert lattice_id in home_paths(lattice_home).config_file.read_text()
+
+    other = tmp_path / "env-home"
+    lattice_id2, minted2 = _token(gateway, key)
+    env = ctl_env(other, LATTICE_BOOTSTRAP_TOKEN=minted2["bootstrapToken"])
+    done = ctl(other, "relay", "connect", "--gateway", gateway.url, *PROVIDER, env=env)
+    assert done.returncode == 0, done.stderr
+    assert lattice_id2 in home_paths(other).config_file.read_text()
+
+
+def test_missing_token_and_malformed_token_fail_before_network(lattice_home: Path) -> None:
+    done = ctl(lattice_home, "relay", "connect", "--gateway", "http://127.0.0.1:9", *PROVIDER)
+    assert done.returncode == 2
+    assert "no bootstrap token" in done.stderr
+    done = ctl(lattice_home, "relay", "connect", "--gateway", "http://127.0.0.1:9",
+               "--bootstrap-token", "sk_not_a_bootstrap_token", *PROVIDER)
+    assert done.returncode == 2
+    assert "not a bootstrap token" in done.stderr
+    assert "sk_not_a_bootstrap_token" not in done.stderr
+
+
+def test_unreachable_gateway_is_reported_with_proxy_hint(lattice_home: Path) -> None:
+    token = "plrt_v1_" + "B" * 43
+    url = f"http://127.0.0.1:{free_port()}"
+    done = ctl(lattice_home, "relay", "connect", "--gateway", url, "--bootstrap-token",
+               token, *PROVIDER)
+    assert done.returncode == 1
+    assert f"cannot reach the gateway at {url}" in done.stderr
+    assert "HTTPS_PROXY" in done.stderr
+    _assert_secret_absent(done, token)
+
+
+def test_not_a_gateway_is_reported(lattice_home: Path, gateway: GatewayProcess) -> None:
+    token = "plrt_v1_" + "C" * 43
+    done = ctl(lattice_home, "relay", "connect", "--gateway", gateway.url + "/nothing-here",
+               "--bootstrap-token", token, *PROVIDER)
+    assert done.returncode == 1
+    assert "is --gateway the right URL?" in done.stderr
+
+
+def test_no_provider_detected_without_terminal_fails_clearly(lattice_home: Path) -> None:
+    done = ctl(lattice_home, "relay", "connect", "--gateway", "http://127.0.0.1:9",
+               "--bootstrap-token", "plrt_v1_" + "D" * 43)
+    if "found" in done.stderr and "choose one" in done.stderr:  # a real Ollama/LM Studio
+        assert done.returncode == 2
+        return
+    assert done.returncode == 2
+    assert "no local model server found" in done.stderr
+    assert "ollama serve" in done.stderr and "--provider-url" in done.stderr
+
+
+def test_connect_reloads_a_running_daemon_and_waits_for_connected(
+        lattice_home: Path, gateway: GatewayProcess, key: str) -> None:
+    lattice_id, minted = _token(gateway, key)
+    with fake_daemon_socket(home_paths(lattice_home).socket) as daemon:
+        daemon.answer("POST /v1/reload", 200, {"ok": True, "relay": {"state": "connecting"}})
+        daemon.answer("GET /v1/ping", 200, ping_body())
+        done = _connect(lattice_home, gateway, minted["bootstrapToken"])
+        assert done.returncode == 0, done.stderr
+        assert (f"Connected: runtime {lattice_id} (Test laptop) is reachable at "
+                f"{gateway.url}") in done.stdout
+        routes = [route for route, _ in daemon.requests]
+        assert routes[0] == "POST /v1/reload" and "GET /v1/ping" in routes
+        assert all(minted["bootstrapToken"].encode() not in raw for _, raw in daemon.requests)
+
+
+def test_connect_reports_repair_required_from_daemon(lattice_home: Path,
+                                                     gateway: GatewayProcess,
+                                                     key: str) -> None:
+    _, minted = _token(gateway, key)
+    with fake_daemon_socket(home_paths(lattice_home).socket) as daemon:
+        daemon.answer("POST /v1/reload", 200, {"ok": True})
+        daemon.answer("GET /v1/ping", 200, ping_body(relay={
+            "state": "repair_required", "lastError": "runtime revoked: re-pair required"}))
+        done = _connect(lattice_home, gateway, minted["bootstrapToken"])
+        assert done.returncode == 1
+        assert "re-pair required" in done.stderr
+
+
+def test_disconnect_forgets_pairing_with_daemon_down_and_tells_running_daemon(
+        lattice_home: Path, gateway: GatewayProcess, key: str) -> None:
+    lattice_id, minted = _token(gateway, key)
+    assert _connect(lattice_home, gateway, minted["bootstrapToken"]).returncode == 0
+    with fake_daemon_socket(home_paths(lattice_home).socket) as daemon:
+        daemon.answer("POST /v1/relay/disconnect", 200, {"ok": True})
+        done = ctl(lattice_home, "--json", "relay", "disconnect")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"ok": True, "wasPaired": True,
+                                           "latticeId": lattice_id, "daemonNotified": True}
+        assert [r for r, _ in daemon.requests] == ["POST /v1/relay/disconnect"]
+    assert "[relay]" not in home_paths(lattice_home).config_file.read_text()
+    again = ctl(lattice_home, "relay", "disconnect")  # daemon down, nothing paired
+    assert again.returncode == 0 and "Not paired" in again.stdout
+    assert httpx.get(gateway.url + "/healthz").status_code == 200
