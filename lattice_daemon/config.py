@@ -63,6 +63,9 @@ class DaemonSettings:
     max_concurrency: int = 4
     log_prompts: bool = False
     drain_seconds: float = 30.0
+    # Reconnect backoff (jittered exponential); tests shorten it.
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
 
 
 @dataclass

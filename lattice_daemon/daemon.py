@@ -1,0 +1,403 @@
+"""The daemon's lifecycle, in one place: wiring, reload, signals, drain, exit codes.
+
+``run_daemon`` is what ``lattice-daemon run`` calls: config and key (unusable ->
+``exitcodes.CONFIG``), the single-instance lock (held -> ``ALREADY_RUNNING``), then the
+event loop with the control server and, when paired, a ``Pairing`` (provider, runner,
+relay client). A reload swaps the pairing without a restart, so `relay connect` turns
+the runtime reachable within a second. SIGTERM/SIGINT stop taking jobs, drain the
+running ones (up to ``drain_seconds``), deregister and exit 0; a second signal exits at
+once. Losing the credential is not an exit: the daemon stays up and says
+"re-pair required" until a reload brings a new pairing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, Sealer, SealError, __version__
+from providers import Provider, ProviderHealth, make_provider
+
+from . import exitcodes
+from .backoff import Backoff
+from .clock import iso_utc
+from .config import ConfigError, DaemonConfig, load_config, load_or_create_keypair
+from .control import ControlError, ControlServer, SocketInUse
+from .lock import AlreadyRunning, InstanceLock
+from .paths import Paths
+from .relay import RelayApi, RelayClient, RelayState, RelayStatus
+from .runner import JobRunner
+
+log = logging.getLogger("lattice_daemon")
+
+HEALTH_MAX_AGE = 5.0  # re-check the provider at most this often
+PROBE_TIMEOUT = 2.0
+RELOAD_SETTLE = 1.0  # how long a reload waits for the first register before answering
+
+ProviderFactory = Callable[..., Provider]
+
+
+@dataclass
+class Pairing:
+    """Everything that belongs to one pairing; replaced as a whole on reload."""
+
+    runner: JobRunner
+    relay: RelayClient
+
+    async def close(self, *, deregister: bool) -> None:
+        await self.relay.stop_polling()
+        await self.runner.aclose()
+        await self.relay.close(deregister=deregister)
+
+
+def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provider,
+                   transport: httpx.AsyncBaseTransport | None = None) -> Provider:
+    p = config.provider
+    if p.first_token_timeout <= 0 or p.idle_timeout <= 0:
+        raise ConfigError("[provider] first_token_timeout and idle_timeout must be > 0")
+    try:
+        return factory(p.kind, p.url, first_token_timeout=p.first_token_timeout,
+                       idle_timeout=p.idle_timeout, probe_timeout=PROBE_TIMEOUT,
+                       transport=transport)
+    except ValueError as exc:
+        raise ConfigError(f"[provider] {exc}") from None
+
+
+def validate(config: DaemonConfig) -> None:
+    """Checks load_config cannot make (it only knows shapes); raises ConfigError."""
+    d = config.daemon
+    if isinstance(d.max_concurrency, bool) or not isinstance(d.max_concurrency, int) \
+            or not 1 <= d.max_concurrency <= 1024:
+        raise ConfigError("[daemon] max_concurrency must be an integer from 1 to 1024")
+    if not isinstance(d.drain_seconds, int | float) or d.drain_seconds < 0:
+        raise ConfigError("[daemon] drain_seconds must be a number >= 0")
+    if config.relay is not None:
+        try:
+            Sealer(KeyPair.generate(), config.relay.gateway_public_key)
+        except SealError:
+            raise ConfigError("[relay] gateway_public_key is not a valid public key; "
+                              "run `lattice-ctl relay connect --replace`") from None
+        if not config.relay.relay_url.startswith(("http://", "https://")):
+            raise ConfigError("[relay] relay_url must start with https:// or http://")
+
+
+class Daemon:
+    """One running daemon: serves the control API and, when paired, the relay."""
+
+    def __init__(self, paths: Paths, config: DaemonConfig, keys: KeyPair, *,
+                 provider_factory: ProviderFactory = make_provider) -> None:
+        self.paths = paths
+        self.config = config
+        self.keys = keys
+        self.started_at = time.time()
+        self._provider_factory = provider_factory
+        self.provider = build_provider(config, provider_factory)
+        self.relay_status = RelayStatus(RelayState.NOT_PAIRED, self.started_at)
+        self.pairing: Pairing | None = None
+        self._replays = ReplayGuard()  # survives reloads: a replay is a replay
+        self._health: ProviderHealth | None = None
+        self._health_at = float("-inf")
+        self._health_task: asyncio.Task[ProviderHealth] | None = None
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._served_before = (0, 0)  # counters of pairings replaced by reloads
+        self.control = ControlServer(paths.socket, self,
+                                     private_dir=paths.socket.parent == paths.runtime_dir)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.control.start()
+        except (SocketInUse, OSError) as exc:
+            log.error("cannot serve the control socket: %s", exc)
+            print(f"lattice-daemon: {exc}", file=sys.stderr)
+            return exitcodes.ALREADY_RUNNING if isinstance(exc, SocketInUse) \
+                else exitcodes.FAILURE
+        log.info("lattice-daemon %s started (pid %d)", __version__, os.getpid())
+        self._start_pairing()
+        self._refresh_health_soon()
+        await self._stop.wait()
+        await self._graceful_stop()
+        return exitcodes.OK
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s received: stopping (draining in-flight jobs up to %g s; "
+                     "send it again to exit at once)", sig.name,
+                     self.config.daemon.drain_seconds)
+            self._stop.set()
+            return
+        log.warning("%s received again: exiting at once", sig.name)
+        logging.shutdown()
+        os._exit(exitcodes.OK)
+
+    async def _graceful_stop(self) -> None:
+        pairing, self.pairing = self.pairing, None
+        if pairing is not None:
+            await pairing.relay.stop_polling()
+            runner = pairing.runner
+            if runner.in_flight:
+                log.info("draining %d in-flight jobs", runner.in_flight)
+            if not await runner.wait_idle(self.config.daemon.drain_seconds):
+                left = runner.abort_all(ErrorCode.RUNTIME_UNREACHABLE,
+                                        "the runtime shut down before the job finished")
+                log.warning("drain time over: aborted %d jobs", left)
+                await runner.wait_idle(2.0)
+            await pairing.relay.flush(5.0)
+            await pairing.close(deregister=True)
+        if self._background:
+            await asyncio.wait(self._background, timeout=5.0)
+        await self.provider.aclose()
+        await self.control.close()
+        log.info("lattice-daemon stopped")
+
+    # -- pairing ------------------------------------------------------------------------
+
+    def _start_pairing(self) -> None:
+        relay_config = self.config.relay
+        if relay_config is None:
+            self.relay_status = RelayStatus(RelayState.NOT_PAIRED, time.time())
+            log.info("not paired: run `lattice-ctl relay connect` to pair this machine")
+            return
+        self.relay_status = RelayStatus(RelayState.CONNECTING, time.time(),
+                                  gateway=relay_config.gateway)
+        sealer = Sealer(self.keys, relay_config.gateway_public_key)
+        api = RelayApi(relay_config.relay_url, relay_config.daemon_token)
+        relay: RelayClient
+        runner = JobRunner(self.provider, sealer, relay_config.lattice_id,
+                           self.config.provider,
+                           emit=lambda event: relay.emit(event),
+                           max_concurrency=self.config.daemon.max_concurrency,
+                           replay_guard=self._replays,
+                           log_prompts=self.config.daemon.log_prompts)
+        backoff = Backoff(self.config.daemon.backoff_initial_seconds,
+                          self.config.daemon.backoff_max_seconds)
+        relay = RelayClient(api, runner, self.relay_status,
+                            describe_provider=self.describe_provider, backoff=backoff)
+        self.pairing = Pairing(runner, relay)
+        relay.start()
+        log.info("serving runtime %s (%s) via %s", relay_config.lattice_id,
+                 relay_config.display_name, relay_config.gateway)
+
+    def _retire_pairing(self, *, deregister: bool) -> None:
+        """Close the current pairing in the background (its gateway may be slow)."""
+        pairing, self.pairing = self.pairing, None
+        if pairing is None:
+            return
+        jobs = pairing.runner.counters
+        served, failed = self._served_before
+        self._served_before = (served + jobs.served, failed + jobs.failed)
+        task = asyncio.get_running_loop().create_task(pairing.close(deregister=deregister))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- provider -----------------------------------------------------------------------
+
+    async def provider_health(self, max_age: float = HEALTH_MAX_AGE) -> ProviderHealth | None:
+        if time.monotonic() - self._health_at > max_age:
+            await self._refresh_health()
+        return self._health
+
+    def _refresh_health_soon(self) -> None:
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self._check_health())
+
+    async def _refresh_health(self) -> None:
+        self._refresh_health_soon()
+        assert self._health_task is not None
+        await asyncio.shield(self._health_task)
+
+    async def _check_health(self) -> ProviderHealth:
+        provider = self.provider
+        try:
+            health = await provider.health()
+        except Exception as exc:  # health() promises not to raise; be safe anyway
+            health = ProviderHealth(False, f"{provider.display_name}: {type(exc).__name__}")
+        if provider is self.provider:
+            self._health = health
+            self._health_at = time.monotonic()
+        return health
+
+    def default_model(self) -> str | None:
+        configured = self.config.provider.default_model
+        if configured:
+            return configured
+        models = self._health.models if self._health else []
+        allowed = self.config.provider.allowed_models
+        candidates = [m for m in models if not allowed or m in allowed]
+        return candidates[0] if candidates else None
+
+    async def describe_provider(self) -> dict[str, Any]:
+        """The provider part of a session registration."""
+        health = await self.provider_health()
+        models = list(health.models) if health else []
+        allowed = self.config.provider.allowed_models
+        if allowed:
+            models = [m for m in models if m in allowed] or list(allowed)
+        return {"kind": self.config.provider.kind, "models": models,
+                "defaultModel": self.default_model()}
+
+    def provider_dict(self) -> dict[str, Any]:
+        health = self._health
+        return {
+            "kind": self.config.provider.kind,
+            "url": self.provider.base_url,
+            "ok": health.ok if health else None,
+            "detail": health.detail if health else "not checked yet",
+            "models": list(health.models) if health else [],
+            "defaultModel": self.default_model(),
+        }
+
+    # -- control API (ControlBackend) ---------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        if time.monotonic() - self._health_at > HEALTH_MAX_AGE:
+            self._refresh_health_soon()  # answer from the cache: ping must be instant
+        now = time.time()
+        return {
+            "daemonVersion": __version__,
+            "pid": os.getpid(),
+            "startedAt": iso_utc(self.started_at),
+            "uptimeSeconds": round(now - self.started_at, 3),
+            "relay": self.relay_status.to_dict(),
+            "provider": self.provider_dict(),
+        }
+
+    async def status(self) -> dict[str, Any]:
+        await self.provider_health()
+        answer = await self.ping()
+        relay = self.config.relay
+        runner = self.pairing.runner if self.pairing else None
+        served, failed = self._served_before
+        answer.update({
+            "runtime": None if relay is None else {
+                "latticeId": relay.lattice_id,
+                "displayName": relay.display_name,
+                "accountId": relay.account_id,
+                "executionBackend": relay.execution_backend,
+            },
+            "jobs": {
+                "inFlight": runner.in_flight if runner else 0,
+                "served": served + (runner.counters.served if runner else 0),
+                "failed": failed + (runner.counters.failed if runner else 0),
+                "maxConcurrency": self.config.daemon.max_concurrency,
+            },
+            "configFile": str(self.paths.config_file),
+            "logFile": str(self.paths.log_file),
+        })
+        return answer
+
+    async def reload(self) -> dict[str, Any]:
+        async with self._reload_lock:
+            try:
+                config = load_config(self.paths)
+                validate(config)
+                keys = load_or_create_keypair(self.paths)
+                provider = None
+                if config.provider != self.config.provider:
+                    provider = build_provider(config, self._provider_factory)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                raise ControlError(400, "config_error", str(exc)) from None
+            same = (config == self.config and keys.private_text() == self.keys.private_text())
+            healthy = self.pairing is not None or config.relay is None
+            if same and healthy and self.relay_status.state != RelayState.REPAIR_REQUIRED:
+                return {"ok": True, "changed": False, "relay": self.relay_status.to_dict()}
+            log.info("reloading the configuration")
+            self._retire_pairing(deregister=True)
+            if provider is not None:
+                old, self.provider = self.provider, provider
+                self._health, self._health_at = None, float("-inf")
+                self._spawn(old.aclose())
+            self.config, self.keys = config, keys
+            self._start_pairing()
+            self._refresh_health_soon()
+            await self._settle(RELOAD_SETTLE)
+            return {"ok": True, "changed": True, "relay": self.relay_status.to_dict()}
+
+    async def _settle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        status = self.relay_status
+        while status.state == RelayState.CONNECTING and status.last_error is None:
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.01)
+
+    async def disconnect(self) -> dict[str, Any]:
+        async with self._reload_lock:
+            pairing, self.pairing = self.pairing, None
+            if pairing is not None:
+                jobs = pairing.runner.counters
+                served, failed = self._served_before
+                self._served_before = (served + jobs.served, failed + jobs.failed)
+                await pairing.close(deregister=True)
+                log.info("disconnected from the relay on request")
+            self.relay_status = RelayStatus(RelayState.NOT_PAIRED, time.time(),
+                                      last_error="disconnected on request")
+            return {"ok": True}
+
+    async def shutdown(self) -> dict[str, Any]:
+        log.info("shutdown requested over the control socket")
+        self._stop.set()
+        return {"ok": True}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def load_startup(paths: Paths) -> tuple[DaemonConfig, KeyPair]:
+    """Config and key for a start; ConfigError says what is wrong in one line."""
+    config = load_config(paths)
+    validate(config)
+    return config, load_or_create_keypair(paths)
+
+
+def run_daemon(paths: Paths, *, provider_factory: ProviderFactory = make_provider) -> int:
+    """The whole life of a daemon process; returns its exit code."""
+    try:
+        config, keys = load_startup(paths)
+    except ConfigError as exc:
+        log.error("config error: %s", exc)
+        print(f"lattice-daemon: config error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    lock = InstanceLock(paths.lock_file)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        print(f"lattice-daemon: {exc}", file=sys.stderr)
+        return exitcodes.ALREADY_RUNNING
+    try:
+        async def main() -> int:
+            try:
+                daemon = Daemon(paths, config, keys, provider_factory=provider_factory)
+            except ConfigError as exc:
+                log.error("config error: %s", exc)
+                print(f"lattice-daemon: config error: {exc}", file=sys.stderr)
+                return exitcodes.CONFIG
+            return await daemon.serve()
+
+        return asyncio.run(main())
+    finally:
+        lock.release()

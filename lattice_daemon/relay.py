@@ -1,0 +1,458 @@
+"""The daemon's side of the relay protocol (docs/protocol.md): outbound HTTPS only.
+
+Two layers:
+
+* ``RelayApi``: the five requests, one ``httpx.AsyncClient`` (HTTP/1.1 keep-alive,
+  ``trust_env=True`` so HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE apply, a hard timeout on
+  every call), and the mapping of answers to ``RelayError`` kinds;
+* ``RelayClient``: the loops. One poll is outstanding whenever the runner has a free
+  slot, so a queued job is picked up within milliseconds; a sender posts the events the
+  runner produced, batching only what piled up while the previous post was in flight.
+  Errors back off (jittered, capped, ``Retry-After`` honoured) and the client
+  reconnects by itself; a rejected credential is final (``repair_required``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from lattice_protocol import CancelNotice, JobEnvelope, ProtocolError, SealedEvent, __version__
+
+from .backoff import Backoff, parse_retry_after
+from .clock import iso_utc
+from .runner import JobRunner
+
+log = logging.getLogger("lattice_daemon.relay")
+
+CALL_TIMEOUT = 15.0  # register / events / deregister: a healthy gateway answers in ms
+POLL_GRACE = 10.0  # the poll's read timeout is the announced window plus this
+DEFAULT_POLL_WINDOW = 25.0
+SPACE_FOR_EVENTS = 256  # at most this many events in one post
+
+
+class RelayState(str, enum.Enum):
+    NOT_PAIRED = "not_paired"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    REPAIR_REQUIRED = "repair_required"
+
+
+@dataclass
+class RelayStatus:
+    """What the control API shows about the relay connection."""
+
+    state: RelayState
+    since: float
+    gateway: str | None = None
+    last_poll_at: float | None = None
+    last_error: str | None = None
+
+    def set(self, state: RelayState, error: str | None = None) -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.time()
+        self.last_error = error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "since": iso_utc(self.since),
+            "gateway": self.gateway,
+            "lastPollAt": iso_utc(self.last_poll_at),
+            "lastError": self.last_error,
+        }
+
+
+# ------------------------------------------------------------------------ errors
+
+
+class RelayError(Exception):
+    """A failed relay call that may succeed later (network, 5xx, 429)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class SessionLost(RelayError):
+    """404: the gateway does not know the session (it restarted, or the session expired)."""
+
+
+class CredentialRejected(RelayError):
+    """401/403: the runtime was revoked, deleted or re-paired elsewhere. Final."""
+
+
+def _describe_transport_error(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    if len(text) > 160:
+        text = text[:160] + "..."
+    if isinstance(exc, httpx.ProxyError):
+        return f"proxy error: {text}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"gateway timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        if "CERTIFICATE" in text.upper() or "SSL" in text.upper():
+            return f"TLS error: {text}"
+        return f"gateway unreachable: {text}"
+    return f"connection to the gateway failed: {text}"
+
+
+def _error_message(response: httpx.Response) -> tuple[str, str]:
+    """(code, message) from the OpenAI error envelope, tolerating anything else."""
+    try:
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            return str(error.get("code") or ""), str(error.get("message") or "")[:200]
+    except ValueError:
+        pass
+    return "", ""
+
+
+# ----------------------------------------------------------------------- the API
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    poll_window: float
+
+
+class RelayApi:
+    """The relay's five requests over one HTTP client; the daemon token stays in here."""
+
+    def __init__(self, relay_url: str, daemon_token: str, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = relay_base_url(relay_url)
+        self._client = httpx.AsyncClient(
+            trust_env=True,
+            transport=transport,
+            headers={"authorization": f"Bearer {daemon_token}",
+                     "user-agent": f"lattice-daemon/{__version__}"},
+            timeout=httpx.Timeout(CALL_TIMEOUT),
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4,
+                                keepalive_expiry=60.0),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, method: str, path: str, body: Any = None,
+                    timeout: httpx.Timeout | None = None, session: bool = True) -> Any:
+        try:
+            response = await self._client.request(
+                method, self.base_url + path, json=body,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+        except httpx.TransportError as exc:
+            raise RelayError(_describe_transport_error(exc)) from None
+        status = response.status_code
+        if status < 300:
+            if status == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise RelayError(f"gateway sent invalid JSON (HTTP {status})") from None
+        code, message = _error_message(response)
+        if status in (401, 403):
+            if code == "runtime_revoked":
+                reason = "runtime revoked: re-pair required"
+            else:
+                reason = "daemon credential rejected (runtime deleted or re-paired " \
+                         "elsewhere): re-pair required"
+            raise CredentialRejected(reason)
+        if status == 404 and session:
+            raise SessionLost("relay session not found (gateway restarted?)")
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        detail = f": {message}" if message else ""
+        raise RelayError(f"gateway answered HTTP {status}{detail}", retry_after)
+
+    async def register(self, body: dict[str, Any]) -> Session:
+        answer = await self._call("POST", "/sessions", body, session=False)
+        if not isinstance(answer, dict) or not isinstance(answer.get("sessionId"), str):
+            raise RelayError("gateway sent a malformed session answer")
+        window = answer.get("pollWindowSeconds", DEFAULT_POLL_WINDOW)
+        if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
+            window = DEFAULT_POLL_WINDOW
+        return Session(answer["sessionId"], float(window))
+
+    async def poll(self, session: Session, capacity: int
+                   ) -> tuple[list[JobEnvelope], list[CancelNotice]]:
+        timeout = httpx.Timeout(CALL_TIMEOUT, read=session.poll_window + POLL_GRACE)
+        answer = await self._call("POST", f"/sessions/{session.session_id}/poll",
+                                  {"capacity": capacity}, timeout)
+        if not isinstance(answer, dict):
+            raise RelayError("gateway sent a malformed poll answer")
+        jobs = _parse_list(answer.get("jobs"), JobEnvelope.from_dict, "job")
+        return jobs, _parse_list(answer.get("cancels"), CancelNotice.from_dict, "cancel")
+
+    async def post_events(self, session: Session, events: list[SealedEvent]
+                          ) -> tuple[list[dict[str, Any]], list[CancelNotice]]:
+        answer = await self._call("POST", f"/sessions/{session.session_id}/events",
+                                  {"events": [e.to_dict() for e in events]})
+        if not isinstance(answer, dict):
+            return [], []
+        refused = [r for r in answer.get("refused") or [] if isinstance(r, dict)]
+        return refused, _parse_list(answer.get("cancels"), CancelNotice.from_dict, "cancel")
+
+    async def deregister(self, session: Session, timeout: float = 5.0) -> None:
+        await self._call("DELETE", f"/sessions/{session.session_id}",
+                         timeout=httpx.Timeout(timeout))
+
+
+def relay_base_url(relay_url: str) -> str:
+    """``.../v1/relay`` whether the pairing stored the relay base or the gateway URL."""
+    url = relay_url.rstrip("/")
+    return url if url.endswith("/v1/relay") else url + "/v1/relay"
+
+
+def _parse_list(value: Any, parse: Callable[[Any], Any], what: str) -> list[Any]:
+    items = []
+    for raw in value if isinstance(value, list) else []:
+        try:
+            items.append(parse(raw))
+        except ProtocolError as exc:
+            log.warning("ignored a malformed %s from the gateway: %s", what, exc)
+    return items
+
+
+# -------------------------------------------------------------------- the client
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background poll's outcome as seen; the main loop meets any error again."""
+    if not task.cancelled():
+        task.exception()
+
+
+class RelayClient:
+    """Keeps a session, polls for jobs, sends events; one instance per pairing."""
+
+    def __init__(
+        self,
+        api: RelayApi,
+        runner: JobRunner,
+        status: RelayStatus,
+        *,
+        describe_provider: Callable[[], Awaitable[dict[str, Any]]],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.api = api
+        self.runner = runner
+        self.status = status
+        self.session: Session | None = None
+        self._describe_provider = describe_provider
+        self._backoff = backoff or Backoff()
+        self._outbox: list[SealedEvent] = []
+        self._outbox_ready = asyncio.Event()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._send_task: asyncio.Task[None] | None = None
+        self._sending = False
+        self._lost_in_a_row = 0
+        self.polls = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._poll_task = loop.create_task(self._poll_loop(), name="relay-poll")
+        self._send_task = loop.create_task(self._send_loop(), name="relay-send")
+
+    async def stop_polling(self) -> None:
+        """Take no more jobs (the first step of a graceful stop)."""
+        for task in (self._poll_task, self._heartbeat):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RelayError):
+                    await task
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every produced event was posted (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._outbox or self._sending:
+            if self._send_task is None or self._send_task.done():
+                return not self._outbox
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def close(self, *, deregister: bool, timeout: float = 5.0) -> None:
+        """Stop everything; deregister the session so the runtime turns offline at once."""
+        await self.stop_polling()
+        if self._send_task is not None:
+            self._send_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._send_task
+        session, self.session = self.session, None
+        if deregister and session is not None:
+            try:
+                await self.api.deregister(session, timeout)
+                log.info("deregistered relay session %s", session.session_id)
+            except RelayError as exc:
+                log.warning("could not deregister the relay session: %s", exc.message)
+        await self.api.aclose()
+
+    # -- events -------------------------------------------------------------------------
+
+    def emit(self, event: SealedEvent) -> None:
+        """The runner's sink: queue an event for the next post."""
+        self._outbox.append(event)
+        self._outbox_ready.set()
+
+    # -- loops --------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                if self.session is None:
+                    await self._register()
+                free = self.runner.free_slots
+                if free:
+                    await self._poll_once(free)
+                else:
+                    await self._heartbeat_until_free()
+            except CredentialRejected as exc:
+                self._repair_required(exc)
+                return
+            except SessionLost as exc:
+                self._lose_session(exc)
+                if self._lost_in_a_row:  # re-register at once, but never in a tight loop
+                    await asyncio.sleep(self._backoff.next_delay())
+                self._lost_in_a_row += 1
+            except RelayError as exc:
+                self._failed(exc)
+                await asyncio.sleep(self._backoff.next_delay(exc.retry_after))
+
+    async def _poll_once(self, capacity: int) -> None:
+        session = self.session
+        assert session is not None
+        jobs, cancels = await self.api.poll(session, capacity)
+        self.polls += 1
+        self._lost_in_a_row = 0
+        self._backoff.reset()
+        self.status.last_poll_at = time.time()
+        if self.session is session:
+            self.status.set(RelayState.CONNECTED)
+        for notice in cancels:
+            self.runner.cancel(notice.job_id, notice.reason)
+        for envelope in jobs:
+            self.runner.start(envelope)
+
+    async def _heartbeat_until_free(self) -> None:
+        """Every slot is busy: hold a capacity-0 poll (it brings cancel notices and keeps
+        the runtime present) until it returns or a slot frees up. A freed slot starts a
+        real poll at once; the heartbeat then finishes on its own."""
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._poll_once(0))
+            self._heartbeat.add_done_callback(_retrieve)
+        heartbeat = self._heartbeat
+        freed = asyncio.get_running_loop().create_task(self.runner.wait_for_capacity())
+        try:
+            done, _ = await asyncio.wait({heartbeat, freed},
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            freed.cancel()
+        if heartbeat in done:
+            self._heartbeat = None
+            heartbeat.result()  # re-raises its RelayError for the loop to handle
+
+    async def _register(self) -> None:
+        provider = await self._describe_provider()
+        body = {"daemonVersion": __version__, "provider": provider,
+                "maxConcurrency": self.runner.max_concurrency}
+        self.session = await self.api.register(body)
+        log.info("relay session %s registered (poll window %g s)", self.session.session_id,
+                 self.session.poll_window)
+        if self.status.state == RelayState.RECONNECTING:
+            log.info("reconnected to the gateway")
+        self.status.last_poll_at = time.time()
+        self.status.set(RelayState.CONNECTED)
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox[:SPACE_FOR_EVENTS], self._outbox[SPACE_FOR_EVENTS:]
+            if self._outbox:
+                self._outbox_ready.set()
+            if not batch:
+                continue
+            self._sending = True
+            try:
+                await self._post(batch)
+            finally:
+                self._sending = False
+
+    async def _post(self, batch: list[SealedEvent]) -> None:
+        failures = 0
+        while True:
+            session = self.session
+            if session is None:
+                if batch:
+                    log.warning("dropped %d events: no relay session", len(batch))
+                return
+            try:
+                refused, cancels = await self.api.post_events(session, batch)
+            except CredentialRejected as exc:
+                self._repair_required(exc)
+                return
+            except SessionLost as exc:
+                # The leases died with the session: results can no longer be delivered.
+                if self.session is session:
+                    self._lose_session(exc)
+                return
+            except RelayError as exc:
+                failures += 1
+                self._failed(exc)
+                await asyncio.sleep(min(30.0, 0.1 * 2 ** failures) if exc.retry_after is None
+                                    else exc.retry_after)
+                continue
+            for refusal in refused:
+                job_id = str(refusal.get("jobId", ""))
+                if self.runner.cancel(job_id, f"gateway refused its events: "
+                                              f"{refusal.get('code', '')}"):
+                    log.info("job %s dropped: lease no longer held", job_id)
+            for notice in cancels:
+                self.runner.cancel(notice.job_id, notice.reason)
+            return
+
+    # -- state changes ------------------------------------------------------------------
+
+    def _failed(self, exc: RelayError) -> None:
+        if self.status.state != RelayState.RECONNECTING or self.status.last_error != exc.message:
+            log.warning("relay error: %s (retrying)", exc.message)
+        never_connected = self.status.state == RelayState.CONNECTING
+        self.status.set(RelayState.CONNECTING if never_connected else RelayState.RECONNECTING,
+                        exc.message)
+
+    def _lose_session(self, exc: RelayError) -> None:
+        log.warning("%s; registering a new session", exc.message)
+        self.session = None
+        dropped = self.runner.cancel_all("relay session lost")
+        if dropped:
+            log.warning("cancelled %d in-flight jobs: their leases ended with the session",
+                        dropped)
+        self.status.set(RelayState.RECONNECTING, exc.message)
+
+    def _repair_required(self, exc: RelayError) -> None:
+        log.error("%s; polling stopped until a new pairing is loaded", exc.message)
+        self.session = None
+        self.runner.cancel_all("credential rejected")
+        self.status.set(RelayState.REPAIR_REQUIRED, exc.message)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._poll_task is not None and self._poll_task is not asyncio.current_task():
+            self._poll_task.cancel()

@@ -1,0 +1,358 @@
+"""Runs leased jobs on the local provider, with bounded concurrency and cancellation.
+
+For each job envelope from a poll: open it (only the gateway could have sealed it),
+refuse what must not run (wrong runtime, id mismatch, past its deadline, a replay),
+pick the local model, call the provider and seal every output back as events. Events
+are handed to ``emit`` at once; the relay client batches and sends them.
+
+Deadlines are by silence, never by total length: ``firstTokenTimeout`` until the first
+chunk (a model that is loading is not a failure), then ``idleTimeout`` between chunks.
+The provider enforces the configured deadlines on every call; for streams the runner
+also applies the job's own (the gateway's) deadlines, whichever is shorter wins.
+
+Cancelling a job cancels its task: the provider's response is closed, so the provider
+sees the client go away and stops generating, and the slot is free at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from lattice_protocol import (
+    ErrorCode,
+    JobEnvelope,
+    JobSpec,
+    ProtocolError,
+    ReplayGuard,
+    ResultEvent,
+    SealedEvent,
+    Sealer,
+    SealError,
+)
+from providers import Provider, ProviderError
+
+from .config import ProviderConfig
+
+log = logging.getLogger("lattice_daemon.runner")
+
+EmitFn = Callable[[SealedEvent], None]
+T = TypeVar("T")
+
+MODEL_CACHE_SECONDS = 10.0  # how long the provider's model list is trusted for defaults
+
+if sys.version_info >= (3, 11):
+
+    async def _within(awaitable: Awaitable[T], seconds: float | None) -> T:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(awaitable: Awaitable[T], seconds: float | None) -> T:
+        return await asyncio.wait_for(awaitable, seconds)
+
+
+class JobRefused(Exception):
+    """A job that must not run; becomes an ``error`` event with ``code``."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class JobCounters:
+    served: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    refused: int = 0
+
+
+class _Job:
+    """Sequence numbering and sealing for the events of one job."""
+
+    __slots__ = ("_emit", "_sealer", "job_id", "seq")
+
+    def __init__(self, job_id: str, sealer: Sealer, emit: EmitFn) -> None:
+        self.job_id = job_id
+        self.seq = 0
+        self._sealer = sealer
+        self._emit = emit
+
+    def send(self, kind: str, data: dict[str, Any] | None = None, code: str | None = None,
+             message: str | None = None) -> None:
+        event = ResultEvent(kind=kind, job_id=self.job_id, seq=self.seq, data=data,  # type: ignore[arg-type]
+                            code=code, message=message)
+        self._emit(SealedEvent(self.job_id, self.seq, self._sealer.seal_json(event.to_dict())))
+        self.seq += 1
+
+    def error(self, code: ErrorCode | str, message: str) -> None:
+        self.send("error", code=ErrorCode(code).value, message=message)
+
+
+def _deadline(seconds: float) -> float | None:
+    return seconds if seconds > 0 else None  # 0 in a job means "no deadline of its own"
+
+
+class JobRunner:
+    """Owns the running jobs of one pairing. Not thread-safe; lives on the daemon's loop."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        sealer: Sealer,
+        lattice_id: str,
+        provider_config: ProviderConfig,
+        *,
+        emit: EmitFn,
+        max_concurrency: int = 4,
+        replay_guard: ReplayGuard | None = None,
+        log_prompts: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.provider = provider
+        self.max_concurrency = max_concurrency
+        self.counters = JobCounters()
+        self._sealer = sealer
+        self._lattice_id = lattice_id
+        self._config = provider_config
+        self._emit = emit
+        self._replays = replay_guard if replay_guard is not None else ReplayGuard()
+        self._log_prompts = log_prompts
+        self._clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._aborts: dict[str, tuple[ErrorCode, str]] = {}
+        self._slot_freed = asyncio.Event()
+        self._models: list[str] = []
+        self._models_at = float("-inf")
+
+    # -- capacity -----------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.max_concurrency - len(self._tasks))
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    async def wait_for_capacity(self) -> None:
+        while self.free_slots == 0:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs (drain); False when ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while self._tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(list(self._tasks.values()), timeout=remaining)
+        return True
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def start(self, envelope: JobEnvelope) -> bool:
+        """Open and admit a leased job and start running it; False if it was refused."""
+        job = _Job(envelope.job_id, self._sealer, self._emit)
+        try:
+            spec = self._open(envelope)
+        except SealError as exc:
+            # Not sealed by our gateway for our key: nothing trustworthy to answer.
+            self.counters.refused += 1
+            log.warning("job %s dropped: cannot open its envelope (%s)", envelope.job_id, exc)
+            return False
+        except JobRefused as exc:
+            self.counters.refused += 1
+            log.warning("job %s refused: %s", envelope.job_id, exc.message)
+            job.error(exc.code, exc.message)
+            return False
+        if envelope.job_id in self._tasks or self.free_slots == 0:
+            # The relay leased more than we asked for: say so rather than queue silently.
+            self.counters.refused += 1
+            job.error(ErrorCode.RUNTIME_UNREACHABLE, "the runtime has no free job slot")
+            return False
+        task = asyncio.get_running_loop().create_task(self._run(spec, job),
+                                                       name=f"job-{spec.job_id}")
+        self._tasks[spec.job_id] = task
+        task.add_done_callback(lambda _t, job_id=spec.job_id: self._finished(job_id))
+        return True
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
+        task = self._tasks.get(job_id)
+        if task is None:
+            return False
+        log.info("job %s cancelled (%s)", job_id, reason[:80])
+        task.cancel()
+        return True
+
+    def cancel_all(self, reason: str) -> int:
+        count = 0
+        for job_id in list(self._tasks):
+            count += self.cancel(job_id, reason)
+        return count
+
+    def abort_all(self, code: ErrorCode, message: str) -> int:
+        """Cancel every job and tell the gateway why (unlike ``cancel``, which is silent
+        because the gateway asked for it)."""
+        for job_id in self._tasks:
+            self._aborts[job_id] = (code, message)
+        return self.cancel_all(message)
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks.values())
+        self.cancel_all("shutting down")
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _finished(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self._aborts.pop(job_id, None)
+        self._slot_freed.set()
+
+    def _open(self, envelope: JobEnvelope) -> JobSpec:
+        value = self._sealer.open_json(envelope.sealed)
+        try:
+            spec = JobSpec.from_dict(value)
+        except ProtocolError as exc:
+            raise JobRefused(ErrorCode.INVALID_REQUEST, f"malformed job: {exc}") from None
+        if spec.job_id != envelope.job_id:
+            raise JobRefused(ErrorCode.INVALID_REQUEST,
+                             "sealed job id does not match its envelope (refused)")
+        if spec.lattice_id != self._lattice_id:
+            raise JobRefused(ErrorCode.INVALID_REQUEST,
+                             "job is addressed to another runtime (refused)")
+        try:
+            self._replays.admit(spec, now=self._clock())
+        except ProtocolError as exc:
+            if exc.reason == "expired":
+                raise JobRefused(
+                    ErrorCode.RUNTIME_TIMEOUT,
+                    "job reached the runtime after its start deadline (check this "
+                    "machine's clock if this keeps happening)") from None
+            raise JobRefused(ErrorCode.INVALID_REQUEST,
+                             "job was already received once (replay refused)") from None
+        return spec
+
+    async def _run(self, spec: JobSpec, job: _Job) -> None:
+        started = time.monotonic()
+        try:
+            model = await self._pick_model(spec)
+            request = dict(spec.request)
+            request["model"] = model
+            log.info("job %s started: model %s, %s", spec.job_id, model,
+                     "streaming" if spec.stream else "non-streaming")
+            if self._log_prompts:
+                log.info("job %s request: %s", spec.job_id, request.get("messages"))
+            if spec.stream:
+                chunks = await self._stream(spec, request, job)
+                job.send("end")
+                outcome = f"{chunks} chunks"
+            else:
+                request.pop("stream", None)
+                completion = await self.provider.chat(request)
+                if self._log_prompts:
+                    log.info("job %s completion: %s", spec.job_id, completion.get("choices"))
+                job.send("result", data=completion)
+                outcome = "result"
+            self.counters.served += 1
+            log.info("job %s done in %.1f ms (%s)", spec.job_id,
+                     (time.monotonic() - started) * 1000, outcome)
+        except asyncio.CancelledError:
+            abort = self._aborts.pop(spec.job_id, None)
+            if abort is None:
+                self.counters.cancelled += 1
+            else:
+                self.counters.failed += 1
+                job.error(*abort)
+            raise
+        except JobRefused as exc:
+            self.counters.failed += 1
+            log.warning("job %s refused: %s", spec.job_id, exc.message)
+            job.error(exc.code, exc.message)
+        except ProviderError as exc:
+            self.counters.failed += 1
+            code = _code_for(exc)
+            log.warning("job %s failed (%s): %s", spec.job_id, code.value, exc.message)
+            job.error(code, exc.message)
+        except Exception as exc:  # a bug here must fail one job, never the daemon
+            self.counters.failed += 1
+            log.exception("job %s failed inside the daemon", spec.job_id)
+            job.error(ErrorCode.PROVIDER_ERROR,
+                      f"the daemon failed while running the job ({type(exc).__name__})")
+
+    async def _stream(self, spec: JobSpec, request: dict[str, Any], job: _Job) -> int:
+        request["stream"] = True
+        chunks: AsyncIterator[dict[str, Any]] = aiter(self.provider.stream(request))
+        timeout = _deadline(spec.first_token_timeout)
+        count = 0
+        try:
+            while True:
+                try:
+                    chunk = await _within(anext(chunks), timeout)
+                except StopAsyncIteration:
+                    return count
+                except asyncio.TimeoutError:
+                    raise self._silence_error(first=count == 0, spec=spec) from None
+                job.send("chunk", data=chunk)
+                count += 1
+                timeout = _deadline(spec.idle_timeout)
+        finally:
+            closer = getattr(chunks, "aclose", None)
+            if closer is not None:
+                await closer()  # closes the provider's response: it stops generating
+
+    def _silence_error(self, *, first: bool, spec: JobSpec) -> ProviderError:
+        name = getattr(self.provider, "display_name", "the local provider")
+        if first:
+            text = (f"{name}: no output within {spec.first_token_timeout:g} s "
+                    "(first-token timeout); the model may still be loading")
+        else:
+            text = (f"{name}: the model stopped producing output for "
+                    f"{spec.idle_timeout:g} s mid-generation (idle timeout)")
+        return ProviderError("timeout", text)
+
+    async def _pick_model(self, spec: JobSpec) -> str:
+        allowed = self._config.allowed_models
+        model = spec.model or self._config.default_model
+        if model is None:
+            models = await self._provider_models()
+            candidates = [m for m in models if not allowed or m in allowed]
+            if not candidates:
+                raise JobRefused(ErrorCode.PROVIDER_ERROR,
+                                 f"{self.provider.display_name}: no model to run (no default "
+                                 "model configured and the provider lists none)")
+            model = candidates[0]
+        if allowed and model not in allowed:
+            raise JobRefused(ErrorCode.INVALID_REQUEST,
+                             f"model {model!r} is not allowed on this runtime (allowed: "
+                             f"{', '.join(allowed)})")
+        return model
+
+    async def _provider_models(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._models_at > MODEL_CACHE_SECONDS:
+            self._models = await self.provider.models()
+            self._models_at = now
+        return self._models
+
+
+def _code_for(exc: ProviderError) -> ErrorCode:
+    if exc.reason == "timeout":
+        return ErrorCode.RUNTIME_TIMEOUT
+    if exc.reason == "unsupported" or (exc.reason == "bad_request" and exc.status is None):
+        return ErrorCode.INVALID_REQUEST  # refused before anything reached the provider
+    return ErrorCode.PROVIDER_ERROR
