@@ -54,7 +54,7 @@ STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 
-def _run_coroutine_blocking(coro: Any) -> Any:
+def run_coroutine_blocking(coro: Any) -> Any:
     """Run a coroutine to completion from sync or async code (own loop in a thread)."""
     result: dict[str, Any] = {}
 
@@ -105,11 +105,11 @@ class GatewayProcess:
         return self.process.pid if self.process else None
 
     def create_key(self, account: str = "acme", scopes: Sequence[str] = ALL_SCOPES) -> str:
-        return _run_coroutine_blocking(_issue(self.database, "key", account, scopes, 0))
+        return run_coroutine_blocking(_issue(self.database, "key", account, scopes, 0))
 
     def create_token(self, account: str = "acme", scopes: Sequence[str] = ALL_SCOPES,
                      ttl: int = 3600) -> str:
-        return _run_coroutine_blocking(_issue(self.database, "token", account, scopes, ttl))
+        return run_coroutine_blocking(_issue(self.database, "token", account, scopes, ttl))
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         if self.process and self.process.poll() is None:
