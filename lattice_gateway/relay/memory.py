@@ -158,6 +158,11 @@ class MemoryBroker:
         return any(s.parked is not None or now - s.last_active < window
                    for s in rt.sessions.values())
 
+    def parked_polls(self, lattice_id: str) -> int:
+        """How many of the runtime's sessions hold a poll right now (tests, metrics)."""
+        rt = self._runtimes.get(lattice_id)
+        return sum(1 for s in rt.sessions.values() if s.parked is not None) if rt else 0
+
     async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
         result: dict[str, float | None] = {}
         for lid in lattice_ids:

@@ -1,0 +1,252 @@
+"""Relay session routes (docs/protocol.md §2-§5) against the in-process gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lattice_protocol import KeyPair, ResultEvent, Sealer
+from tests.support.gateway import InProcessGateway, inprocess_gateway
+from tests.support.net import async_wait_until
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[InProcessGateway]:
+    async with inprocess_gateway(tmp_path, poll_window_seconds=1,
+                                 presence_window_seconds=5) as gw:
+        yield gw
+
+
+@dataclass
+class Paired:
+    key: str
+    lattice_id: str
+    daemon_token: str
+    sealer: Sealer
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.daemon_token}"}
+
+
+async def pair(gw: InProcessGateway, account: str = "acme") -> Paired:
+    key = await gw.create_key(account)
+    created = await gw.client.post("/v1/personal-runtimes", headers={"x-api-key": key},
+                                   json={"displayName": "laptop",
+                                         "executionBackend": "local-model"})
+    lattice_id = created.json()["runtime"]["latticeId"]
+    minted = await gw.client.post(f"/v1/personal-runtimes/{lattice_id}/bootstrap-tokens",
+                                  headers={"x-api-key": key}, json={"ttlSeconds": 600})
+    keys = KeyPair.generate()
+    redeemed = await gw.client.post("/v1/relay/redeem", json={
+        "bootstrapToken": minted.json()["bootstrapToken"],
+        "daemonPublicKey": keys.public_text(), "daemonVersion": "test"})
+    body = redeemed.json()
+    return Paired(key, lattice_id, body["daemonToken"],
+                  Sealer(keys, body["gatewayPublicKey"]))
+
+
+REGISTER = {"daemonVersion": "0.1.0", "maxConcurrency": 2,
+            "provider": {"kind": "ollama", "models": ["llama3.2:3b", "qwen2.5:7b"],
+                         "defaultModel": "llama3.2:3b"}}
+
+
+async def register(gw: InProcessGateway, paired: Paired) -> str:
+    response = await gw.client.post("/v1/relay/sessions", headers=paired.headers, json=REGISTER)
+    assert response.status_code == 201, response.text
+    return str(response.json()["sessionId"])
+
+
+async def test_register_answers_windows_and_records_models(gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    response = await gateway.client.post("/v1/relay/sessions", headers=paired.headers,
+                                         json=REGISTER)
+    assert response.status_code == 201
+    body = response.json()
+    assert body["latticeId"] == paired.lattice_id
+    assert body["pollWindowSeconds"] == 1
+    assert body["presenceWindowSeconds"] == 5
+    assert body["sessionId"].startswith("rs_")
+    runtime = await gateway.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
+                                       headers={"x-api-key": paired.key})
+    record = runtime.json()["runtime"]
+    assert record["status"] == "reachable"
+    assert record.get("models") == ["llama3.2:3b", "qwen2.5:7b"]
+
+
+async def test_daemon_credentials_are_required(gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    for headers in ({}, {"authorization": "Bearer lrdt_v1_" + "x" * 43},
+                    {"authorization": f"Bearer {paired.key}"}):
+        response = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                             headers=headers, json={"capacity": 1})
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_a_session_is_only_usable_with_its_runtimes_token(
+        gateway: InProcessGateway) -> None:
+    mine = await pair(gateway)
+    other = await pair(gateway, "globex")
+    session = await register(gateway, mine)
+    for method, path, payload in (
+            ("POST", f"/v1/relay/sessions/{session}/poll", {"capacity": 1}),
+            ("POST", f"/v1/relay/sessions/{session}/events", {"events": []}),
+            ("DELETE", f"/v1/relay/sessions/{session}", None)):
+        response = await gateway.client.request(method, path, headers=other.headers,
+                                                json=payload)
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"]["code"] == "session_not_found"
+    unknown = await gateway.client.post("/v1/relay/sessions/rs_unknown/poll",
+                                        headers=mine.headers, json={"capacity": 1})
+    assert unknown.json()["error"]["code"] == "session_not_found"
+
+
+BAD_BODIES: list[tuple[str, str, Any]] = [
+    ("register without provider", "/v1/relay/sessions", {"daemonVersion": "1"}),
+    ("register bad models", "/v1/relay/sessions",
+     {"daemonVersion": "1", "provider": {"kind": "ollama", "models": [1]}}),
+    ("register bad concurrency", "/v1/relay/sessions",
+     {"daemonVersion": "1", "provider": {"kind": "ollama"}, "maxConcurrency": 0}),
+    ("poll negative capacity", "poll", {"capacity": -1}),
+    ("poll capacity string", "poll", {"capacity": "2"}),
+    ("poll capacity huge", "poll", {"capacity": 10**6}),
+    ("events not a list", "events", {"events": {}}),
+    ("event missing seq", "events", {"events": [{"jobId": "job_1", "sealed": "v1.x"}]}),
+    ("event bad seq", "events", {"events": [{"jobId": "job_1", "seq": -1, "sealed": "v1.x"}]}),
+    ("not json", "poll", b"{oops"),
+]
+
+
+@pytest.mark.parametrize(("case", "where", "payload"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
+async def test_bad_bodies_are_400_and_the_session_survives(
+        gateway: InProcessGateway, case: str, where: str, payload: Any) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    path = where if where.startswith("/") else f"/v1/relay/sessions/{session}/{where}"
+    if isinstance(payload, bytes):
+        response = await gateway.client.post(path, headers=paired.headers, content=payload)
+    else:
+        response = await gateway.client.post(path, headers=paired.headers, json=payload)
+    assert response.status_code == 400, (case, response.text)
+    assert response.json()["error"]["code"] == "invalid_request"
+    ok = await gateway.client.post(f"/v1/relay/sessions/{session}/events",
+                                   headers=paired.headers, json={"events": []})
+    assert ok.json() == {"refused": [], "cancels": []}
+
+
+async def test_job_poll_events_result_and_lease_refusal(gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    other_session = await register(gateway, paired)
+    chat = asyncio.create_task(gateway.client.post(
+        "/v1/chat/completions", headers={"x-api-key": paired.key},
+        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES}))
+    started = time.monotonic()
+    polled = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                       headers=paired.headers, json={"capacity": 2})
+    assert time.monotonic() - started < 0.5  # the job comes at once, not after the window
+    jobs = polled.json()["jobs"]
+    assert len(jobs) == 1
+    spec = paired.sealer.open_json(jobs[0]["sealed"])
+    assert spec["jobId"] == jobs[0]["jobId"] and spec["model"] == "llama3.2:3b"
+    job_id = jobs[0]["jobId"]
+
+    def sealed(seq: int) -> dict[str, Any]:
+        event = ResultEvent("result", job_id, seq, data={
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}]})
+        return {"jobId": job_id, "seq": seq, "sealed": paired.sealer.seal_json(event.to_dict())}
+
+    # The job is leased to `session`: the other session's result is refused per job.
+    refused = await gateway.client.post(f"/v1/relay/sessions/{other_session}/events",
+                                        headers=paired.headers, json={"events": [sealed(0)]})
+    assert refused.json()["refused"][0]["jobId"] == job_id
+    assert refused.json()["refused"][0]["code"] == "lease_not_held"
+    accepted = await gateway.client.post(f"/v1/relay/sessions/{session}/events",
+                                         headers=paired.headers, json={"events": [sealed(0)]})
+    assert accepted.json()["refused"] == []
+    answer = await chat
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"] == "ok"
+    assert answer.json()["model"] == f"lattice:personal:{paired.lattice_id}"
+    # Finished: the lease is released, later events are refused.
+    late = await gateway.client.post(f"/v1/relay/sessions/{session}/events",
+                                     headers=paired.headers, json={"events": [sealed(1)]})
+    assert late.json()["refused"][0]["code"] == "lease_not_held"
+
+
+async def test_tampered_result_is_a_502_not_a_crash(gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    chat = asyncio.create_task(gateway.client.post(
+        "/v1/chat/completions", headers={"x-api-key": paired.key},
+        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES}))
+    polled = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                       headers=paired.headers, json={"capacity": 1})
+    job_id = polled.json()["jobs"][0]["jobId"]
+    forged = Sealer(KeyPair.generate(), KeyPair.generate().public).seal_json({"v": 1})
+    await gateway.client.post(f"/v1/relay/sessions/{session}/events", headers=paired.headers,
+                              json={"events": [{"jobId": job_id, "seq": 0, "sealed": forged}]})
+    answer = await chat
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "provider_error"
+
+
+async def test_empty_poll_waits_the_window(gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    started = time.monotonic()
+    response = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                         headers=paired.headers, json={"capacity": 1})
+    elapsed = time.monotonic() - started
+    assert response.json() == {"jobs": [], "cancels": []}
+    assert 0.9 <= elapsed < 2.0
+
+
+async def test_deregister_is_final_for_the_session_and_turns_offline(
+        gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    response = await gateway.client.delete(f"/v1/relay/sessions/{session}",
+                                           headers=paired.headers)
+    assert response.status_code == 204
+    again = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                      headers=paired.headers, json={"capacity": 1})
+    assert again.status_code == 404
+    runtime = await gateway.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
+                                       headers={"x-api-key": paired.key})
+    assert runtime.json()["runtime"]["status"] == "offline"
+
+
+async def test_revoke_ends_a_parked_poll_and_the_next_request_is_403(
+        gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    poll = asyncio.create_task(gateway.client.post(
+        f"/v1/relay/sessions/{session}/poll", headers=paired.headers, json={"capacity": 1}))
+
+    async def parked_now() -> bool:
+        return gateway.services.broker.parked_polls(paired.lattice_id) == 1
+
+    await async_wait_until(parked_now, timeout=2, what="the poll to park")
+    started = time.monotonic()
+    revoked = await gateway.client.delete(f"/v1/personal-runtimes/{paired.lattice_id}",
+                                          headers={"x-api-key": paired.key})
+    assert revoked.status_code == 200
+    parked = await poll
+    assert parked.status_code == 200 and time.monotonic() - started < 0.5
+    after = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                      headers=paired.headers, json={"capacity": 1})
+    assert after.status_code == 403
+    assert after.json()["error"]["code"] == "runtime_revoked"
