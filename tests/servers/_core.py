@@ -107,6 +107,7 @@ class ServerState:
     completed: int = 0
     aborts: int = 0
     in_flight: int = 0
+    connections_opened: int = 0
 
     def __post_init__(self) -> None:
         self.behaviour = copy.deepcopy(self.defaults)
@@ -121,11 +122,12 @@ class ServerState:
     def reset(self) -> None:
         self.behaviour = copy.deepcopy(self.defaults)
         self.requests.clear()
-        self.request_count = self.completed = self.aborts = 0
+        self.request_count = self.completed = self.aborts = self.connections_opened = 0
 
     def stats(self) -> dict[str, Any]:
         return {"request_count": self.request_count, "completed": self.completed,
                 "aborts": self.aborts, "in_flight": self.in_flight,
+                "connections_opened": self.connections_opened,
                 "requests": list(self.requests)}
 
     def record(self, request: Request) -> None:
@@ -165,17 +167,19 @@ class _Connection(asyncio.Protocol):
         self._buffer = b""
         self._task: asyncio.Task[None] | None = None
         self._response: Response | None = None
+        self._counted = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self._connections.add(self)
+        self._state.connections_opened += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         if self._task is not None and not self._task.done():
-            if self._response is not None and not self._response.finished:
+            if self._counted and self._response is not None and not self._response.finished:
                 self._state.aborts += 1  # the client left before the reply was complete
             self._task.cancel()
 
@@ -204,21 +208,24 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         keep_alive = headers.get("connection", "").lower() != "close"
         self._response = Response(self.transport, keep_alive)
-        handler = _control if path.startswith("/__control") else self._handler
-        if not path.startswith("/__control"):
+        # Control calls are not traffic: they are neither recorded nor counted.
+        self._counted = not path.startswith("/__control")
+        if self._counted:
             self._state.record(request)
-        self._state.in_flight += 1
+            self._state.in_flight += 1
+        handler = self._handler if self._counted else _control
         self._task = asyncio.ensure_future(handler(request, self._response, self._state))
         self._task.add_done_callback(self._handled)
 
     def _handled(self, task: asyncio.Task[None]) -> None:
-        self._state.in_flight -= 1
         self._task = None
+        if self._counted:
+            self._state.in_flight -= 1
         if not task.cancelled():
             exc = task.exception()
             if exc is not None and self._response is not None and not self._response.finished:
                 self._response.send_json(500, {"error": f"test server bug: {exc!r}"})
-            if self._response is not None and self._response.finished:
+            if self._counted and self._response is not None and self._response.finished:
                 self._state.completed += 1
         if self.transport is not None and not self.transport.is_closing() and self._buffer:
             self._dispatch()
