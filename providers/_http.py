@@ -34,7 +34,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
 
     async def within(awaitable: Awaitable[T], seconds: float) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError:  # not yet the builtin TimeoutError on 3.10
+            raise TimeoutError from None
 
 
 def reason_for_status(status: int) -> ProviderErrorReason:

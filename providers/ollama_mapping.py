@@ -80,8 +80,10 @@ def to_ollama_request(request: dict[str, Any], *, stream: bool, provider: str
         elif kind == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema")
             body["format"] = schema if schema is not None else "json"
-    if request.get("tools"):
-        body["tools"] = request["tools"]  # same shape; tool_choice has no equivalent
+    if request.get("tools") and request.get("tool_choice") != "none":
+        # Same shape. tool_choice has no equivalent (and hangs some models): dropped,
+        # except "none", honoured by not offering the tools at all.
+        body["tools"] = request["tools"]
     effort = request.get("reasoning_effort")
     if effort is not None:
         body["think"] = _THINK.get(effort, effort)

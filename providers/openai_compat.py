@@ -54,6 +54,10 @@ class OpenAICompatProvider(HttpProvider):
 
     async def _chunks(self, request: dict[str, Any], *, include_usage: bool
                       ) -> AsyncIterator[dict[str, Any]]:
+        n = request.get("n")
+        if n is not None and n != 1:
+            # One choice per stream is what callers (and the relay) handle.
+            raise self.error("unsupported", f"n={n} is not supported; send n=1 or omit it")
         body = dict(request)
         body["stream"] = True
         # Always ask for usage (chat() needs it); drop it below unless the caller asked.

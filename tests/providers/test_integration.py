@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -232,3 +233,16 @@ async def test_detect_providers_works_inside_a_running_event_loop(
         ollama_server: ServerHandle) -> None:
     [health] = detect_providers(timeout=1.0, urls={"ollama": ollama_server.url})
     assert health.ok
+
+
+async def test_closing_the_stream_early_closes_the_connection(setup: Setup) -> None:
+    """A caller that stops reading (``aclosing`` + break) frees the provider at once."""
+    setup.server.configure(chunks=["one", "two", "three"], chunk_delay=5.0)
+    async with contextlib.aclosing(setup.provider.stream(setup.request(stream=True))) as s:
+        async for chunk in s:
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                break
+
+    async def server_saw_abort() -> bool:
+        return setup.server.stats()["aborts"] == 1
+    await async_wait_until(server_saw_abort, timeout=5, what="the server to see the abort")

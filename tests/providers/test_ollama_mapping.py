@@ -169,3 +169,9 @@ def test_created_at_rfc3339_with_nanoseconds_to_unix() -> None:
     assert unix_time("2023-08-04T08:52:19.385406455-07:00") == 1691164339
     assert unix_time("2023-08-04T15:52:19.385406455Z") == 1691164339
     assert unix_time("garbage") is None and unix_time(None) is None
+
+
+def test_tool_choice_none_means_no_tools_offered() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    assert "tools" not in ollama({"tools": tools, "tool_choice": "none"})
+    assert ollama({"tools": tools, "tool_choice": "required"})["tools"] == tools

@@ -244,3 +244,12 @@ def test_make_provider_validates_kind_and_url() -> None:
         make_provider("ollama", "localhost:11434")
     assert make_provider("ollama").display_name == "Ollama at http://localhost:11434"
     assert make_provider("lmstudio").display_name == "LM Studio at http://localhost:1234"
+
+
+async def test_n_greater_than_one_is_rejected_before_sending() -> None:
+    seen: list[httpx.Request] = []
+    provider = mock_provider("openai", answering(CANONICAL, seen=seen))
+    with pytest.raises(ProviderError) as info:
+        await provider.chat({**REQUEST, "n": 2})
+    assert info.value.reason == "unsupported" and "n=2" in info.value.message
+    assert seen == []
