@@ -85,10 +85,27 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     )
     # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
     # the shutdown timeout), then run the lifespan shutdown (close broker and store).
-    server = uvicorn.Server(config)
+    server = _graceful_server_class()(config)
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """Exits 0 after a signal-initiated graceful shutdown.
+
+        Plain uvicorn re-raises the captured signal once shut down, so the process dies
+        "by SIGTERM" (exit -15) or prints a KeyboardInterrupt traceback on Ctrl-C.
+        """
+
+        async def _serve(self, sockets: Any = None) -> None:
+            await super()._serve(sockets)
+            self._captured_signals.clear()
+
+    return GracefulServer
 
 
 def _scopes_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,0 +1,147 @@
+"""``lattice-gateway``: --version, keys create, tokens create, serve (as a real process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from lattice_gateway.cli import main
+from lattice_gateway.services import SCOPE_INFERENCE, SCOPE_MANAGE
+from lattice_gateway.store import SqlStore
+from lattice_protocol import KeyPair, TokenKind, __version__, token_kind
+from tests.support.gateway import run_coroutine_blocking, run_gateway
+
+
+async def _lookup(database: str, secret: str):  # -> CredentialRecord | None
+    store = await SqlStore.open(database)
+    try:
+        return await store.credential(secret)
+    finally:
+        await store.close()
+
+
+def test_version_is_fast_and_exact() -> None:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "lattice_gateway", "--version"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"lattice-gateway {__version__}"
+    assert time.monotonic() - started < 5  # no database, no server imports
+
+
+def test_keys_create_json(tmp_path: Path, lattice_home: Path) -> None:
+    database = str(tmp_path / "gw.db")
+    result = CliRunner().invoke(main, ["keys", "create", "--account", "acme", "--scope",
+                                       SCOPE_INFERENCE, "--scope", SCOPE_MANAGE,
+                                       "--database", database, "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"apiKey", "accountId", "scopes"}
+    assert token_kind(payload["apiKey"]) is TokenKind.API_KEY
+    assert payload["scopes"] == [SCOPE_INFERENCE, SCOPE_MANAGE]
+    record = run_coroutine_blocking(_lookup(database, payload["apiKey"]))
+    assert record is not None and record.account_id == payload["accountId"]
+    again = CliRunner().invoke(main, ["keys", "create", "--account", "acme", "--scope",
+                                      SCOPE_INFERENCE, "--database", database, "--json"])
+    second = json.loads(again.stdout)
+    assert second["accountId"] == payload["accountId"]  # the account is reused
+    assert second["apiKey"] != payload["apiKey"]
+
+
+def test_keys_create_human_prints_only_the_key_on_stdout(lattice_home: Path) -> None:
+    # No --database: the default under LATTICE_HOME; env var also honoured below.
+    result = CliRunner().invoke(main, ["keys", "create", "--account", "acme",
+                                       "--scope", SCOPE_INFERENCE])
+    assert result.exit_code == 0, result.output
+    assert token_kind(result.stdout.strip()) is TokenKind.API_KEY
+    assert "shown only once" in result.stderr
+    assert (lattice_home / "data" / "gateway.db").exists()
+
+
+def test_database_from_environment(tmp_path: Path, lattice_home: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    database = tmp_path / "from-env.db"
+    monkeypatch.setenv("LATTICE_GATEWAY_DATABASE", str(database))
+    result = CliRunner().invoke(main, ["keys", "create", "--account", "acme", "--scope",
+                                       SCOPE_MANAGE, "--json"])
+    assert result.exit_code == 0, result.output
+    assert run_coroutine_blocking(_lookup(str(database), json.loads(result.stdout)["apiKey"]))
+
+
+def test_tokens_create_json(tmp_path: Path, lattice_home: Path) -> None:
+    database = str(tmp_path / "gw.db")
+    before = time.time()
+    result = CliRunner().invoke(main, ["tokens", "create", "--account", "user-1", "--scope",
+                                       SCOPE_INFERENCE, "--ttl", "120", "--database", database,
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"accessToken", "accountId", "scopes", "expiresAt"}
+    assert token_kind(payload["accessToken"]) is TokenKind.ACCESS
+    assert payload["scopes"] == [SCOPE_INFERENCE]
+    record = run_coroutine_blocking(_lookup(database, payload["accessToken"]))
+    assert record is not None and record.kind == "access_token"
+    assert before + 119 <= record.expires_ms / 1000 <= time.time() + 121
+    assert payload["expiresAt"].endswith("Z")
+
+
+@pytest.mark.parametrize("args", [
+    ["keys", "create", "--account", "acme", "--scope", "lattice:compute:everything"],
+    ["keys", "create", "--account", "acme"],
+    ["tokens", "create", "--account", "acme", "--scope", SCOPE_INFERENCE, "--ttl", "0"],
+    ["keys", "create", "--account", "acme", "--scope", SCOPE_MANAGE, "--database",
+     "mysql://db/x"],
+])
+def test_bad_arguments_fail_with_a_reason(args: list[str], lattice_home: Path) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert "Error" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.e2e
+def test_serve_restart_keeps_records_and_keys_and_logs_no_secrets(tmp_path: Path,
+                                                                  lattice_home: Path) -> None:
+    with run_gateway(tmp_path, poll_window_seconds=2) as gw:
+        key = gw.create_key("acme")
+        token = gw.create_token("acme", [SCOPE_INFERENCE])
+        headers = {"x-api-key": key}
+        with httpx.Client(base_url=gw.url, timeout=10) as client:
+            runtime = client.post("/v1/personal-runtimes", headers=headers, json={
+                "displayName": "Mac", "executionBackend": "local-model"}).json()["runtime"]
+            minted = client.post(f"/v1/personal-runtimes/{runtime['latticeId']}/bootstrap-tokens",
+                                 headers=headers, json={}).json()
+            assert minted["command"] == (f"lattice-ctl relay connect --gateway '{gw.url}' "
+                                         f"--bootstrap-token '{minted['bootstrapToken']}'")
+            redeemed = client.post("/v1/relay/redeem", json={
+                "bootstrapToken": minted["bootstrapToken"],
+                "daemonPublicKey": KeyPair.generate().public_text(),
+                "daemonVersion": "0.1.0"}).json()
+            assert redeemed["pollWindowSeconds"] == 2
+            gateway_key = redeemed["gatewayPublicKey"]
+        gw.restart()
+        with httpx.Client(base_url=gw.url, timeout=10) as client:
+            listed = client.get("/v1/personal-runtimes",
+                                headers={"authorization": f"Bearer {token}"}).json()
+            assert [r["latticeId"] for r in listed["runtimes"]] == [runtime["latticeId"]]
+            assert listed["runtimes"][0]["status"] == "offline"
+            # The gateway keypair survives restarts: paired daemons keep working.
+            minted = client.post(f"/v1/personal-runtimes/{runtime['latticeId']}/bootstrap-tokens",
+                                 headers=headers, json={}).json()
+            again = client.post("/v1/relay/redeem", json={
+                "bootstrapToken": minted["bootstrapToken"],
+                "daemonPublicKey": KeyPair.generate().public_text()}).json()
+            assert again["gatewayPublicKey"] == gateway_key
+        assert gw.stop() == 0  # graceful SIGTERM
+        log = gw.log_text()
+        assert "gateway ready" in log
+        for secret in (key, token, minted["bootstrapToken"], redeemed["daemonToken"],
+                       again["daemonToken"]):
+            assert secret not in log
