@@ -1,21 +1,5 @@
 """Fixtures: the real fake-provider servers, in-process, one per test."""
 
-from __future__ import annotations
+from tests.servers.fixtures import ollama_server, openai_server
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.servers import ServerHandle, run_ollama_server, run_openai_server
-
-
-@pytest.fixture
-def ollama_server() -> Iterator[ServerHandle]:
-    with run_ollama_server() as server:
-        yield server
-
-
-@pytest.fixture
-def openai_server() -> Iterator[ServerHandle]:
-    with run_openai_server() as server:
-        yield server
+__all__ = ["ollama_server", "openai_server"]

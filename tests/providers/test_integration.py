@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from providers import Provider, ProviderError, detect_providers, make_provider
-from tests.servers import ServerHandle, run_ollama_server, run_openai_server
+from tests.servers import ServerHandle, run_ollama_server, run_openai_server, server_process
 from tests.support.net import async_wait_until, free_port
 
 
@@ -246,3 +246,42 @@ async def test_closing_the_stream_early_closes_the_connection(setup: Setup) -> N
     async def server_saw_abort() -> bool:
         return setup.server.stats()["aborts"] == 1
     await async_wait_until(server_saw_abort, timeout=5, what="the server to see the abort")
+
+
+async def test_provider_client_ignores_proxy_settings(ollama_server: ServerHandle,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts to a local provider must never go through a proxy from the environment."""
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(var, dead_proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    provider = make_provider("ollama", ollama_server.url)
+    completion = await provider.chat({"model": "llama3.2",
+                                      "messages": [{"role": "user", "content": "hi"}]})
+    assert completion["choices"][0]["message"]["content"] == "Hello from the test server!"
+    await provider.aclose()
+
+
+async def test_server_in_another_process_sees_a_cancelled_stream() -> None:
+    with server_process("lmstudio") as server:
+        server.configure(chunks=["a", "b"], chunk_delay=5.0)
+        provider = make_provider("lmstudio", server.url)
+        first_seen = asyncio.Event()
+
+        async def consume() -> None:
+            async for chunk in provider.stream({"model": "qwen2.5-7b-instruct",
+                                                "messages": [{"role": "user",
+                                                              "content": "hi"}]}):
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first_seen.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(first_seen.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def aborted() -> bool:
+            return (await asyncio.to_thread(server.stats))["aborts"] == 1
+        await async_wait_until(aborted, timeout=5, what="the server process to see the abort")
+        await provider.aclose()

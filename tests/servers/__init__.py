@@ -13,6 +13,9 @@ As a process (e2e tests, benchmarks)::
 
     python -m tests.servers.ollama_server --port 0   # prints "READY http://127.0.0.1:PORT"
     ControlClient(url).configure(...) / .stats() / .reset()   # over GET/POST /__control
+    with server_process("ollama") as server: ...   # the same, started for you
+
+Fixtures for any conftest: ``from tests.servers.fixtures import ollama_server``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["ControlClient", "ServerHandle", "run_ollama_server", "run_openai_server"]
+__all__ = ["ControlClient", "ServerHandle", "run_ollama_server", "run_openai_server",
+           "server_process"]
 
 # Lazy, so `python -m tests.servers.ollama_server` does not import itself twice.
 _HOMES = {"ControlClient": "_core", "ServerHandle": "_core",
-          "run_ollama_server": "ollama_server", "run_openai_server": "openai_server"}
+          "run_ollama_server": "ollama_server", "run_openai_server": "openai_server",
+          "server_process": "process"}
 
 
 def __getattr__(name: str) -> Any:
