@@ -146,7 +146,7 @@ class HttpProvider:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def get_json(self, path: str, timeout: float) -> Any:
+    async def get_json(self, path: str, timeout: float) -> dict[str, Any]:
         """A short control-plane GET (models, version) with one overall deadline."""
         try:
             response = await within(self._client.get(path), timeout)
@@ -159,9 +159,12 @@ class HttpProvider:
             raise self.error(reason_for_status(response.status_code),
                              error_text_from_body(response.content), response.status_code)
         try:
-            return _json.loads(response.content)
+            data = _json.loads(response.content)
         except ValueError:
-            raise self.error("internal", f"GET {path} returned invalid JSON") from None
+            data = None
+        if not isinstance(data, dict):
+            raise self.error("internal", f"GET {path} did not return a JSON object")
+        return data
 
     async def stream_lines(self, path: str, body: bytes) -> AsyncIterator[bytes]:
         """POST ``body`` and yield the non-empty lines of the response as they arrive.

@@ -26,7 +26,8 @@ class OllamaProvider(HttpProvider):
 
     async def models(self) -> list[str]:
         data = await self.get_json("/api/tags", self.probe_timeout)
-        return [m.get("name") or m.get("model") for m in data.get("models") or ()]
+        return [m.get("name") or m.get("model") for m in data.get("models") or ()
+                if isinstance(m, dict)]
 
     async def health(self) -> ProviderHealth:
         try:
@@ -34,7 +35,7 @@ class OllamaProvider(HttpProvider):
                 self.get_json("/api/version", self.probe_timeout), self.models())
         except ProviderError as exc:
             return ProviderHealth(False, exc.message, kind=self.kind, url=self.base_url)
-        ver = version.get("version") if isinstance(version, dict) else None
+        ver = version.get("version")
         return ProviderHealth(True, f"{self.display_name}: running, {len(models)} model(s)",
                               ver, models, kind=self.kind, url=self.base_url)
 

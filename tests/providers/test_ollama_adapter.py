@@ -222,3 +222,11 @@ async def test_models_and_health_from_tags_and_version() -> None:
     assert health.ok and health.version == "0.5.1"
     assert health.models == ["llama3.2:latest", "qwen2.5:7b"]
     assert health.kind == "ollama" and NAME in health.detail
+
+
+async def test_models_from_a_server_that_is_not_ollama_is_a_clear_error() -> None:
+    provider = mock_provider("ollama", lambda _: httpx.Response(200, content=b"[1, 2]"))
+    with pytest.raises(ProviderError) as info:
+        await provider.models()
+    assert info.value.reason == "internal" and "/api/tags" in info.value.message
+    assert not (await provider.health()).ok

@@ -231,3 +231,11 @@ def test_instant_reply_is_fast(ollama_server: ServerHandle, http: httpx.Client) 
     timings.sort()
     # Client + server round trip on a shared 2-core box; the server part is ~50 us.
     assert timings[100] < 0.005, f"p50 {timings[100] * 1e3:.2f} ms"
+
+
+def test_ollama_head_root_has_no_body_and_keeps_the_connection_usable(
+        ollama_server: ServerHandle, http: httpx.Client) -> None:
+    head = http.head(ollama_server.url + "/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len("Ollama is running"))
+    assert http.get(ollama_server.url + "/api/version").json() == {"version": "0.5.1"}

@@ -46,6 +46,7 @@ class Response:
     def __init__(self, transport: asyncio.Transport, keep_alive: bool) -> None:
         self._transport = transport
         self._keep_alive = keep_alive
+        self.head_only = False  # a HEAD request: headers, no body
         self.finished = False  # the server completed (or deliberately dropped) the reply
 
     @property
@@ -63,7 +64,7 @@ class Response:
         if self.client_gone:
             return
         head = self._head(status, content_type, f"content-length: {len(body)}\r\n")
-        self._transport.write(head + body)
+        self._transport.write(head if self.head_only else head + body)
         if not self._keep_alive:
             self._transport.close()
 
@@ -208,6 +209,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         keep_alive = headers.get("connection", "").lower() != "close"
         self._response = Response(self.transport, keep_alive)
+        self._response.head_only = method == "HEAD"
         # Control calls are not traffic: they are neither recorded nor counted.
         self._counted = not path.startswith("/__control")
         if self._counted:
