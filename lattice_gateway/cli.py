@@ -71,9 +71,11 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     if public_url is None and "LATTICE_GATEWAY_PUBLIC_URL" not in os.environ:
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         public_url = f"http://{shown_host}:{port}"
-    settings = Settings.from_env(database=database, public_url=public_url, redis_url=redis_url)
     try:
+        settings = Settings.from_env(database=database, public_url=public_url,
+                                     redis_url=redis_url)
         resolve_database(settings.database)
+        _check_public_url(settings.public_url)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -106,6 +108,13 @@ def _graceful_server_class() -> type:
             self._captured_signals.clear()
 
     return GracefulServer
+
+
+def _check_public_url(url: str) -> None:
+    # It is pasted into a single-quoted shell command for the user: keep it plain.
+    if not url.startswith(("http://", "https://")) or any(
+            c.isspace() or c in "'\"\\`$" for c in url):
+        raise ValueError(f"--public-url must be a plain http(s):// URL, got {url!r}")
 
 
 def _scopes_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -149,6 +158,28 @@ def keys_create(account: str, scopes: tuple[str, ...], database: str | None,
                 "scopes": list(issued.scopes)}
 
     _print_secret(_run(create), "apiKey", as_json, "API key")
+
+
+@keys.command("revoke")
+@click.option("--database", default=None, help=_DATABASE_HELP)
+def keys_revoke(database: str | None) -> None:
+    """Revoke an API key or access token read from stdin (never from argv)."""
+    from .store import SqlStore
+
+    secret = sys.stdin.readline().strip()
+    if not secret:
+        raise click.ClickException("give the key or token to revoke on stdin")
+
+    async def revoke() -> bool:
+        store = await SqlStore.open(_database(database))
+        try:
+            return await store.revoke_credential(secret)
+        finally:
+            await store.close()
+
+    if not _run(revoke):
+        raise click.ClickException("no such active key or token")
+    click.echo("revoked (gateways stop accepting it within a few seconds)", err=True)
 
 
 @main.group()

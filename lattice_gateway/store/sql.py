@@ -203,12 +203,12 @@ class SqlStore:
 
         Expiry and revocation are left to the caller, which answers 401 for both.
         """
-        if token_kind(secret) not in (TokenKind.API_KEY, TokenKind.ACCESS):
-            return None
         digest = hash_secret(secret)
         hit, record = self._credentials.get(digest)
-        if hit:
+        if hit:  # only well-formed, known secrets are ever cached
             return record
+        if token_kind(secret) not in (TokenKind.API_KEY, TokenKind.ACCESS):
+            return None
         c = t.credentials.c
         # Lookup by the hash (primary key): the hash is what is secret-equivalent here,
         # and finding a row by it leaks nothing about other rows' hashes.
@@ -301,12 +301,12 @@ class SqlStore:
 
     async def runtime_for_daemon_token(self, token: str) -> Runtime | None:
         """The runtime holding this daemon token (revoked ones too), or None."""
-        if token_kind(token) is not TokenKind.DAEMON:
-            return None
         digest = hash_secret(token)
         hit, cached = self._daemon_tokens.get(digest)
-        if hit:
+        if hit:  # only well-formed, known tokens are ever cached
             return cached
+        if token_kind(token) is not TokenKind.DAEMON:
+            return None
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(t.runtimes).where(
                 t.runtimes.c.daemon_token_hash == digest))).first()

@@ -145,3 +145,26 @@ def test_serve_restart_keeps_records_and_keys_and_logs_no_secrets(tmp_path: Path
         for secret in (key, token, minted["bootstrapToken"], redeemed["daemonToken"],
                        again["daemonToken"]):
             assert secret not in log
+
+
+def test_keys_revoke_reads_the_secret_from_stdin(tmp_path: Path, lattice_home: Path) -> None:
+    database = str(tmp_path / "gw.db")
+    created = CliRunner().invoke(main, ["keys", "create", "--account", "acme", "--scope",
+                                        SCOPE_MANAGE, "--database", database, "--json"])
+    secret = json.loads(created.stdout)["apiKey"]
+    revoked = CliRunner().invoke(main, ["keys", "revoke", "--database", database],
+                                 input=secret + "\n")
+    assert revoked.exit_code == 0, revoked.output
+    assert secret not in revoked.output
+    record = run_coroutine_blocking(_lookup(database, secret))
+    assert record is not None and record.revoked
+    twice = CliRunner().invoke(main, ["keys", "revoke", "--database", database],
+                               input=secret + "\n")
+    assert twice.exit_code != 0 and "no such active key" in twice.output
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "http://x/'; rm -rf ~'", "http://a b"])
+def test_serve_refuses_unsafe_public_url(url: str, lattice_home: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--public-url", url, "--port", "1"])
+    assert result.exit_code != 0
+    assert "--public-url" in result.output
