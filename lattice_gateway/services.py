@@ -8,7 +8,7 @@ depend on these interfaces only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -64,6 +64,19 @@ class Store(Protocol):
     ) -> None: ...
 
     async def close(self) -> None: ...
+
+    # What the core routes use besides (implemented by store.SqlStore).
+    async def create_runtime(self, account_id: str, display_name: str,
+                             execution_backend: str) -> Runtime: ...
+
+    async def list_runtimes(self, account_id: str) -> list[Runtime]: ...
+
+    async def revoke_runtime(self, lattice_id: str) -> Runtime | None: ...
+
+    async def mint_bootstrap_token(self, lattice_id: str, ttl_seconds: int) -> Any: ...
+
+    async def redeem_bootstrap_token(self, token: str, *, daemon_public_key: str,
+                                     daemon_version: str | None) -> Any: ...
 
 
 class Broker(Protocol):

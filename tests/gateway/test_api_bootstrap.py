@@ -13,7 +13,7 @@ from lattice_gateway.store import schema
 from lattice_protocol import ErrorCode, KeyPair, LatticeError, token_kind
 from lattice_protocol.tokens import TokenKind
 from tests.gateway.conftest import api_headers
-from tests.support.gateway import InProcessGateway
+from tests.support.gateway import InProcessGateway, inprocess_gateway
 
 
 async def _runtime(gw: InProcessGateway) -> tuple[str, str]:
@@ -167,3 +167,16 @@ async def test_authenticate_daemon_refuses_missing_or_unknown(gateway: InProcess
     with pytest.raises(LatticeError) as refused:
         await authenticate_daemon(request)
     assert refused.value.code is ErrorCode.INVALID_API_KEY
+
+
+@pytest.mark.postgres
+async def test_twenty_concurrent_redeems_on_postgres(postgres_url: str,
+                                                     lattice_home: object) -> None:
+    async with inprocess_gateway(postgres_url) as gw:
+        key, lattice_id = await _runtime(gw)
+        token = (await _mint(gw, key, lattice_id))["bootstrapToken"]
+        responses = await asyncio.gather(*(_redeem(gw, token) for _ in range(20)))
+        assert sorted(r.status_code for r in responses) == [201] + [409] * 19
+        record = (await gw.client.get(f"/v1/personal-runtimes/{lattice_id}",
+                                      headers=api_headers(key))).json()["runtime"]
+        assert record["status"] == "offline"  # paired, no daemon session yet
