@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ class PairedAccount:
     daemon: ThreadedFakeDaemon
 
 
+@contextlib.contextmanager
 def paired_account(gateway: GatewayProcess, account: str) -> Iterator[PairedAccount]:
     key = gateway.create_key(account)
     headers = {"x-api-key": key}

@@ -28,7 +28,8 @@ EXAMPLES = REPO / "examples" / "python"
 
 @pytest.fixture(scope="module")
 def paired(gateway: GatewayProcess) -> Iterator[PairedAccount]:
-    yield from paired_account(gateway, "examples-" + uuid.uuid4().hex[:8])
+    with paired_account(gateway, "examples-" + uuid.uuid4().hex[:8]) as account:
+        yield account
 
 
 def run_python(name: str, **env: str) -> str:
