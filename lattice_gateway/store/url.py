@@ -26,7 +26,8 @@ class DatabaseTarget:
         host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
         user = f"{parts.username}@" if parts.username else ""
-        return f"postgresql://{user}{host}{port}{parts.path}"
+        schema = f" (schema {self.pg_schema})" if self.pg_schema else ""
+        return f"postgresql://{user}{host}{port}{parts.path}{schema}"
 
 
 def default_database_path() -> Path:
