@@ -111,19 +111,20 @@ def _explain_early_exit(code: int) -> None:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited. A zombie counts as gone: the daemon is not our child
+    (its starter exited), and whoever reaps it may take its time."""
     import psutil
 
-    try:
-        process = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return True
-    try:
-        process.wait(timeout=timeout)
-        return True
-    except psutil.TimeoutExpired:
-        return False
-    except psutil.NoSuchProcess:
-        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_INTERVAL)
 
 
 def stop_daemon(client: ControlClient, timeout: float) -> dict[str, Any]:

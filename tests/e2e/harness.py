@@ -97,21 +97,19 @@ def run_command_string(home: Path, command: str, timeout: float = 30.0
                           timeout=timeout, env=ctl_env(home), stdin=subprocess.DEVNULL)
 
 
-def write_provider_config(home: Path, kind: str, url: str, **provider: Any) -> None:
-    """Preset the provider (before `relay connect`, which keeps an existing provider)."""
-    from lattice_daemon.config import DaemonConfig, ProviderConfig, save_config
-    from lattice_daemon.paths import get_paths
+# Short reconnect backoff and drain so fault tests finish in seconds.
+FAST_DAEMON = {"backoff_initial_seconds": 0.1, "backoff_max_seconds": 0.5,
+               "drain_seconds": 3.0}
 
-    old = os.environ.get("LATTICE_HOME")
-    os.environ["LATTICE_HOME"] = str(home)
-    try:
-        save_config(get_paths(), DaemonConfig(provider=ProviderConfig(kind=kind, url=url,
-                                                                      **provider)))
-    finally:
-        if old is None:
-            os.environ.pop("LATTICE_HOME", None)
-        else:
-            os.environ["LATTICE_HOME"] = old
+
+def write_provider_config(home: Path, kind: str, url: str,
+                          daemon: dict[str, Any] | None = None, **provider: Any) -> None:
+    """Preset the provider (before `relay connect`, which keeps an existing provider)."""
+    from lattice_daemon.config import DaemonConfig, DaemonSettings, ProviderConfig, save_config
+
+    save_config(home_paths(home), DaemonConfig(
+        provider=ProviderConfig(kind=kind, url=url, **provider),
+        daemon=DaemonSettings(**{**FAST_DAEMON, **(daemon or {})})))
 
 
 def home_paths(home: Path) -> Any:
