@@ -80,6 +80,7 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _preflight_database(settings.database)
     config = uvicorn.Config(
         create_app(settings), host=host, port=port, loop="auto", http="auto",
         lifespan="on", access_log=access_log, log_level=log_level, server_header=False,
@@ -108,6 +109,26 @@ def _graceful_server_class() -> type:
             self._captured_signals.clear()
 
     return GracefulServer
+
+
+def _preflight_database(database: str | None) -> None:
+    """Open the database (running migrations) once before serving.
+
+    A wrong URL or a database that is down then fails with one clear line instead of a
+    traceback from inside the server's startup.
+    """
+    from .store import SqlStore, resolve_database
+
+    async def check() -> None:
+        store = await SqlStore.open(database)
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except Exception as exc:
+        where = resolve_database(database).display()
+        raise click.ClickException(
+            f"cannot open the database {where}: {type(exc).__name__}: {exc}") from None
 
 
 def _check_public_url(url: str) -> None:

@@ -61,9 +61,11 @@ async def public_records(services: Services, runtimes: list[Runtime]) -> list[di
 
 async def owned_runtime(services: Services, principal: Principal, lattice_id: str) -> Runtime:
     """The caller's runtime; another account's is as absent as a missing one (404)."""
-    runtime = await services.store.get_runtime(lattice_id)
+    # Ids are short; anything longer cannot exist and is not worth a database round trip.
+    runtime = await services.store.get_runtime(lattice_id) if len(lattice_id) <= 64 else None
     if runtime is None or runtime.account_id != principal.account_id:
-        raise LatticeError(ErrorCode.RUNTIME_NOT_FOUND, f"no personal runtime {lattice_id!r}")
+        raise LatticeError(ErrorCode.RUNTIME_NOT_FOUND,
+                           f"no personal runtime {lattice_id[:80]!r}")
     return runtime
 
 

@@ -168,3 +168,12 @@ def test_serve_refuses_unsafe_public_url(url: str, lattice_home: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--public-url", url, "--port", "1"])
     assert result.exit_code != 0
     assert "--public-url" in result.output
+
+
+def test_serve_with_unreachable_database_fails_with_one_line(lattice_home: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--port", "1", "--database",
+                                       "postgresql://user:hunter2@127.0.0.1:1/x"])
+    assert result.exit_code == 1
+    assert "cannot open the database postgresql://user@127.0.0.1:1/x" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output

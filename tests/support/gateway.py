@@ -25,6 +25,8 @@ In-process (fast API tests; no sockets)::
         gw.clock.advance(700)                          # the store's clock; tokens expire
 
 Both handles create credentials straight through the store of the same database.
+``httpx.ASGITransport`` buffers whole responses: SSE streaming and anything that needs a
+real socket (daemons, the openai client) belong on ``run_gateway``.
 """
 
 from __future__ import annotations
