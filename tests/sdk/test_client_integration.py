@@ -171,3 +171,30 @@ def test_model_string_shape() -> None:
     assert re.fullmatch(r"lattice:personal:[\w-]+", lc.model_string("abc-DEF_1"))
     with pytest.raises(lc.LatticeConfigurationError):
         lc.model_string("a/b")
+
+
+def test_leaving_a_stream_early_cancels_the_job_on_the_daemon(
+    gateway: GatewayProcess, account: str
+) -> None:
+    key = gateway.create_key(account)
+    daemon = ThreadedFakeDaemon(gateway.url, reply=Reply(text="a b c d e f g h",
+                                                         chunk_delay=0.3))
+    try:
+        with lc.create_lattice_cloud_client(base_url=gateway.url, api_key=key) as lattice, \
+                lc.ComputeClient(lc.ApiKeyCredential(key), base_url=gateway.url) as compute:
+            runtime = lattice.personal_runtimes.create(display_name="slow box")
+            daemon.redeem(lattice.personal_runtimes.create_bootstrap_token(runtime)
+                          .bootstrap_token)
+            daemon.start()
+            wait_until(compute.list_reachable_personal_runtimes, timeout=10,
+                       what="runtime reachable")
+            with compute.stream_chat_for_personal_runtime(runtime, CHAT) as stream:
+                for chunk in stream:
+                    if chunk["choices"][0]["delta"].get("content"):
+                        break  # the first word is enough
+            assert stream.response.is_closed
+            wait_until(lambda: daemon.daemon.cancels, timeout=10, what="cancel at the daemon")
+            assert daemon.daemon.cancels[0].job_id == daemon.daemon.jobs[0].job_id
+            assert daemon.daemon.jobs[0].job_id not in daemon.daemon.completed
+    finally:
+        daemon.kill()

@@ -218,6 +218,26 @@ describe("streaming", () => {
     assert.deepEqual(parts, ["a"]);
   });
 
+  it("leaving the loop early aborts the request (the gateway then cancels the job)", async () => {
+    let signal: AbortSignal | undefined;
+    const endless = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        controller.enqueue(new TextEncoder().encode(`data: ${chunk("x")}\n\n`));
+      },
+    });
+    const fetchImpl = (async (_input: string | URL | Request, init?: RequestInit) => {
+      signal = init?.signal ?? undefined;
+      return new Response(endless, { status: 200 });
+    }) as typeof fetch;
+    const stream = await compute(fetchImpl).streamChatForPersonalRuntime("rt_1", { messages: [] });
+    let seen = 0;
+    for await (const _part of stream) {
+      if (++seen === 2) break;
+    }
+    assert.equal(seen, 2);
+    assert.equal(signal?.aborted, true);
+  });
+
   it("rejects before streaming on an error status", async () => {
     const { fetch } = fakeFetch(json(404, envelope("runtime_not_found")));
     await assert.rejects(compute(fetch).streamChatForPersonalRuntime("rt_x", { messages: [] }), client.RuntimeNotFoundError);
