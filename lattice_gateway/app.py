@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lattice_protocol import ErrorCode, LatticeError
@@ -50,9 +51,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
-    allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), None)
-    headers = {"allow": allow} if allow else None
+    headers = {"allow": _allowed_methods(request)} if code is ErrorCode.METHOD_NOT_ALLOWED else None
     return error_response(code, message, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette names only the first route of a path; several routes share ours.
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**request.scope, "method": "GET"})
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 class _LastResort:

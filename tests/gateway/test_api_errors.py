@@ -78,6 +78,7 @@ async def test_unknown_path_and_wrong_method(gateway: InProcessGateway) -> None:
     _assert_envelope(await gateway.client.get("/"), 404, "not_found")
     wrong = await gateway.client.put("/v1/personal-runtimes")
     _assert_envelope(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "GET, HEAD, POST"  # both routes of the path
     _assert_envelope(await gateway.client.patch("/v1/models"), 405, "method_not_allowed")
     _assert_envelope(await gateway.client.get("/v1/relay/redeem"), 405, "method_not_allowed")
 
