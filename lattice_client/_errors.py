@@ -17,6 +17,10 @@ class LatticeConnectionError(LatticeClientError):
     """The gateway could not be reached (after any safe retries)."""
 
 
+class LatticeTimeoutError(LatticeConnectionError):
+    """The gateway did not answer within the client's timeout."""
+
+
 class LatticeAPIError(LatticeClientError):
     """The gateway answered with an error envelope (or an in-stream error event).
 

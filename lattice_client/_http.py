@@ -11,7 +11,13 @@ from typing import Any
 
 import httpx
 
-from ._errors import LatticeAPIError, LatticeConnectionError, error_from_body, parse_retry_after
+from ._errors import (
+    LatticeAPIError,
+    LatticeConnectionError,
+    LatticeTimeoutError,
+    error_from_body,
+    parse_retry_after,
+)
 from ._retry import RetryPolicy
 from ._types import Credential
 
@@ -60,6 +66,8 @@ def _success_json(response: httpx.Response) -> Any:
 
 
 def _connection_error(exc: httpx.HTTPError, base_url: str) -> LatticeConnectionError:
+    if isinstance(exc, httpx.TimeoutException):
+        return LatticeTimeoutError(f"the gateway at {base_url} did not answer in time: {exc!r}")
     return LatticeConnectionError(f"could not reach the gateway at {base_url}: {exc!r}")
 
 

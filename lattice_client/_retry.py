@@ -27,7 +27,8 @@ from ._errors import parse_retry_after
 
 _RETRYABLE_CODES_BY_STATUS = {429: "rate_limited", 503: "runtime_unreachable"}
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_LOST_BEFORE_RESPONSE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+# A timeout is not here: a gateway slow to answer is no faster the second time.
+_LOST_BEFORE_RESPONSE = (httpx.ReadError, httpx.RemoteProtocolError)
 
 
 @dataclass(frozen=True)

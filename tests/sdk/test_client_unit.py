@@ -381,3 +381,11 @@ async def test_async_cloud_insufficient_scopes() -> None:
     async with admin:
         with pytest.raises(lc.InsufficientScopesError, match="personal_runtime:manage"):
             await admin.personal_runtimes.create(display_name="x")
+
+
+def test_timeouts_are_typed_and_not_retried() -> None:
+    rec = Recorder(httpx.ReadTimeout("slow"), httpx.Response(200, json={"runtimes": []}))
+    with compute(rec) as client, pytest.raises(lc.LatticeTimeoutError):
+        client.list_personal_runtimes()
+    assert len(rec.requests) == 1
+    assert issubclass(lc.LatticeTimeoutError, lc.LatticeConnectionError)

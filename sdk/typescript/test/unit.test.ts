@@ -292,6 +292,19 @@ describe("retries", () => {
     assert.equal(sent.length, 1);
   });
 
+  it("a deadline becomes LatticeTimeoutError; the caller's abort stays an AbortError", async () => {
+    const hang = (async (_input: string | URL | Request, init?: RequestInit) =>
+      new Promise<Response>((_resolve, reject) => {
+        init?.signal?.addEventListener("abort", () => reject(init.signal?.reason));
+      })) as typeof fetch;
+    const quick = new ComputeClient({ credential: { kind: "apiKey", apiKey: "k" }, baseUrl: BASE, fetch: hang, timeoutMs: 20 });
+    await assert.rejects(quick.listPersonalRuntimes(), client.LatticeTimeoutError);
+    const controller = new AbortController();
+    const pending = compute(hang).listPersonalRuntimes({ signal: controller.signal });
+    controller.abort();
+    await assert.rejects(pending, (e: unknown) => e instanceof Error && e.name === "AbortError");
+  });
+
   it("a real refused port surfaces as LatticeConnectionError without the key", async () => {
     const c = new ComputeClient({ credential: { kind: "apiKey", apiKey: "sk_secret" }, baseUrl: "http://127.0.0.1:9", maxRetries: 0 });
     await assert.rejects(c.listPersonalRuntimes(), (e: unknown) => e instanceof client.LatticeConnectionError && !e.message.includes("sk_secret"));

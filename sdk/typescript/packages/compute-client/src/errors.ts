@@ -14,6 +14,11 @@ export class LatticeConnectionError extends LatticeError {
   override name = "LatticeConnectionError";
 }
 
+/** The gateway did not answer within `timeoutMs`. */
+export class LatticeTimeoutError extends LatticeConnectionError {
+  override name = "LatticeTimeoutError";
+}
+
 export interface LatticeApiErrorInit {
   code?: string | null;
   status?: number;

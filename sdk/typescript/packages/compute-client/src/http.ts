@@ -1,6 +1,13 @@
 /** One fetch-based transport per client: auth headers, error mapping and the retry policy. */
 
-import { LatticeApiError, LatticeConfigurationError, LatticeConnectionError, errorFromBody, parseRetryAfter } from "./errors.js";
+import {
+  LatticeApiError,
+  LatticeConfigurationError,
+  LatticeConnectionError,
+  LatticeTimeoutError,
+  errorFromBody,
+  parseRetryAfter,
+} from "./errors.js";
 import type { Credential } from "./types.js";
 
 export const GATEWAY_URL_ENV = "LATTICE_GATEWAY_URL";
@@ -125,7 +132,10 @@ export class Transport {
           signal: combined,
         });
       } catch (error) {
-        if (combined.aborted) throw error;
+        if (signal?.aborted) throw error; // the caller's own abort: theirs to handle
+        if (deadline.aborted) {
+          throw new LatticeTimeoutError(`the gateway at ${this.baseUrl} did not answer within ${this.timeoutMs} ms`, { cause: error });
+        }
         const code = causeCode(error);
         const retryable =
           attempt < this.maxRetries &&
