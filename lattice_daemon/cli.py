@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.socket:
         os.environ["LATTICE_SOCKET"] = os.path.abspath(args.socket)
 
+    # httpx imports its optional command-line tool (rich, pygments, click: ~8 MB of a
+    # 30 MB idle budget) whenever those happen to be installed; the daemon never uses
+    # it. A None entry in sys.modules makes that optional import fail cleanly.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from .daemon import run_daemon  # heavy imports only when actually running
     from .logs import setup_logging
     from .paths import get_paths

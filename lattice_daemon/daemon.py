@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, Sealer, SealError, __version__
-from providers import Provider, ProviderHealth, make_provider
+from providers import DEFAULT_URLS, Provider, ProviderHealth, make_provider
 
 from . import exitcodes
 from .backoff import Backoff
@@ -36,6 +36,7 @@ from .lock import AlreadyRunning, InstanceLock
 from .paths import Paths
 from .relay import RelayApi, RelayClient, RelayState, RelayStatus
 from .runner import JobRunner
+from .transports import transport_for
 
 log = logging.getLogger("lattice_daemon")
 
@@ -64,6 +65,11 @@ def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provide
     p = config.provider
     if p.first_token_timeout <= 0 or p.idle_timeout <= 0:
         raise ConfigError("[provider] first_token_timeout and idle_timeout must be > 0")
+    url = p.url or DEFAULT_URLS.get(p.kind)
+    if transport is None and url:
+        # Same pool limits as the providers' own default transport.
+        transport = transport_for(url, httpx.Limits(max_connections=None,
+                                                    max_keepalive_connections=32))
     try:
         return factory(p.kind, p.url, first_token_timeout=p.first_token_timeout,
                        idle_timeout=p.idle_timeout, probe_timeout=PROBE_TIMEOUT,

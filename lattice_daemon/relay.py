@@ -30,6 +30,7 @@ from lattice_protocol import CancelNotice, JobEnvelope, ProtocolError, SealedEve
 from .backoff import Backoff, parse_retry_after
 from .clock import iso_utc
 from .runner import JobRunner
+from .transports import transport_for
 
 log = logging.getLogger("lattice_daemon.relay")
 
@@ -135,14 +136,15 @@ class RelayApi:
     def __init__(self, relay_url: str, daemon_token: str, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = relay_base_url(relay_url)
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=4,
+                              keepalive_expiry=60.0)
         self._client = httpx.AsyncClient(
             trust_env=True,
-            transport=transport,
+            transport=transport or transport_for(self.base_url, limits),
             headers={"authorization": f"Bearer {daemon_token}",
                      "user-agent": f"lattice-daemon/{__version__}"},
             timeout=httpx.Timeout(CALL_TIMEOUT),
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4,
-                                keepalive_expiry=60.0),
+            limits=limits,
         )
 
     async def aclose(self) -> None:
