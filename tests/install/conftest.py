@@ -1,0 +1,108 @@
+"""Fixtures for running install.sh for real: wheels built from this checkout, a clean HOME.
+
+The wheels are built once per test session (per xdist worker) from a copy of the
+sources, so parallel workers never share a build directory in the checkout. The
+package's dependencies come from the normal package index through the user's pip cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lattice_protocol._version import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL_SH = REPO / "install.sh"
+UPGRADE_VERSION = f"{__version__}.post1"
+_SOURCES = ("pyproject.toml", "README.md", "lattice_protocol", "providers", "lattice_daemon",
+            "lattice_ctl", "lattice_gateway", "lattice_client")
+
+
+@dataclass(frozen=True)
+class Wheels:
+    current: Path  # the checkout as it is
+    upgrade: Path  # the same code with a higher version number
+    wheelhouse: Path  # the dependencies, so each install runs offline: --no-index
+
+    @property
+    def pip_args(self) -> str:
+        return f"--no-index --find-links {self.wheelhouse}"
+
+
+def _build_wheel(source: Path, out: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--disable-pip-version-check", str(source), "-w", str(out)],
+                   check=True, timeout=300)
+    (wheel,) = out.glob("lattice_runtimes-*.whl")
+    return wheel
+
+
+def _copy_sources(destination: Path, version: str) -> Path:
+    destination.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in _SOURCES:
+        source = REPO / name
+        if source.is_dir():  # symlinks (the service templates) are copied as files
+            shutil.copytree(source, destination / name, ignore=ignore)
+        elif source.exists():
+            shutil.copy2(source, destination / name)
+    (destination / "lattice_protocol" / "_version.py").write_text(
+        f'__version__ = "{version}"\n')
+    return destination
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
+    base = tmp_path_factory.mktemp("wheels")
+    current = _build_wheel(_copy_sources(base / "src-current", __version__), base / "current")
+    upgrade = _build_wheel(_copy_sources(base / "src-upgrade", UPGRADE_VERSION),
+                           base / "upgrade")
+    # One resolution against the package index per session; every install after that is
+    # offline, which is also how LATTICE_PIP_ARGS is meant for air-gapped machines.
+    wheelhouse = base / "wheelhouse"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+                    "--disable-pip-version-check", "--dest", str(wheelhouse), str(current)],
+                   check=True, timeout=300)
+    return Wheels(current, upgrade, wheelhouse)
+
+
+@pytest.fixture
+def clean_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+def installer_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user who has never installed Lattice."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LATTICE_", "XDG_", "PIP_")) and k != "VIRTUAL_ENV"}
+    # Keep downloads of the dependencies cached across tests (the real user's pip cache).
+    env["PIP_CACHE_DIR"] = os.environ.get("PIP_CACHE_DIR",
+                                          str(Path.home() / ".cache" / "pip"))
+    runtime = home.parent / "xdg-run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env.update(HOME=str(home), XDG_RUNTIME_DIR=str(runtime), SHELL="/bin/bash",
+               LATTICE_PYTHON=sys.executable,
+               # system tools only: per-user shims (pyenv, rustup) write into HOME
+               PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(extra)
+    return env
+
+
+def run_installer(env: dict[str, str], *args: str, script: Path = INSTALL_SH,
+                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/bin/sh", str(script), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=env["HOME"])
+
+
+def files_under(root: Path) -> set[str]:
+    """Every file and link under ``root`` (directories left empty do not count)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
