@@ -293,9 +293,15 @@ describe("retries", () => {
   });
 
   it("a deadline becomes LatticeTimeoutError; the caller's abort stays an AbortError", async () => {
+    // A fetch that never answers. AbortSignal.timeout's timer does not keep node alive
+    // (a real fetch's socket does), so this one holds a timer until it is aborted.
     const hang = (async (_input: string | URL | Request, init?: RequestInit) =>
       new Promise<Response>((_resolve, reject) => {
-        init?.signal?.addEventListener("abort", () => reject(init.signal?.reason));
+        const alive = setTimeout(() => reject(new Error("never aborted")), 5000);
+        init?.signal?.addEventListener("abort", () => {
+          clearTimeout(alive);
+          reject(init.signal?.reason);
+        });
       })) as typeof fetch;
     const quick = new ComputeClient({ credential: { kind: "apiKey", apiKey: "k" }, baseUrl: BASE, fetch: hang, timeoutMs: 20 });
     await assert.rejects(quick.listPersonalRuntimes(), client.LatticeTimeoutError);
