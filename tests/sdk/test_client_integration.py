@@ -198,3 +198,33 @@ def test_leaving_a_stream_early_cancels_the_job_on_the_daemon(
             assert daemon.daemon.jobs[0].job_id not in daemon.daemon.completed
     finally:
         daemon.kill()
+
+
+def test_runtime_unreachable_is_retried_until_the_daemon_connects(
+    gateway: GatewayProcess, account: str
+) -> None:
+    key = gateway.create_key(account)
+    daemon = ThreadedFakeDaemon(gateway.url, reply=Reply(text=REPLY))
+    try:
+        with lc.create_lattice_cloud_client(base_url=gateway.url, api_key=key) as lattice, \
+                lc.ComputeClient(lc.ApiKeyCredential(key), base_url=gateway.url) as compute:
+            runtime = lattice.personal_runtimes.create(display_name="waking up")
+            token = lattice.personal_runtimes.create_bootstrap_token(runtime).bootstrap_token
+            waits: list[float] = []
+
+            def daemon_connects_during_backoff(seconds: float) -> None:
+                # The first attempt met an unpaired runtime (503, x-should-retry: true);
+                # the daemon connects while the client backs off.
+                waits.append(seconds)
+                daemon.redeem(token)
+                daemon.start()
+                wait_until(lambda: lattice.personal_runtimes.get(runtime).is_reachable,
+                           timeout=10, what="runtime reachable")
+
+            compute._http.sleep = daemon_connects_during_backoff
+            completion = compute.chat_complete_for_personal_runtime(runtime, CHAT)
+            assert completion["choices"][0]["message"]["content"] == REPLY
+            assert len(waits) == 1 and 0 < waits[0] <= 8
+            assert len(daemon.daemon.jobs) == 1  # sent twice, run once
+    finally:
+        daemon.kill()
