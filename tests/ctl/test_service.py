@@ -19,6 +19,7 @@ from lattice_ctl.service_manager.systemd import SystemdUserManager, quote_value
 from lattice_daemon.config import DaemonConfig, RelayConfig, load_or_create_keypair, save_config
 from lattice_daemon.paths import get_paths
 from tests.ctl.conftest import RunCtl, stdout_json
+from tests.ctl.fake_control import FakeControlServer, ping_body
 
 DAEMON_TOKEN = "lrdt_v1_" + "S3cretDaemonToken" * 2
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -200,3 +201,18 @@ def test_print_shows_the_unit_without_installing(run_ctl: RunCtl, systemctl_log:
     assert json.loads(run_ctl("--json", "service", "install", "--dry-run").stdout)["content"]
     assert systemctl_log.read_text() == ""  # no service-manager call at all
     assert not service_manager.installed()
+
+
+@linux_only
+def test_install_takes_over_from_a_detached_daemon(
+        run_ctl: RunCtl, systemctl_log: Path, fake_daemon: FakeControlServer) -> None:
+    # A daemon from `daemon start` holds the lock: the service's own would exit 73.
+    # pid 0: the stand-in has no process to wait for once it has been asked to stop.
+    fake_daemon.answer("GET /v1/ping", 200, ping_body(pid=0))
+    fake_daemon.answer("POST /v1/shutdown", 200, {"ok": True})
+    result = run_ctl("service", "install", "--timeout", "2")
+    assert result.exit_code == 0, result.stderr
+    asked = [route for route, _ in fake_daemon.requests]
+    assert "POST /v1/shutdown" in asked
+    assert "Stopped the daemon started by `lattice-ctl daemon start`" in result.stderr
+    assert "--user enable --now lattice-daemon.service" in systemctl_log.read_text()
