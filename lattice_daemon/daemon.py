@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, Sealer, SealError, __version__
+from lattice_protocol import ErrorCode, KeyPair, Sealer, SealError, __version__
 from providers import DEFAULT_URLS, Provider, ProviderHealth, make_provider
 
 from . import exitcodes
@@ -35,8 +35,9 @@ from .control import ControlError, ControlServer, SocketInUse
 from .lock import AlreadyRunning, InstanceLock
 from .paths import Paths
 from .relay import RelayApi, RelayClient, RelayState, RelayStatus
+from .replay import DaemonReplayGuard
 from .runner import JobRunner
-from .transports import transport_for
+from .transports import provider_transport
 
 log = logging.getLogger("lattice_daemon")
 
@@ -67,9 +68,7 @@ def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provide
         raise ConfigError("[provider] first_token_timeout and idle_timeout must be > 0")
     url = p.url or DEFAULT_URLS.get(p.kind)
     if transport is None and url:
-        # Same pool limits as the providers' own default transport.
-        transport = transport_for(url, httpx.Limits(max_connections=None,
-                                                    max_keepalive_connections=32))
+        transport = provider_transport(url, config.daemon.max_concurrency)
     try:
         return factory(p.kind, p.url, first_token_timeout=p.first_token_timeout,
                        idle_timeout=p.idle_timeout, probe_timeout=PROBE_TIMEOUT,
@@ -109,7 +108,7 @@ class Daemon:
         self.provider = build_provider(config, provider_factory)
         self.relay_status = RelayStatus(RelayState.NOT_PAIRED, self.started_at)
         self.pairing: Pairing | None = None
-        self._replays = ReplayGuard()  # survives reloads: a replay is a replay
+        self._replays = DaemonReplayGuard()  # survives reloads: a replay is a replay
         self._health: ProviderHealth | None = None
         self._health_at = float("-inf")
         self._health_task: asyncio.Task[ProviderHealth] | None = None

@@ -38,6 +38,7 @@ from lattice_protocol import (
 from providers import Provider, ProviderError
 
 from .config import ProviderConfig
+from .replay import DaemonReplayGuard
 
 log = logging.getLogger("lattice_daemon.runner")
 
@@ -126,7 +127,7 @@ class JobRunner:
         self._lattice_id = lattice_id
         self._config = provider_config
         self._emit = emit
-        self._replays = replay_guard if replay_guard is not None else ReplayGuard()
+        self._replays = replay_guard if replay_guard is not None else DaemonReplayGuard()
         self._log_prompts = log_prompts
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -253,7 +254,7 @@ class JobRunner:
             model = await self._pick_model(spec)
             request = dict(spec.request)
             request["model"] = model
-            log.info("job %s started: model %s, %s", spec.job_id, model,
+            log.debug("job %s started: model %s, %s", spec.job_id, model,
                      "streaming" if spec.stream else "non-streaming")
             if self._log_prompts:
                 log.info("job %s request: %s", spec.job_id, request.get("messages"))
@@ -269,8 +270,8 @@ class JobRunner:
                 job.send("result", data=completion)
                 outcome = "result"
             self.counters.served += 1
-            log.info("job %s done in %.1f ms (%s)", spec.job_id,
-                     (time.monotonic() - started) * 1000, outcome)
+            log.info("job %s done in %.1f ms (model %s, %s)", spec.job_id,
+                     (time.monotonic() - started) * 1000, model, outcome)
         except asyncio.CancelledError:
             abort = self._aborts.pop(spec.job_id, None)
             if abort is None:

@@ -149,8 +149,10 @@ def runtime_status(gateway: Any, runtime: PairedRuntime) -> str:
 class DaemonProcess:
     """``python -m lattice_daemon`` with this test's LATTICE_HOME."""
 
-    def __init__(self, paths: Paths | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, paths: Paths | None = None, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.paths = paths or get_paths()
+        self.command = command or [sys.executable, "-m", "lattice_daemon"]
         self.env = dict(os.environ)
         self.env.update(env or {})
         self.env["PYTHONUNBUFFERED"] = "1"
@@ -160,8 +162,7 @@ class DaemonProcess:
     def start(self, wait: bool = True) -> DaemonProcess:
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         with self.stderr_path.open("ab") as stderr:
-            self.process = subprocess.Popen([sys.executable, "-m", "lattice_daemon"],
-                                            env=self.env, stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
                                             stdout=stderr, stderr=stderr)
         if wait:
             wait_until(self._ready, timeout=DAEMON_START_TIMEOUT, what="daemon socket")
