@@ -70,6 +70,9 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
                     "--disable-pip-version-check", "--dest", str(wheelhouse), str(current)],
                    check=True, timeout=300)
+    # The wheelhouse plays the package index: both versions of lattice-runtimes are in it,
+    # so the default package name and a "==VERSION" constraint resolve as they would on PyPI.
+    shutil.copy2(upgrade, wheelhouse / upgrade.name)
     return Wheels(current, upgrade, wheelhouse)
 
 

@@ -34,7 +34,8 @@ def version_of(program: Path) -> str:
 def test_install_upgrade_uninstall_purge(wheels: Wheels, clean_home: Path,
                                          tmp_path: Path) -> None:
     home = clean_home
-    env = installer_env(home, LATTICE_PACKAGE=str(wheels.current),
+    # The current version by constraint, from the wheelhouse standing in for the index.
+    env = installer_env(home, LATTICE_PACKAGE=f"=={__version__}",
                         LATTICE_PIP_ARGS=wheels.pip_args)
     bin_dir = home / ".local" / "bin"
     venv = home / ".local" / "share" / "lattice" / "venv"
@@ -64,11 +65,13 @@ def test_install_upgrade_uninstall_purge(wheels: Wheels, clean_home: Path,
     config.chmod(0o600)
     before_upgrade = files_under(home)
 
-    # 3. Running it again is an in-place no-op; a newer package is an in-place upgrade.
-    again = run_installer(env)
+    # 3. Running it again is an in-place no-op (here with the wheel file itself); with the
+    #    default package name it upgrades in place to the newest version on the index.
+    again = run_installer({**env, "LATTICE_PACKAGE": str(wheels.current)})
     assert again.returncode == 0, again.stderr
     assert "already installed and up to date" in again.stdout
-    upgraded = run_installer({**env, "LATTICE_PACKAGE": str(wheels.upgrade)})
+    default_package = {k: v for k, v in env.items() if k != "LATTICE_PACKAGE"}
+    upgraded = run_installer(default_package)
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"upgraded Lattice from {__version__} to {UPGRADE_VERSION}" in upgraded.stdout
     assert version_of(bin_dir / "lattice-ctl") == f"lattice-ctl {UPGRADE_VERSION}"
@@ -90,13 +93,14 @@ def test_install_upgrade_uninstall_purge(wheels: Wheels, clean_home: Path,
     #    which also removes config, keys and logs.
     custom_venv = tmp_path / "opt" / "lattice"
     custom_bin = tmp_path / "bin"
-    custom = {**env, "LATTICE_INSTALL_DIR": str(custom_venv), "LATTICE_BIN_DIR": str(custom_bin),
+    custom = {**env, "LATTICE_PACKAGE": str(wheels.upgrade),
+              "LATTICE_INSTALL_DIR": str(custom_venv), "LATTICE_BIN_DIR": str(custom_bin),
               "PATH": f"{custom_bin}{os.pathsep}{env['PATH']}"}
     reinstalled = run_installer(custom)
     assert reinstalled.returncode == 0, reinstalled.stderr
     assert "is not on your PATH" not in reinstalled.stdout
     assert Path(os.readlink(custom_bin / "lattice-ctl")) == custom_venv / "bin" / "lattice-ctl"
-    assert version_of(custom_bin / "lattice-ctl") == f"lattice-ctl {__version__}"
+    assert version_of(custom_bin / "lattice-ctl") == f"lattice-ctl {UPGRADE_VERSION}"
     log = home / ".local" / "state" / "lattice" / "log" / "daemon.log"
     log.parent.mkdir(parents=True)
     log.write_text("a log line\n")
