@@ -216,3 +216,51 @@ def test_install_takes_over_from_a_detached_daemon(
     assert "POST /v1/shutdown" in asked
     assert "Stopped the daemon started by `lattice-ctl daemon start`" in result.stderr
     assert "--user enable --now lattice-daemon.service" in systemctl_log.read_text()
+
+
+FAKE_LAUNCHCTL = """#!/bin/sh
+# Records each call; keeps "loaded" in a state file like launchd's gui/<uid> domain.
+echo "$*" >> "$FAKE_LAUNCHCTL_LOG"
+loaded="$FAKE_LAUNCHCTL_LOG.loaded"
+case "$1" in
+  print) case "$2" in */ai.lattice.daemon) [ -f "$loaded" ] && echo "state = running" ;
+         [ -f "$loaded" ] ;; *) exit 0 ;; esac ;;
+  bootstrap) touch "$loaded" ;;
+  bootout) rm -f "$loaded" ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def test_launch_agent_install_and_uninstall_drive_launchctl(
+        lattice_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "launchctl"
+    fake.write_text(FAKE_LAUNCHCTL)
+    fake.chmod(0o755)
+    log = tmp_path / "launchctl.log"
+    monkeypatch.setenv("FAKE_LAUNCHCTL_LOG", str(log))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    manager = LaunchAgentManager(launchctl=str(fake))
+    target = f"gui/{os.getuid()}/ai.lattice.daemon"
+
+    assert manager.status().installed is False
+    manager.install()
+    plist_path = tmp_path / "home/Library/LaunchAgents/ai.lattice.daemon.plist"
+    assert manager.unit_file == plist_path and plist_path.is_file()
+    assert plistlib.loads(plist_path.read_bytes())["Label"] == "ai.lattice.daemon"
+    assert f"bootstrap gui/{os.getuid()} {plist_path}" in log.read_text()
+    assert get_paths().log_dir.is_dir()  # StandardOutPath's directory must exist
+    status = manager.status()
+    assert status.installed and status.active and status.available
+
+    calls_before = len(log.read_text().splitlines())
+    manager.install()  # a reinstall (upgrade) unloads the old definition first
+    reinstall = log.read_text().splitlines()[calls_before:]
+    assert reinstall.index(f"bootout {target}") < reinstall.index(
+        f"bootstrap gui/{os.getuid()} {plist_path}")
+
+    manager.stop()
+    assert f"kill SIGTERM {target}" in log.read_text()
+    assert manager.uninstall() is True
+    assert not plist_path.exists() and manager.status().active is False
+    assert manager.uninstall() is False
