@@ -59,11 +59,6 @@ class JobTicket(Protocol):
 
     job_id: str
 
-    @property
-    def leased(self) -> bool:
-        """Whether a daemon session has picked the job up."""
-        ...
-
     async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
         """The next event, a broker-side failure (runtime_timeout, runtime_unreachable,
         runtime_revoked), or None when ``timeout`` seconds passed with nothing."""

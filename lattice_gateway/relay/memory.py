@@ -158,6 +158,9 @@ class MemoryBroker:
         return any(s.parked is not None or now - s.last_active < window
                    for s in rt.sessions.values())
 
+    async def flush(self) -> None:
+        """Nothing is written behind in-process (the Redis broker's writes are)."""
+
     def parked_polls(self, lattice_id: str) -> int:
         """How many of the runtime's sessions hold a poll right now (tests, metrics)."""
         rt = self._runtimes.get(lattice_id)

@@ -1,56 +1,100 @@
-"""The in-process broker: pickup, parking, windows, capacity, leases, presence, revoke, cancel."""
+"""The broker contract, for the in-process and the Redis broker (real Redis at
+127.0.0.1:6379, a unique key prefix per test): pickup, parking, windows, capacity,
+leases, presence, revoke, cancel."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from lattice_gateway.relay import MemoryBroker, SessionNotFound
+from lattice_gateway.relay.redis import RedisBroker
 from lattice_protocol import ErrorCode, JobEnvelope, LatticeError, SealedEvent
+from tests.support.net import async_wait_until
 
 RUNTIME = "prt_test"
+Maker = Callable[..., Any]
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# Pickup by a parked poll: in-process it is a future; via Redis, a pub/sub round trip.
+WAKE_BUDGET = {"memory": 0.005, "redis": 0.05}
 
 
 def envelope(n: int = 0) -> JobEnvelope:
     return JobEnvelope(f"job_{n}", time.time() + 60, f"v1.sealed{n}")
 
 
-def make_broker(**overrides: float) -> MemoryBroker:
-    options = {"poll_window_seconds": 0.3, "presence_window_seconds": 0.3,
-               "pickup_timeout_seconds": 5.0}
-    options.update(overrides)
-    return MemoryBroker(**options)
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
-async def test_poll_returns_at_once_when_a_job_is_waiting() -> None:
+@pytest.fixture
+async def make_broker(kind: str) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Any] = []
+    prefix = f"lattice-test:{secrets.token_hex(6)}:"
+
+    def make(**overrides: float) -> Any:
+        options = {"poll_window_seconds": 0.3, "presence_window_seconds": 0.3,
+                   "pickup_timeout_seconds": 5.0}
+        options.update(overrides)
+        broker = (MemoryBroker(**options) if kind == "memory"
+                  else RedisBroker(REDIS_URL, key_prefix=prefix, **options))
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+    if kind == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(REDIS_URL)
+        keys = [k async for k in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def parked(broker: Any, count: int = 1) -> None:
+    async def enough() -> bool:
+        return bool(broker.parked_polls(RUNTIME) >= count)
+
+    await async_wait_until(enough, timeout=2, interval=0.002, what="the poll to park")
+
+
+async def test_poll_returns_at_once_when_a_job_is_waiting(make_broker: Maker) -> None:
     broker = make_broker(poll_window_seconds=30)
     session = await broker.register_session(RUNTIME, 4)
-    ticket = await broker.submit(RUNTIME, envelope())
+    await broker.submit(RUNTIME, envelope())
     started = time.perf_counter()
     result = await broker.poll(RUNTIME, session, 4)
     assert time.perf_counter() - started < 0.05
     assert [j.job_id for j in result.jobs] == ["job_0"]
-    assert ticket.leased
     await broker.close()
 
 
-async def test_parked_poll_is_woken_by_enqueue_within_a_millisecond() -> None:
+async def test_parked_poll_is_woken_by_enqueue_at_once(
+        make_broker: Maker, kind: str) -> None:
     broker = make_broker(poll_window_seconds=30)
     session = await broker.register_session(RUNTIME, 1)
     poll = asyncio.create_task(broker.poll(RUNTIME, session, 1))
-    await asyncio.sleep(0)  # let the poll park
+    await parked(broker)
     assert not poll.done()
     started = time.perf_counter()
     await broker.submit(RUNTIME, envelope())
     result = await poll
-    assert time.perf_counter() - started < 0.005
+    assert time.perf_counter() - started < WAKE_BUDGET[kind]
     assert [j.job_id for j in result.jobs] == ["job_0"]
     await broker.close()
 
 
-async def test_window_expiry_returns_empty() -> None:
+async def test_window_expiry_returns_empty(make_broker: Maker) -> None:
     broker = make_broker(poll_window_seconds=0.2)
     session = await broker.register_session(RUNTIME, 1)
     started = time.monotonic()
@@ -61,7 +105,7 @@ async def test_window_expiry_returns_empty() -> None:
     await broker.close()
 
 
-async def test_capacity_bounds_the_jobs_in_one_answer() -> None:
+async def test_capacity_bounds_the_jobs_in_one_answer(make_broker: Maker) -> None:
     broker = make_broker()
     session = await broker.register_session(RUNTIME, 2)
     for n in range(5):
@@ -75,14 +119,15 @@ async def test_capacity_bounds_the_jobs_in_one_answer() -> None:
     await broker.close()
 
 
-async def test_capacity_zero_poll_gets_no_jobs_but_cancels() -> None:
+async def test_capacity_zero_poll_gets_no_jobs_but_cancels(make_broker: Maker) -> None:
     broker = make_broker(poll_window_seconds=5)
     session = await broker.register_session(RUNTIME, 1)
     ticket = await broker.submit(RUNTIME, envelope())
     await broker.poll(RUNTIME, session, 1)
     await broker.submit(RUNTIME, envelope(1))
     heartbeat = asyncio.create_task(broker.poll(RUNTIME, session, 0))
-    await asyncio.sleep(0.01)
+    await parked(broker)
+    await asyncio.sleep(0.02)
     assert not heartbeat.done()  # queued job_1 is not handed to a full daemon
     ticket.cancel("client_disconnected")
     result = await heartbeat
@@ -91,7 +136,8 @@ async def test_capacity_zero_poll_gets_no_jobs_but_cancels() -> None:
     await broker.close()
 
 
-async def test_events_from_another_session_are_refused_and_job_runs_once() -> None:
+async def test_events_from_another_session_are_refused_and_job_runs_once(
+        make_broker: Maker) -> None:
     broker = make_broker(presence_window_seconds=5, poll_window_seconds=0.1)
     owner = await broker.register_session(RUNTIME, 1)
     other = await broker.register_session(RUNTIME, 1)
@@ -106,13 +152,17 @@ async def test_events_from_another_session_are_refused_and_job_runs_once() -> No
     assert accepted.refused == []
     event = await ticket.next_event(1.0)
     assert isinstance(event, SealedEvent) and event.sealed == "v1.x"
-    ticket.finish()  # a final event releases the lease
-    after = await broker.post_events(RUNTIME, owner, [SealedEvent("job_0", 1, "v1.y")])
-    assert [r.code for r in after.refused] == ["lease_not_held"]
+    ticket.finish()  # a final event releases the lease (Redis: one round trip later)
+
+    async def late_event_refused() -> bool:
+        after = await broker.post_events(RUNTIME, owner, [SealedEvent("job_0", 1, "v1.y")])
+        return [r.code for r in after.refused] == ["lease_not_held"]
+
+    await async_wait_until(late_event_refused, timeout=2, what="the lease to be released")
     await broker.close()
 
 
-async def test_unknown_session_or_other_runtime_is_session_not_found() -> None:
+async def test_unknown_session_or_other_runtime_is_session_not_found(make_broker: Maker) -> None:
     broker = make_broker()
     session = await broker.register_session(RUNTIME, 1)
     with pytest.raises(SessionNotFound):
@@ -122,17 +172,16 @@ async def test_unknown_session_or_other_runtime_is_session_not_found() -> None:
     await broker.close()
 
 
-async def test_pickup_timeout_fails_a_queued_job() -> None:
+async def test_pickup_timeout_fails_a_queued_job(make_broker: Maker) -> None:
     broker = make_broker(pickup_timeout_seconds=0.2)
     ticket = await broker.submit(RUNTIME, envelope())
     failure = await ticket.next_event(3.0)
     assert isinstance(failure, LatticeError)
     assert failure.code is ErrorCode.RUNTIME_TIMEOUT
-    assert not ticket.leased
     await broker.close()
 
 
-async def test_dead_session_fails_its_leased_jobs_unreachable() -> None:
+async def test_dead_session_fails_its_leased_jobs_unreachable(make_broker: Maker) -> None:
     broker = make_broker(presence_window_seconds=0.2)
     session = await broker.register_session(RUNTIME, 1)
     ticket = await broker.submit(RUNTIME, envelope())
@@ -147,7 +196,7 @@ async def test_dead_session_fails_its_leased_jobs_unreachable() -> None:
     await broker.close()
 
 
-async def test_parked_poll_keeps_the_session_present() -> None:
+async def test_parked_poll_keeps_the_session_present(make_broker: Maker) -> None:
     broker = make_broker(presence_window_seconds=0.1, poll_window_seconds=0.6)
     session = await broker.register_session(RUNTIME, 1)
     poll = asyncio.create_task(broker.poll(RUNTIME, session, 1))
@@ -157,7 +206,7 @@ async def test_parked_poll_keeps_the_session_present() -> None:
     await broker.close()
 
 
-async def test_disconnect_of_a_parked_poll_ends_it_and_presence_expires() -> None:
+async def test_disconnect_of_a_parked_poll_ends_it_and_presence_expires(make_broker: Maker) -> None:
     broker = make_broker(presence_window_seconds=0.2, poll_window_seconds=30)
     session = await broker.register_session(RUNTIME, 1)
     dropped = asyncio.Event()
@@ -167,7 +216,7 @@ async def test_disconnect_of_a_parked_poll_ends_it_and_presence_expires() -> Non
         return {"type": "http.disconnect"}
 
     poll = asyncio.create_task(broker.poll(RUNTIME, session, 1, receive=receive))
-    await asyncio.sleep(0.01)
+    await parked(broker)
     dropped.set()
     result = await asyncio.wait_for(poll, 1.0)
     assert result.jobs == []
@@ -178,20 +227,21 @@ async def test_disconnect_of_a_parked_poll_ends_it_and_presence_expires() -> Non
     await broker.close()
 
 
-async def test_revoke_fails_queued_and_leased_jobs_and_ends_parked_polls() -> None:
+async def test_revoke_fails_queued_and_leased_jobs_and_ends_parked_polls(
+        make_broker: Maker) -> None:
     broker = make_broker(poll_window_seconds=30)
     session = await broker.register_session(RUNTIME, 1)
     leased = await broker.submit(RUNTIME, envelope(0))
     await broker.poll(RUNTIME, session, 1)
     queued = await broker.submit(RUNTIME, envelope(1))
-    parked = asyncio.create_task(broker.poll(RUNTIME, session, 0))
-    await asyncio.sleep(0.01)
+    held = asyncio.create_task(broker.poll(RUNTIME, session, 0))
+    await parked(broker)
     await broker.revoke_runtime(RUNTIME)
     for ticket in (leased, queued):
         failure = await ticket.next_event(1.0)
         assert isinstance(failure, LatticeError)
         assert failure.code is ErrorCode.RUNTIME_REVOKED
-    assert (await asyncio.wait_for(parked, 1.0)).jobs == []
+    assert (await asyncio.wait_for(held, 1.0)).jobs == []
     assert not (await broker.reachable([RUNTIME]))[RUNTIME]
     late = await broker.submit(RUNTIME, envelope(2))
     failure = await late.next_event(1.0)
@@ -199,11 +249,12 @@ async def test_revoke_fails_queued_and_leased_jobs_and_ends_parked_polls() -> No
     await broker.close()
 
 
-async def test_cancel_of_a_queued_job_drops_it() -> None:
+async def test_cancel_of_a_queued_job_drops_it(make_broker: Maker) -> None:
     broker = make_broker()
     session = await broker.register_session(RUNTIME, 1)
     ticket = await broker.submit(RUNTIME, envelope(0))
     ticket.cancel("client_disconnected")
+    await broker.flush()
     await broker.submit(RUNTIME, envelope(1))
     result = await broker.poll(RUNTIME, session, 4)
     assert [j.job_id for j in result.jobs] == ["job_1"]
@@ -213,19 +264,20 @@ async def test_cancel_of_a_queued_job_drops_it() -> None:
     await broker.close()
 
 
-async def test_cancel_reaches_the_session_in_the_events_answer() -> None:
+async def test_cancel_reaches_the_session_in_the_events_answer(make_broker: Maker) -> None:
     broker = make_broker()
     session = await broker.register_session(RUNTIME, 2)
     first = await broker.submit(RUNTIME, envelope(0))
     await broker.submit(RUNTIME, envelope(1))
     await broker.poll(RUNTIME, session, 2)
     first.cancel("timeout")
+    await broker.flush()
     answer = await broker.post_events(RUNTIME, session, [SealedEvent("job_1", 0, "v1.z")])
     assert [(c.job_id, c.reason) for c in answer.cancels] == [("job_0", "timeout")]
     await broker.close()
 
 
-async def test_deregister_turns_the_runtime_offline_at_once() -> None:
+async def test_deregister_turns_the_runtime_offline_at_once(make_broker: Maker) -> None:
     broker = make_broker(presence_window_seconds=30)
     session = await broker.register_session(RUNTIME, 1)
     assert (await broker.reachable([RUNTIME]))[RUNTIME]

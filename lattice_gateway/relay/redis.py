@@ -1,0 +1,472 @@
+"""The Redis broker: queue, leases and presence shared by several gateway replicas.
+
+Every relay step is one Lua script (``redis_scripts``), so leasing is atomic across
+replicas and a job runs at most once. Pub/sub carries what must reach another replica
+at once: ``wake`` (a job was queued, a cancel or revocation happened) to whichever
+replica holds the daemon's parked poll, and ``ev:<replica>`` (events, failures) to the
+replica holding the app's request.
+
+Parked polls stay local to the replica that holds them (a future each, as in the
+in-process broker); their presence is refreshed in Redis by the replica's sweeper, so
+any replica can answer ``reachable``. Jobs and sealed bodies only live in Redis while
+in flight (job hashes expire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
+
+from . import redis_scripts as lua
+from .base import EventsResult, PollResult, Receive, Refusal, SessionNotFound
+from .memory import MAX_SESSIONS_PER_RUNTIME
+
+_JOB_TTL_SECONDS = 24 * 3600  # a safety net; finished jobs are deleted at once
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisTicket:
+    __slots__ = ("_broker", "_items", "_waiter", "done", "enqueued_at", "job_id",
+                 "lattice_id", "seen_event")
+
+    def __init__(self, broker: RedisBroker, lattice_id: str, job_id: str) -> None:
+        self._broker = broker
+        self.job_id = job_id
+        self.lattice_id = lattice_id
+        self.enqueued_at = time.monotonic()
+        self.done = False
+        self.seen_event = False
+        self._items: deque[SealedEvent | LatticeError] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def leased(self) -> bool:
+        return self.seen_event
+
+    def push(self, item: SealedEvent | LatticeError) -> None:
+        if isinstance(item, SealedEvent):
+            self.seen_event = True
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(timeout, 0.0), _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._items.popleft() if self._items else None
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self._broker._forget(self)
+            self._broker._write_behind(self._broker._script("finish", self.job_id))
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if self.done:
+            return
+        self.done = True
+        self._broker._forget(self)
+        self.push(LatticeError(ErrorCode.CANCELLED, f"job cancelled ({reason})"))
+        notice = orjson.dumps(CancelNotice(self.job_id, reason).to_dict()).decode()
+        self._broker._write_behind(self._broker._script("cancel", self.job_id, notice))
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass(eq=False)
+class _Parked:
+    lattice_id: str
+    session_id: str
+    capacity: int
+    future: asyncio.Future[PollResult | None]
+    deadline: float
+    busy: bool = False
+    dirty: bool = False
+
+
+class RedisBroker:
+    def __init__(self, url: str, *, poll_window_seconds: float = 25.0,
+                 presence_window_seconds: float = 15.0, pickup_timeout_seconds: float = 30.0,
+                 key_prefix: str = "lattice:relay:") -> None:
+        self.poll_window_seconds = poll_window_seconds
+        self.presence_window_seconds = presence_window_seconds
+        self.pickup_timeout_seconds = pickup_timeout_seconds
+        self._prefix = key_prefix
+        self._replica = secrets.token_hex(8)
+        self._redis = aioredis.from_url(url)
+        self._scripts = {name.lower(): self._redis.register_script(getattr(lua, name))
+                         for name in ("SUBMIT", "REGISTER", "POLL", "UNLEASE", "TOUCH",
+                                      "EVENTS", "FINISH", "CANCEL", "PICKUP_EXPIRE",
+                                      "END_SESSION", "REVOKE")}
+        self._tickets: dict[str, RedisTicket] = {}
+        self._parked_by_runtime: dict[str, set[_Parked]] = {}
+        self._parked_by_session: dict[str, _Parked] = {}
+        self._poll_deadlines: deque[_Parked] = deque()
+        self._pickup_deadlines: deque[RedisTicket] = deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._started: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+        self._closed = False
+        self._tick = max(0.01, min(0.25, poll_window_seconds / 10,
+                                   presence_window_seconds / 10, pickup_timeout_seconds / 10))
+        self._refresh_every = max(self._tick, presence_window_seconds / 3)
+
+    # ---------------------------------------------------------------------- plumbing
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        return await self._scripts[name](args=[self._prefix, *args])
+
+    def _background(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _write_behind(self, coroutine: Any) -> None:
+        """A write the caller does not wait for (finish, cancel, touch)."""
+        task = self._background(coroutine)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def flush(self) -> None:
+        """Wait for the writes started so far (finish, cancel) to reach Redis."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def _ensure_started(self) -> None:
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._prefix + "wake", self._prefix + "ev:" + self._replica)
+        self._background(self._read_messages())
+        self._background(self._sweep_forever())
+
+    async def close(self) -> None:
+        self._closed = True
+        for parked in list(self._parked_by_session.values()):
+            _resolve(parked.future)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        await self._redis.aclose()
+
+    async def _read_messages(self) -> None:
+        wake_channel = (self._prefix + "wake").encode()
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (ConnectionError, OSError, aioredis.RedisError):
+                await asyncio.sleep(0.1)  # Redis restarting; the subscription reconnects
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            if message["channel"] == wake_channel:
+                self._on_wake(_text(message["data"]))
+            else:
+                self._on_event(message["data"])
+
+    def _on_wake(self, data: str) -> None:
+        kind, _, target = data.partition(" ")
+        if kind == "j":
+            for parked in list(self._parked_by_runtime.get(target, ())):
+                if parked.capacity > 0:
+                    self._attempt(parked)
+        elif kind == "c":
+            parked = self._parked_by_session.get(target)
+            if parked is not None:
+                self._attempt(parked)
+        elif kind == "d":
+            parked = self._parked_by_session.get(target)
+            if parked is not None:
+                _resolve(parked.future)
+        elif kind == "r":
+            for parked in list(self._parked_by_runtime.get(target, ())):
+                _resolve(parked.future)
+
+    def _on_event(self, raw: bytes) -> None:
+        message = orjson.loads(raw)
+        ticket = self._tickets.get(message["j"])
+        if ticket is None:
+            return
+        if "e" in message:
+            ticket.push(SealedEvent.from_dict(message["e"]))
+            return
+        try:
+            code = ErrorCode(message["f"])
+        except ValueError:
+            code = ErrorCode.RUNTIME_UNREACHABLE
+        self._forget(ticket)
+        ticket.done = True
+        ticket.push(LatticeError(code, message.get("m") or code.value))
+
+    def _forget(self, ticket: RedisTicket) -> None:
+        self._tickets.pop(ticket.job_id, None)
+
+    def parked_polls(self, lattice_id: str) -> int:
+        """How many of the runtime's polls this replica holds right now (tests, metrics)."""
+        return len(self._parked_by_runtime.get(lattice_id, ()))
+
+    # ------------------------------------------------------------------ services.Broker
+
+    async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]:
+        await self._ensure_started()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for lid in lattice_ids:
+                pipe.smembers(self._prefix + "rs:" + lid)
+            members = await pipe.execute()
+        cutoff = time.time() - self.presence_window_seconds
+        result: dict[str, bool] = {}
+        for lid, sessions in zip(lattice_ids, members, strict=True):
+            if not sessions:
+                result[lid] = False
+                continue
+            scores = await self._redis.zmscore(self._prefix + "sessions", list(sessions))
+            result[lid] = any(s is not None and s > cutoff for s in scores)
+        return result
+
+    async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
+        if not lattice_ids:
+            return {}
+        values = await self._redis.mget([self._prefix + "seen:" + lid for lid in lattice_ids])
+        return {lid: float(v) if v is not None else None
+                for lid, v in zip(lattice_ids, values, strict=True)}
+
+    async def revoke_runtime(self, lattice_id: str) -> None:
+        await self._ensure_started()
+        await self._script("revoke", lattice_id, ErrorCode.RUNTIME_REVOKED.value,
+                           "the personal runtime was revoked")
+
+    # ------------------------------------------------------------------------ sessions
+
+    async def register_session(self, lattice_id: str, max_concurrency: int) -> str:
+        await self._ensure_started()
+        session_id = "rs_" + secrets.token_hex(12)
+        outcome = await self._script("register", lattice_id, session_id, time.time(),
+                                     MAX_SESSIONS_PER_RUNTIME)
+        if outcome == 0:
+            raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
+        if outcome == -1:
+            raise LatticeError(ErrorCode.RATE_LIMITED, "too many relay sessions for this runtime")
+        return session_id
+
+    async def deregister_session(self, lattice_id: str, session_id: str) -> None:
+        await self._ensure_started()
+        ended = await self._script("end_session", session_id, "", lattice_id,
+                                   ErrorCode.RUNTIME_UNREACHABLE.value,
+                                   "the personal runtime's daemon stopped")
+        if ended is None:
+            raise SessionNotFound()
+
+    # --------------------------------------------------------------------------- polls
+
+    async def _take(self, lattice_id: str, session_id: str, capacity: int) -> PollResult:
+        answer = await self._script("poll", lattice_id, session_id, capacity, time.time())
+        if answer is None:
+            raise SessionNotFound()
+        envelopes, cancels = answer
+        return PollResult(
+            jobs=[JobEnvelope.from_dict(orjson.loads(e)) for e in envelopes],
+            cancels=[CancelNotice.from_dict(orjson.loads(c)) for c in cancels])
+
+    async def poll(self, lattice_id: str, session_id: str, capacity: int,
+                   receive: Receive | None = None) -> PollResult:
+        await self._ensure_started()
+        previous = self._parked_by_session.get(session_id)
+        if previous is not None:
+            _resolve(previous.future)  # superseded by this poll
+        result = await self._take(lattice_id, session_id, capacity)
+        if result.jobs or result.cancels:
+            return result
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PollResult | None] = loop.create_future()
+        parked = _Parked(lattice_id, session_id, capacity, future,
+                         time.monotonic() + self.poll_window_seconds)
+        self._parked_by_session[session_id] = parked
+        self._parked_by_runtime.setdefault(lattice_id, set()).add(parked)
+        self._poll_deadlines.append(parked)
+        # A job queued between the take above and parking published its wake before we
+        # listened: look once more now that we are parked.
+        self._attempt(parked)
+        watcher = loop.create_task(_watch_disconnect(receive, future)) if receive else None
+        try:
+            outcome = await future
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if self._parked_by_session.get(session_id) is parked:
+                del self._parked_by_session[session_id]
+            waiting = self._parked_by_runtime.get(lattice_id)
+            if waiting is not None:
+                waiting.discard(parked)
+                if not waiting:
+                    del self._parked_by_runtime[lattice_id]
+            if not self._closed:
+                self._write_behind(self._script("touch", lattice_id, session_id, time.time()))
+        return outcome if outcome is not None else PollResult()
+
+    def _attempt(self, parked: _Parked) -> None:
+        """Try to fill a parked poll from Redis; one attempt at a time per poll."""
+        if parked.future.done():
+            return
+        if parked.busy:
+            parked.dirty = True
+            return
+        parked.busy = True
+        self._background(self._attempt_loop(parked))
+
+    async def _attempt_loop(self, parked: _Parked) -> None:
+        try:
+            while True:
+                parked.dirty = False
+                try:
+                    result = await self._take(parked.lattice_id, parked.session_id,
+                                              parked.capacity)
+                except SessionNotFound:
+                    _resolve(parked.future)
+                    return
+                if result.jobs or result.cancels:
+                    if parked.future.done():
+                        await self._give_back(parked, result)
+                    else:
+                        parked.future.set_result(result)
+                    return
+                if not parked.dirty or parked.future.done():
+                    return
+        finally:
+            parked.busy = False
+
+    async def _give_back(self, parked: _Parked, result: PollResult) -> None:
+        """The poll ended while its answer was being taken: nothing may be lost."""
+        if result.jobs:
+            await self._script("unlease", parked.lattice_id, parked.session_id,
+                               *[j.job_id for j in result.jobs])
+        if result.cancels:
+            key = self._prefix + "sc:" + parked.session_id
+            await self._redis.rpush(key, *[orjson.dumps(c.to_dict()) for c in result.cancels])
+
+    # -------------------------------------------------------------------------- events
+
+    async def post_events(self, lattice_id: str, session_id: str,
+                          events: list[SealedEvent]) -> EventsResult:
+        await self._ensure_started()
+        args: list[Any] = [lattice_id, session_id, time.time()]
+        for event in events:
+            args.append(event.job_id)
+            args.append(orjson.dumps({"j": event.job_id, "e": event.to_dict()}))
+        answer = await self._script("events", *args)
+        if answer is None:
+            raise SessionNotFound()
+        refused_ids, cancels = answer
+        result = EventsResult(cancels=[CancelNotice.from_dict(orjson.loads(c)) for c in cancels])
+        seen: set[str] = set()
+        for raw in refused_ids:
+            job_id = _text(raw)
+            if job_id not in seen:
+                seen.add(job_id)
+                result.refused.append(Refusal(job_id, ErrorCode.LEASE_NOT_HELD.value,
+                                              "the job is not leased to this session"))
+        return result
+
+    # ---------------------------------------------------------------------------- jobs
+
+    async def submit(self, lattice_id: str, envelope: JobEnvelope) -> RedisTicket:
+        await self._ensure_started()
+        ticket = RedisTicket(self, lattice_id, envelope.job_id)
+        self._tickets[envelope.job_id] = ticket
+        queued = await self._script("submit", lattice_id, envelope.job_id,
+                                    orjson.dumps(envelope.to_dict()), self._replica,
+                                    _JOB_TTL_SECONDS)
+        if not queued:
+            self._forget(ticket)
+            ticket.done = True
+            ticket.push(LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked"))
+            return ticket
+        self._pickup_deadlines.append(ticket)
+        return ticket
+
+    # ------------------------------------------------------------------------- sweeper
+
+    async def _sweep_forever(self) -> None:
+        last_refresh = 0.0
+        while True:
+            await asyncio.sleep(self._tick)
+            now = time.monotonic()
+            try:
+                await self._sweep(now, refresh=now - last_refresh >= self._refresh_every)
+            except (ConnectionError, OSError, aioredis.RedisError):
+                continue  # Redis unavailable for a moment: try again next tick
+            if now - last_refresh >= self._refresh_every:
+                last_refresh = now
+
+    async def _sweep(self, now: float, refresh: bool) -> None:
+        polls = self._poll_deadlines
+        while polls and polls[0].deadline <= now:
+            _resolve(polls.popleft().future)
+        pickups = self._pickup_deadlines
+        limit = now - self.pickup_timeout_seconds
+        while pickups and pickups[0].enqueued_at <= limit:
+            ticket = pickups.popleft()
+            if ticket.done or ticket.seen_event:
+                continue
+            if await self._script("pickup_expire", ticket.job_id):
+                self._forget(ticket)
+                ticket.done = True
+                ticket.push(LatticeError(
+                    ErrorCode.RUNTIME_TIMEOUT,
+                    f"the personal runtime did not pick the job up within "
+                    f"{self.pickup_timeout_seconds:g} s"))
+        wall = time.time()
+        if refresh and self._parked_by_session:
+            # Held polls are live presence: refresh them where every replica looks.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in self._parked_by_session:
+                    pipe.zadd(self._prefix + "sessions", {session_id: wall}, xx=True)
+                await pipe.execute()
+        if refresh:
+            cutoff = wall - self.presence_window_seconds
+            stale = await self._redis.zrangebyscore(self._prefix + "sessions", "-inf", cutoff,
+                                                    start=0, num=100)
+            for raw in stale:
+                await self._script("end_session", _text(raw), cutoff, "",
+                                   ErrorCode.RUNTIME_UNREACHABLE.value,
+                                   "the personal runtime's daemon stopped answering")
+
+
+async def _watch_disconnect(receive: Receive, future: asyncio.Future[PollResult | None]) -> None:
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            _resolve(future)
+            return

@@ -1,0 +1,189 @@
+"""Lua scripts of the Redis broker: each relay step is one atomic round trip.
+
+Keys (``P`` = the key prefix): ``P job:<id>`` hash {state queued|leased, env, owner,
+rt, session}; ``P q:<rt>`` list of queued job ids; ``P s:<sid>`` hash {rt};
+``P sj:<sid>`` set of leased job ids; ``P sc:<sid>`` list of pending cancel notices;
+``P rs:<rt>`` set of session ids; ``P sessions`` zset session -> last activity;
+``P seen:<rt>`` last activity (unix s); ``P revoked:<rt>`` flag. Channels: ``P wake``
+(``j <rt>`` job queued, ``c <sid>`` cancel, ``d <sid>`` session ended, ``r <rt>``
+revoked) and ``P ev:<replica>`` (events and failures for the replica holding the app's
+request). A single Redis (not Cluster): scripts touch keys they compute.
+"""
+
+SUBMIT = """
+local P, rt, id = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
+local jk = P..'job:'..id
+redis.call('HSET', jk, 'state', 'queued', 'env', ARGV[4], 'owner', ARGV[5], 'rt', rt)
+redis.call('EXPIRE', jk, tonumber(ARGV[6]))
+redis.call('RPUSH', P..'q:'..rt, id)
+redis.call('PUBLISH', P..'wake', 'j '..rt)
+return 1
+"""
+
+REGISTER = """
+local P, rt, sid, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
+if redis.call('SCARD', P..'rs:'..rt) >= max then return -1 end
+redis.call('HSET', P..'s:'..sid, 'rt', rt)
+redis.call('SADD', P..'rs:'..rt, sid)
+redis.call('ZADD', P..'sessions', now, sid)
+redis.call('SET', P..'seen:'..rt, now)
+return 1
+"""
+
+# Touch the session, take its cancel notices, lease up to ARGV[4] queued jobs to it.
+POLL = """
+local P, rt, sid, n, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+if redis.call('HGET', P..'s:'..sid, 'rt') ~= rt then return false end
+redis.call('ZADD', P..'sessions', now, sid)
+redis.call('SET', P..'seen:'..rt, now)
+local ck = P..'sc:'..sid
+local cancels = redis.call('LRANGE', ck, 0, -1)
+if #cancels > 0 then redis.call('DEL', ck) end
+local jobs = {}
+local q = P..'q:'..rt
+while #jobs < n do
+  local id = redis.call('LPOP', q)
+  if not id then break end
+  local jk = P..'job:'..id
+  if redis.call('HGET', jk, 'state') == 'queued' then
+    redis.call('HSET', jk, 'state', 'leased', 'session', sid)
+    redis.call('SADD', P..'sj:'..sid, id)
+    table.insert(jobs, redis.call('HGET', jk, 'env'))
+  end
+end
+return {jobs, cancels}
+"""
+
+# A poll answer that could not be delivered (its poll had already ended): back to queue.
+UNLEASE = """
+local P, rt, sid = ARGV[1], ARGV[2], ARGV[3]
+for i = #ARGV, 4, -1 do
+  local id = ARGV[i]
+  local jk = P..'job:'..id
+  if redis.call('HGET', jk, 'state') == 'leased' and redis.call('HGET', jk, 'session') == sid then
+    redis.call('HSET', jk, 'state', 'queued')
+    redis.call('HDEL', jk, 'session')
+    redis.call('SREM', P..'sj:'..sid, id)
+    redis.call('LPUSH', P..'q:'..rt, id)
+  end
+end
+redis.call('PUBLISH', P..'wake', 'j '..rt)
+return 1
+"""
+
+TOUCH = """
+local P, rt, sid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+redis.call('ZADD', P..'sessions', 'XX', now, sid)
+redis.call('SET', P..'seen:'..rt, now)
+return 1
+"""
+
+# Forward each event whose job is leased to this session to its owner; refuse the rest.
+EVENTS = """
+local P, rt, sid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', P..'s:'..sid, 'rt') ~= rt then return false end
+redis.call('ZADD', P..'sessions', now, sid)
+redis.call('SET', P..'seen:'..rt, now)
+local refused = {}
+for i = 5, #ARGV, 2 do
+  local id, payload = ARGV[i], ARGV[i + 1]
+  local st = redis.call('HMGET', P..'job:'..id, 'state', 'session', 'owner')
+  if st[1] == 'leased' and st[2] == sid then
+    redis.call('PUBLISH', P..'ev:'..st[3], payload)
+  else
+    table.insert(refused, id)
+  end
+end
+local ck = P..'sc:'..sid
+local cancels = redis.call('LRANGE', ck, 0, -1)
+if #cancels > 0 then redis.call('DEL', ck) end
+return {refused, cancels}
+"""
+
+FINISH = """
+local P, id = ARGV[1], ARGV[2]
+local jk = P..'job:'..id
+local sid = redis.call('HGET', jk, 'session')
+if sid then redis.call('SREM', P..'sj:'..sid, id) end
+redis.call('DEL', jk)
+return 1
+"""
+
+CANCEL = """
+local P, id, notice = ARGV[1], ARGV[2], ARGV[3]
+local jk = P..'job:'..id
+local st = redis.call('HMGET', jk, 'state', 'session', 'rt')
+if not st[1] then return 0 end
+redis.call('DEL', jk)
+if st[1] == 'queued' then
+  redis.call('LREM', P..'q:'..st[3], 1, id)
+  return 1
+end
+redis.call('SREM', P..'sj:'..st[2], id)
+redis.call('RPUSH', P..'sc:'..st[2], notice)
+redis.call('PUBLISH', P..'wake', 'c '..st[2])
+return 2
+"""
+
+PICKUP_EXPIRE = """
+local P, id = ARGV[1], ARGV[2]
+local jk = P..'job:'..id
+local st = redis.call('HMGET', jk, 'state', 'rt')
+if st[1] ~= 'queued' then return 0 end
+redis.call('LREM', P..'q:'..st[2], 1, id)
+redis.call('DEL', jk)
+return 1
+"""
+
+# End a session (deregister, or reaped when silent past ARGV[3]); its leased jobs fail
+# with ARGV[5]/ARGV[6] at their owners. ARGV[4] (if set) must be the session's runtime.
+END_SESSION = """
+local P, sid, cutoff, want_rt = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local sk = P..'s:'..sid
+local rt = redis.call('HGET', sk, 'rt')
+if want_rt ~= '' and rt ~= want_rt then return false end
+if cutoff ~= '' then
+  local score = redis.call('ZSCORE', P..'sessions', sid)
+  if score and tonumber(score) > tonumber(cutoff) then return {} end
+end
+redis.call('ZREM', P..'sessions', sid)
+if not rt then return {} end
+redis.call('SREM', P..'rs:'..rt, sid)
+local jobs = redis.call('SMEMBERS', P..'sj:'..sid)
+for _, id in ipairs(jobs) do
+  local jk = P..'job:'..id
+  local owner = redis.call('HGET', jk, 'owner')
+  if owner then
+    redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = ARGV[5], m = ARGV[6]}))
+  end
+  redis.call('DEL', jk)
+end
+redis.call('DEL', sk, P..'sj:'..sid, P..'sc:'..sid)
+redis.call('PUBLISH', P..'wake', 'd '..sid)
+return jobs
+"""
+
+REVOKE = """
+local P, rt, code, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+redis.call('SET', P..'revoked:'..rt, '1')
+local function fail(id)
+  local jk = P..'job:'..id
+  local owner = redis.call('HGET', jk, 'owner')
+  if owner then
+    redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = code, m = message}))
+  end
+  redis.call('DEL', jk)
+end
+for _, id in ipairs(redis.call('LRANGE', P..'q:'..rt, 0, -1)) do fail(id) end
+redis.call('DEL', P..'q:'..rt)
+for _, sid in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
+  for _, id in ipairs(redis.call('SMEMBERS', P..'sj:'..sid)) do fail(id) end
+  redis.call('DEL', P..'s:'..sid, P..'sj:'..sid, P..'sc:'..sid)
+  redis.call('ZREM', P..'sessions', sid)
+end
+redis.call('DEL', P..'rs:'..rt)
+redis.call('PUBLISH', P..'wake', 'r '..rt)
+return 1
+"""
