@@ -80,9 +80,11 @@ class SystemdUserManager(ServiceManager):
         was_active = self._is_active()
         write_text_atomically(self.unit_file, text)
         check(self._ctl("daemon-reload"))
-        check(self._ctl("enable", "--now", UNIT_NAME))
         if was_active:  # a reinstall or upgrade: run the new unit and the new code
+            check(self._ctl("enable", UNIT_NAME))
             check(self._ctl("restart", UNIT_NAME))
+        else:
+            check(self._ctl("enable", "--now", UNIT_NAME))
         return warnings
 
     def uninstall(self) -> bool:

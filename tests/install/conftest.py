@@ -7,10 +7,12 @@ package's dependencies come from the normal package index through the user's pip
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,10 +79,16 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
 
 
 @pytest.fixture
-def clean_home(tmp_path: Path) -> Path:
+def clean_home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
     home.mkdir()
-    return home
+    yield home
+    shutil.rmtree(runtime_dir_for(home), ignore_errors=True)
+
+
+def runtime_dir_for(home: Path) -> Path:
+    """A short XDG_RUNTIME_DIR per HOME: the daemon's socket path must stay < 108 bytes."""
+    return Path("/tmp") / f"lrun-{hashlib.sha1(str(home).encode()).hexdigest()[:12]}"
 
 
 def installer_env(home: Path, **extra: str) -> dict[str, str]:
@@ -90,7 +98,7 @@ def installer_env(home: Path, **extra: str) -> dict[str, str]:
     # Keep downloads of the dependencies cached across tests (the real user's pip cache).
     env["PIP_CACHE_DIR"] = os.environ.get("PIP_CACHE_DIR",
                                           str(Path.home() / ".cache" / "pip"))
-    runtime = home.parent / "xdg-run"
+    runtime = runtime_dir_for(home)
     runtime.mkdir(mode=0o700, exist_ok=True)
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(runtime), SHELL="/bin/bash",
                LATTICE_PYTHON=sys.executable,
@@ -101,9 +109,58 @@ def installer_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def run_installer(env: dict[str, str], *args: str, script: Path = INSTALL_SH,
-                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
+                  timeout: float = 300, piped: bool = False
+                  ) -> subprocess.CompletedProcess[str]:
+    """`sh install.sh ARGS`, or with ``piped`` the way `curl ... | sh -s -- ARGS` runs it."""
+    if piped:
+        return subprocess.run(["/bin/sh", "-s", "--", *args], input=script.read_text(),
+                              env=env, capture_output=True, text=True, timeout=timeout,
+                              cwd=env["HOME"])
     return subprocess.run(["/bin/sh", str(script), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=env["HOME"])
+                          text=True, timeout=timeout, cwd=env["HOME"], stdin=subprocess.DEVNULL)
+
+
+# A stand-in for `systemctl --user` with a running user manager: it runs the installed
+# unit's ExecStart in the background, so the service really serves the daemon.
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "$FAKE_SYSTEMCTL_LOG"
+unit="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user/lattice-daemon.service"
+pidfile="$FAKE_SYSTEMCTL_LOG.pid"
+stop_unit() {
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    rm -f "$pidfile"
+    kill "$pid" 2>/dev/null || return 0
+    i=0  # wait (bounded) for the drain and exit, as systemd does
+    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
+}
+start_unit() {
+    stop_unit
+    exec_start=$(sed -n 's/^ExecStart="\\(.*\\)"$/\\1/p' "$unit")
+    "$exec_start" </dev/null >/dev/null 2>&1 &
+    echo $! > "$pidfile"
+}
+case "$2" in
+    is-system-running) echo running ;;
+    is-active)
+        if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo active
+        else echo inactive; exit 3; fi ;;
+    is-enabled) if [ -f "$unit" ]; then echo enabled; else echo disabled; exit 1; fi ;;
+    enable) if [ "$3" = --now ]; then start_unit; fi ;;
+    start | restart) start_unit ;;
+    stop) stop_unit ;;
+    disable) if [ "$3" = --now ]; then stop_unit; fi ;;
+esac
+"""
+
+
+def fake_systemctl(directory: Path) -> Path:
+    """Write the stand-in as ``directory/systemctl``; returns its call log."""
+    directory.mkdir(parents=True, exist_ok=True)
+    program = directory / "systemctl"
+    program.write_text(FAKE_SYSTEMCTL)
+    program.chmod(0o755)
+    return directory / "systemctl.log"
 
 
 def files_under(root: Path) -> set[str]:

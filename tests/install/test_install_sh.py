@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,7 @@ from tests.install.conftest import (
     INSTALL_SH,
     UPGRADE_VERSION,
     Wheels,
+    fake_systemctl,
     files_under,
     installer_env,
     run_installer,
@@ -31,86 +35,127 @@ def version_of(program: Path) -> str:
     return done.stdout.strip()
 
 
-def test_install_upgrade_uninstall_purge(wheels: Wheels, clean_home: Path,
-                                         tmp_path: Path) -> None:
+def ctl_json(program: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    done = subprocess.run([str(program), "--json", *args], capture_output=True, text=True,
+                          timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def service_pid(systemctl_log: Path) -> int | None:
+    pidfile = Path(f"{systemctl_log}.pid")
+    return int(pidfile.read_text()) if pidfile.exists() else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kept_by_uninstall(path: str) -> bool:
+    """What --uninstall keeps: config and keys, and logs."""
+    return path.startswith((".config/lattice/", ".local/state/lattice/"))
+
+
+def test_install_service_upgrade_uninstall_purge(wheels: Wheels, clean_home: Path,
+                                                 tmp_path: Path) -> None:
     home = clean_home
-    # The current version by constraint, from the wheelhouse standing in for the index.
+    systemctl_log = fake_systemctl(tmp_path / "fake-systemd")
+    # The current version by constraint, from the wheelhouse standing in for the index;
+    # a user systemd that really runs the unit (fake-systemd/systemctl).
     env = installer_env(home, LATTICE_PACKAGE=f"=={__version__}",
-                        LATTICE_PIP_ARGS=wheels.pip_args)
+                        LATTICE_PIP_ARGS=wheels.pip_args,
+                        FAKE_SYSTEMCTL_LOG=str(systemctl_log))
+    env["PATH"] = f"{systemctl_log.parent}{os.pathsep}{env['PATH']}"
     bin_dir = home / ".local" / "bin"
     venv = home / ".local" / "share" / "lattice" / "venv"
+    ctl = bin_dir / "lattice-ctl"
+    try:
+        # 1. A fresh install, piped as from curl: a private venv, both commands linked.
+        first = run_installer(env, piped=True)
+        assert first.returncode == 0, first.stderr
+        assert f"installed lattice-ctl and lattice-daemon {__version__}" in first.stdout
+        assert f"{bin_dir} is not on your PATH" in first.stdout  # and how to add it
+        assert 'export PATH="' in first.stdout
+        for name in ("lattice-ctl", "lattice-daemon"):
+            link = bin_dir / name
+            assert link.is_symlink() and Path(os.readlink(link)) == venv / "bin" / name
+        assert version_of(ctl) == f"lattice-ctl {__version__}"
+        assert __version__ in version_of(bin_dir / "lattice-daemon")
 
-    # 1. A fresh install: a private venv, and both commands linked into ~/.local/bin.
-    first = run_installer(env)
-    assert first.returncode == 0, first.stderr
-    assert f"installed lattice-ctl and lattice-daemon {__version__}" in first.stdout
-    assert f"{bin_dir} is not on your PATH" in first.stdout  # and how to add it
-    assert 'export PATH="' in first.stdout
-    for name in ("lattice-ctl", "lattice-daemon"):
-        link = bin_dir / name
-        assert link.is_symlink() and Path(os.readlink(link)) == venv / "bin" / name
-    assert version_of(bin_dir / "lattice-ctl") == f"lattice-ctl {__version__}"
-    assert __version__ in version_of(bin_dir / "lattice-daemon")
-    # The service templates ship in the wheel: the installed CLI renders the unit.
-    printed = subprocess.run([str(bin_dir / "lattice-ctl"), "service", "install", "--print"],
-                             capture_output=True, text=True, timeout=30, env=env)
-    assert printed.returncode == 0, printed.stderr
-    expected = "ExecStart=" if sys.platform.startswith("linux") else "<key>Label</key>"
-    assert expected in printed.stdout and str(venv / "bin" / "lattice-daemon") in printed.stdout
+        # 2. The user's config exists now, which no installer run may touch; the user
+        #    installs the service (the templates ship in the wheel) and it serves.
+        config = home / ".config" / "lattice" / "daemon.toml"
+        config.parent.mkdir(parents=True, mode=0o700)
+        config.write_text(CONFIG_TEXT)
+        config.chmod(0o600)
+        service = ctl_json(ctl, env, "service", "install", "--timeout", "20")
+        assert service["answering"] is True and service["active"] is True
+        unit = Path(service["unitFile"])
+        assert f'ExecStart="{venv}/bin/lattice-daemon"' in unit.read_text()
+        assert ctl_json(ctl, env, "ping")["daemonVersion"] == __version__
+        first_pid = service_pid(systemctl_log)
+        assert first_pid and alive(first_pid)
 
-    # 2. The user pairs: a config exists now, which no installer run may touch.
-    config = home / ".config" / "lattice" / "daemon.toml"
-    config.parent.mkdir(parents=True, mode=0o700)
-    config.write_text(CONFIG_TEXT)
-    config.chmod(0o600)
-    before_upgrade = files_under(home)
+        # 3. Running it again is an in-place no-op (here with the wheel file itself)
+        #    that restarts the service ...
+        again = run_installer({**env, "LATTICE_PACKAGE": str(wheels.current)})
+        assert again.returncode == 0, again.stderr
+        assert "already installed and up to date" in again.stdout
+        assert "restarting the Lattice service" in again.stdout
+        assert service_pid(systemctl_log) != first_pid and not alive(first_pid)
 
-    # 3. Running it again is an in-place no-op (here with the wheel file itself); with the
-    #    default package name it upgrades in place to the newest version on the index.
-    again = run_installer({**env, "LATTICE_PACKAGE": str(wheels.current)})
-    assert again.returncode == 0, again.stderr
-    assert "already installed and up to date" in again.stdout
-    default_package = {k: v for k, v in env.items() if k != "LATTICE_PACKAGE"}
-    upgraded = run_installer(default_package)
-    assert upgraded.returncode == 0, upgraded.stderr
-    assert f"upgraded Lattice from {__version__} to {UPGRADE_VERSION}" in upgraded.stdout
-    assert version_of(bin_dir / "lattice-ctl") == f"lattice-ctl {UPGRADE_VERSION}"
-    assert config.read_text() == CONFIG_TEXT
-    assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    # only the venv's contents changed (the same venv, upgraded in place)
-    outside_venv = {p for p in files_under(home) if not p.startswith(".local/share/lattice/venv")}
-    assert outside_venv == {p for p in before_upgrade
-                            if not p.startswith(".local/share/lattice/venv")}
+        # ... and with the default package name it upgrades in place to the newest
+        # version on the index, and the service runs the new code.
+        default_package = {k: v for k, v in env.items() if k != "LATTICE_PACKAGE"}
+        upgraded = run_installer(default_package)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert f"upgraded Lattice from {__version__} to {UPGRADE_VERSION}" in upgraded.stdout
+        assert version_of(ctl) == f"lattice-ctl {UPGRADE_VERSION}"
+        assert ctl_json(ctl, env, "ping")["daemonVersion"] == UPGRADE_VERSION
+        assert config.read_text() == CONFIG_TEXT
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
 
-    # 4. --uninstall: nothing left but the kept config.
-    removed = run_installer(env, "--uninstall")
-    assert removed.returncode == 0, removed.stderr
-    assert "config and keys are kept" in removed.stdout
-    assert files_under(home) == {".config/lattice/daemon.toml"}
-    assert config.read_text() == CONFIG_TEXT
+        # 4. --uninstall stops and removes the service; only config, keys and logs stay.
+        last_pid = service_pid(systemctl_log)
+        removed = run_installer(env, "--uninstall")
+        assert removed.returncode == 0, removed.stderr
+        assert "config and keys are kept" in removed.stdout
+        assert "--user disable --now lattice-daemon.service" in systemctl_log.read_text()
+        assert last_pid and not alive(last_pid)
+        assert not unit.exists()
+        left = files_under(home)
+        assert ".config/lattice/daemon.toml" in left
+        assert {p for p in left if not kept_by_uninstall(p)} == set()
+        assert config.read_text() == CONFIG_TEXT
 
-    # 5. Elsewhere (LATTICE_INSTALL_DIR, LATTICE_BIN_DIR on PATH), then --uninstall --purge,
-    #    which also removes config, keys and logs.
-    custom_venv = tmp_path / "opt" / "lattice"
-    custom_bin = tmp_path / "bin"
-    custom = {**env, "LATTICE_PACKAGE": str(wheels.upgrade),
-              "LATTICE_INSTALL_DIR": str(custom_venv), "LATTICE_BIN_DIR": str(custom_bin),
-              "PATH": f"{custom_bin}{os.pathsep}{env['PATH']}"}
-    reinstalled = run_installer(custom)
-    assert reinstalled.returncode == 0, reinstalled.stderr
-    assert "is not on your PATH" not in reinstalled.stdout
-    assert Path(os.readlink(custom_bin / "lattice-ctl")) == custom_venv / "bin" / "lattice-ctl"
-    assert version_of(custom_bin / "lattice-ctl") == f"lattice-ctl {UPGRADE_VERSION}"
-    log = home / ".local" / "state" / "lattice" / "log" / "daemon.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("a log line\n")
-    (config.parent / "daemon.key").write_text("not really a key\n")
-    purged = run_installer(custom, "--uninstall", "--purge")
-    assert purged.returncode == 0, purged.stderr
-    assert files_under(home) == set()
-    assert not (home / ".config" / "lattice").exists()
-    assert not (home / ".local" / "state" / "lattice").exists()
-    assert not custom_venv.exists() and files_under(custom_bin) == set()
+        # 5. Elsewhere (LATTICE_INSTALL_DIR, LATTICE_BIN_DIR on PATH), then
+        #    --uninstall --purge, which also removes config, keys and logs.
+        custom_venv = tmp_path / "opt" / "lattice"
+        custom_bin = tmp_path / "bin"
+        custom = {**env, "LATTICE_PACKAGE": str(wheels.upgrade),
+                  "LATTICE_INSTALL_DIR": str(custom_venv), "LATTICE_BIN_DIR": str(custom_bin),
+                  "PATH": f"{custom_bin}{os.pathsep}{env['PATH']}"}
+        reinstalled = run_installer(custom)
+        assert reinstalled.returncode == 0, reinstalled.stderr
+        assert "is not on your PATH" not in reinstalled.stdout
+        assert Path(os.readlink(custom_bin / "lattice-ctl")) == custom_venv / "bin/lattice-ctl"
+        assert version_of(custom_bin / "lattice-ctl") == f"lattice-ctl {UPGRADE_VERSION}"
+        log = home / ".local" / "state" / "lattice" / "log" / "daemon.log"
+        assert log.exists()  # written by the service's daemon above
+        purged = run_installer(custom, "--uninstall", "--purge")
+        assert purged.returncode == 0, purged.stderr
+        assert files_under(home) == set()
+        assert not (home / ".config" / "lattice").exists()
+        assert not (home / ".local" / "state" / "lattice").exists()
+        assert not custom_venv.exists() and files_under(custom_bin) == set()
+    finally:
+        pid = service_pid(systemctl_log)
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _shim_dir(tmp_path: Path, **scripts: str) -> Path:
