@@ -77,25 +77,65 @@ def spawn_detached(socket_path: Path) -> subprocess.Popen[bytes]:
         os.close(fd)
 
 
+def _service_serves_this_config() -> bool:
+    """True when an installed user service runs the daemon of *this* config.
+
+    The unit records LATTICE_HOME when it was installed with one; starting a service that
+    serves another home (or the default one while LATTICE_HOME is set) would start the
+    wrong daemon, so then we spawn a detached one instead.
+    """
+    try:
+        from lattice_ctl import service_manager
+    except ImportError:  # pragma: no cover - the distribution piece is optional here
+        return False
+    try:
+        if not service_manager.installed():
+            return False
+        unit_text = service_manager.current().unit_file.read_text(encoding="utf-8")
+    except (OSError, service_manager.ServiceError):
+        return False
+    home = os.environ.get("LATTICE_HOME")
+    if home:
+        return f"LATTICE_HOME={Path(home).expanduser().absolute()}" in unit_text
+    return "LATTICE_HOME" not in unit_text and not os.environ.get("LATTICE_SOCKET")
+
+
+def _start_through_service() -> bool:
+    from lattice_ctl import service_manager
+
+    try:
+        service_manager.start()
+        return True
+    except service_manager.ServiceError as exc:
+        output.warn(f"could not start the installed service ({exc}); starting the daemon "
+                    "detached instead")
+        return False
+
+
 def start_daemon(client: ControlClient, timeout: float) -> dict[str, Any]:
     """Start (unless running) and wait until the socket answers ping; exits on failure."""
     running = _ping(client)
     if running is not None:
         return {"started": False, "alreadyRunning": True, **running.body}
-    process = spawn_detached(client.socket_path)
+    process = None
+    via = "service"
+    if not (_service_serves_this_config() and _start_through_service()):
+        process = spawn_detached(client.socket_path)
+        via = "detached"
     deadline = time.monotonic() + timeout
     with output.spinner("Starting the Lattice daemon..."):
         while time.monotonic() < deadline:
             answer = _ping(client)
             if answer is not None:
-                return {"started": True, "alreadyRunning": False, **answer.body}
-            code = process.poll()
+                return {"started": True, "alreadyRunning": False, "via": via, **answer.body}
+            code = process.poll() if process is not None else None
             if code is not None:
                 _explain_early_exit(code)
             time.sleep(_POLL_INTERVAL)
+    where = f"pid {process.pid}" if process is not None else "started by the service"
     output.fail(f"the daemon did not answer on {client.socket_path} within {timeout:g} s "
-                f"(pid {process.pid}); see: lattice-ctl daemon logs",
-                data={"pid": process.pid})
+                f"({where}); see: lattice-ctl daemon logs",
+                data={"pid": process.pid if process is not None else None})
 
 
 def _explain_early_exit(code: int) -> None:
@@ -224,20 +264,22 @@ def logs(follow: bool, lines: int) -> None:
     log_file = get_paths().log_file
     if not log_file.exists() and not follow:
         output.fail(f"no log file yet at {log_file}")
+    position, inode = 0, None
     if log_file.exists():
         with open(log_file, "rb") as f:
-            tail = f.read().decode("utf-8", errors="replace").splitlines()[-lines:]
+            data = f.read()
+            inode = os.fstat(f.fileno()).st_ino
+        position = len(data)  # follow from exactly what was printed: no line is lost
+        tail = data.decode("utf-8", errors="replace").splitlines()[-lines:]
         if tail:
             sys.stdout.write("\n".join(tail) + "\n")
             sys.stdout.flush()
     if follow:
-        _follow(log_file)
+        _follow(log_file, position, inode)
 
 
-def _follow(log_file: Path) -> None:
+def _follow(log_file: Path, position: int, inode: int | None) -> None:
     """Like `tail -F`: follows the file across rotation (a new inode) until Ctrl-C."""
-    position = log_file.stat().st_size if log_file.exists() else 0
-    inode = log_file.stat().st_ino if log_file.exists() else None
     try:
         while True:
             try:
