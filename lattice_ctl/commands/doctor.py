@@ -143,12 +143,18 @@ def _start_hint() -> str:
     try:
         from lattice_ctl import service_manager
 
-        if service_manager.installed():
-            return ("start it: lattice-ctl daemon start (the service is installed; its log: "
-                    "lattice-ctl daemon logs)")
+        installed = service_manager.installed()
     except Exception:  # the hint must never break the doctor
-        pass
-    return "start it: lattice-ctl daemon start (at every login: lattice-ctl service install)"
+        installed = False
+    if not installed:
+        return "start it: lattice-ctl daemon start (at every login: lattice-ctl service install)"
+    # The service gave up (or was stopped): its own words say why, e.g. exit 78 = config.
+    if sys.platform == "darwin":
+        why = f"{get_paths().log_dir / 'service.err.log'} and lattice-ctl daemon logs"
+    else:
+        why = "systemctl --user status lattice-daemon and journalctl --user -u lattice-daemon -e"
+    return f"the service is installed but not running; see why: {why}; then: " \
+           "lattice-ctl daemon start"
 
 
 def check_daemon(answer: dict[str, Any] | None, why: str) -> Check:

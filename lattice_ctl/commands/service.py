@@ -98,10 +98,7 @@ def install(print_only: bool, timeout: float) -> None:
     if not answering:
         output.warn(f"the service is installed but the daemon did not answer within "
                     f"{timeout:g} s; see `lattice-ctl daemon logs` and `lattice-ctl doctor`")
-    output.emit({**_status_data(status), "answering": answering},
-                lambda d: f"Lattice service installed ({d['unitFile']}): "
-                          f"{'running' if d['answering'] else d['detail']}; "
-                          "it starts at login and restarts after a failure.")
+    output.emit({**_status_data(status), "answering": answering}, _installed_text)
 
 
 @service.command()
@@ -113,12 +110,12 @@ def uninstall() -> None:
     except ServiceError as exc:
         output.fail(str(exc), data={"code": "service_error"})
     output.emit({"removed": removed, "manager": manager.name,
-                 "unitFile": str(manager.unit_file)},
-                lambda d: f"Lattice service removed ({d['unitFile']})." if d["removed"]
-                else "The Lattice service is not installed; nothing to remove.")
+                 "unitFile": str(manager.unit_file)}, _removed_text)
 
 
 def _status_text(data: dict[str, Any]) -> str:
+    from rich.markup import escape  # paths may hold [brackets]: text, not markup
+
     if not data["installed"]:
         line = "Lattice service: not installed (install it: lattice-ctl service install)"
     else:
@@ -126,7 +123,23 @@ def _status_text(data: dict[str, Any]) -> str:
         line = f"Lattice service: installed, {state} ({data['manager']}: {data['unitFile']})"
     if data["detail"]:
         line += f"\n  {data['detail']}"
-    return line
+    return escape(line)
+
+
+def _installed_text(data: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    state = "running" if data["answering"] else data["detail"]
+    return escape(f"Lattice service installed ({data['unitFile']}): {state}; it starts at "
+                  "login and restarts after a failure.")
+
+
+def _removed_text(data: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    if not data["removed"]:
+        return "The Lattice service is not installed; nothing to remove."
+    return escape(f"Lattice service removed ({data['unitFile']}).")
 
 
 @service.command(name="status")

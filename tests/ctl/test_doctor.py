@@ -8,11 +8,13 @@ with the real gateway and daemon is in test_doctor_e2e.py.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +218,17 @@ def test_missing_default_model_says_how_to_pull_it(run_ctl: RunCtl) -> None:
         write_config(gateway=None, provider_url=ollama.url, default_model="qwen3")
         checks = by_name(stdout_json(run_ctl("--json", "doctor", "--timeout", "2")))
         assert checks["model"]["status"] == "pass"  # "qwen3" is "qwen3:latest"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd unit path")
+def test_daemon_down_with_the_service_installed_points_at_its_log(
+        run_ctl: RunCtl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    unit = tmp_path / "xdg" / "systemd" / "user" / "lattice-daemon.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    write_config(gateway=None, provider_url=dead_url())
+    checks = by_name(stdout_json(run_ctl("--json", "doctor", "--timeout", "0.5")))
+    assert checks["daemon"]["status"] == "fail"
+    assert "service is installed but not running" in checks["daemon"]["fix"]
+    assert "journalctl --user -u lattice-daemon" in checks["daemon"]["fix"]
