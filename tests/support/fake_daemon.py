@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -81,6 +81,8 @@ class FakeDaemon:
     daemon_token: str | None = None
     gateway_public_key: str | None = None
     lattice_id: str | None = None
+    # Called with each job as it is opened (benchmarks time the pickup with it).
+    on_job: Callable[[JobSpec], None] | None = None
 
     jobs: list[JobSpec] = field(default_factory=list)
     cancels: list[CancelNotice] = field(default_factory=list)
@@ -99,6 +101,8 @@ class FakeDaemon:
         self._job_tasks: dict[str, asyncio.Task[None]] = {}
         self._polls: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        self._outbox: list[tuple[SealedEvent, asyncio.Future[None]]] = []
+        self._sending = False
 
     # --------------------------------------------------------------------- pairing
 
@@ -258,6 +262,8 @@ class FakeDaemon:
         spec = JobSpec.from_dict(self.sealer.open_json(envelope.sealed))
         assert spec.job_id == envelope.job_id
         self._replays.admit(spec)
+        if self.on_job is not None:
+            self.on_job(spec)
         self.jobs.append(spec)
         reply = self.reply
         seq = 0
@@ -268,8 +274,8 @@ class FakeDaemon:
             event = ResultEvent(kind=kind, job_id=spec.job_id, seq=seq, data=data,  # type: ignore[arg-type]
                                 code=code, message=message)
             seq += 1
-            await self.send_events([SealedEvent(spec.job_id, event.seq,
-                                                self.sealer.seal_json(event.to_dict()))])
+            await self._emit(SealedEvent(spec.job_id, event.seq,
+                                         self.sealer.seal_json(event.to_dict())))
 
         if reply.never:
             await asyncio.Event().wait()  # until cancelled
@@ -316,6 +322,36 @@ class FakeDaemon:
                                  "usage": _usage(text)})
         await emit("end")
         self.completed.append(spec.job_id)
+
+    async def _emit(self, event: SealedEvent) -> None:
+        """Queue one event; events produced while a POST is in flight go in the next one
+        (the protocol's batching), so a busy daemon sends few requests."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append((event, future))
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().create_task(self._send_outbox())
+        await future
+
+    async def _send_outbox(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    await self.send_events([event for event, _ in batch])
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc if isinstance(exc, Exception)
+                                                 else RuntimeError("daemon stopped"))
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._sending = False
 
     async def send_events(self, events: list[SealedEvent]) -> dict[str, Any]:
         """POST events; records refusals and takes piggy-backed cancels."""
