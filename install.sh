@@ -186,12 +186,13 @@ path_advice() {
 }
 
 restart_service_if_installed() {
+    # $1: "upgraded" when the version changed
     ctl="$venv_dir/bin/lattice-ctl"
     if "$ctl" --json service status 2>/dev/null | grep -q '"installed": true'; then
-        say "restarting the Lattice service to run the new version"
+        say "restarting the Lattice service"
         "$ctl" service install ||
             warn "could not restart the service; run: lattice-ctl service install"
-    elif "$ctl" --json ping >/dev/null 2>&1; then
+    elif [ "$1" = upgraded ] && "$ctl" --json ping >/dev/null 2>&1; then
         say "a Lattice daemon is running the old version; restart it: lattice-ctl daemon restart"
     fi
 }
@@ -210,10 +211,10 @@ do_install() {
         say "installed lattice-ctl and lattice-daemon $after in $bin_dir"
     elif [ "$before" = "$after" ]; then
         say "Lattice $after is already installed and up to date"
-        restart_service_if_installed
+        restart_service_if_installed same
     else
         say "upgraded Lattice from $before to $after"
-        restart_service_if_installed
+        restart_service_if_installed upgraded
     fi
     path_advice
     if [ -z "$before" ]; then
