@@ -92,10 +92,13 @@ def test_unit_has_the_restart_contract_and_the_daemon_path(lattice_home: Path) -
     assert f'"LATTICE_HOME={lattice_home}"' in settings["Environment"]
 
 
-def test_unit_passes_systemd_analyze_verify(lattice_home: Path, tmp_path: Path) -> None:
+def test_unit_passes_systemd_analyze_verify(lattice_home: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    # A home with a space, a quote and systemd's specifier character must survive quoting.
+    monkeypatch.setenv("LATTICE_HOME", str(tmp_path / 'a "home" at 100%'))
     unit = tmp_path / "lattice-daemon.service"
     unit.write_text(SystemdUserManager().render()[0])
     runtime_dir = tmp_path / "run"
@@ -264,3 +267,13 @@ def test_launch_agent_install_and_uninstall_drive_launchctl(
     assert manager.uninstall() is True
     assert not plist_path.exists() and manager.status().active is False
     assert manager.uninstall() is False
+
+
+def test_an_unsupported_platform_says_to_use_daemon_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "win32")
+    status = service_manager.status()
+    assert status.manager == "none" and not status.available and not status.installed
+    assert "run `lattice-ctl daemon start` instead" in status.detail
+    with pytest.raises(service_manager.ServiceUnavailable, match="not supported"):
+        service_manager.install()
