@@ -26,10 +26,10 @@ def test_version_prints_the_package_version_quickly(lattice_home: Path) -> None:
     assert min(timings) < 0.3, timings  # budget 100 ms; generous for a loaded CI box
 
 
-def test_version_does_not_import_httpx_or_rich(lattice_home: Path) -> None:
+def test_version_does_not_import_httpx_rich_or_nacl(lattice_home: Path) -> None:
     code = ("import sys\nfrom lattice_ctl.cli import cli\n"
             "try:\n    cli.main(['--version'], standalone_mode=False)\nexcept SystemExit: pass\n"
-            "print('HEAVY=' + ','.join(m for m in ('httpx', 'rich', 'providers')"
+            "print('HEAVY=' + ','.join(m for m in ('httpx', 'rich', 'providers', 'nacl')"
             " if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
