@@ -251,3 +251,18 @@ def test_disconnect_forgets_pairing_with_daemon_down_and_tells_running_daemon(
     again = ctl(lattice_home, "relay", "disconnect")  # daemon down, nothing paired
     assert again.returncode == 0 and "Not paired" in again.stdout
     assert httpx.get(gateway.url + "/healthz").status_code == 200
+
+
+def test_status_of_a_paired_machine_without_daemon(lattice_home: Path,
+                                                   gateway: GatewayProcess, key: str) -> None:
+    lattice_id, minted = _token(gateway, key)
+    assert _connect(lattice_home, gateway, minted["bootstrapToken"]).returncode == 0
+    done = ctl(lattice_home, "status")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Daemon not running"
+    assert f"Runtime: {lattice_id} (Test laptop)" in lines
+    assert f"Gateway: {gateway.url}" in lines
+    assert "lattice-ctl daemon start" in done.stdout
+    data = json.loads(ctl(lattice_home, "--json", "status").stdout)
+    assert data["runtime"]["latticeId"] == lattice_id and data["running"] is False

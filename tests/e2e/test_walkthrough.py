@@ -97,3 +97,35 @@ def test_relay_connect_with_running_daemon_reaches_reachable_quickly(
             f"{gateway.url}") in done.stdout
     assert runtime_status(gateway.url, api_key, runtime["latticeId"]) == "reachable"
     assert took < 5, took  # budget 1 s from a running daemon; the CLI start is included
+
+
+def test_daemon_restart_serves_again_with_a_new_process(machine_factory: MachineFactory
+                                                        ) -> None:
+    from tests.e2e.harness import daemon_pid, wait_relay_state
+
+    machine = machine_factory("ollama", reply="after restart")
+    before = daemon_pid(machine.home)
+    done = ctl(machine.home, "--json", "daemon", "restart")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["started"] is True and data["pid"] != before
+    wait_relay_state(machine.home, "connected")
+    completion = machine.openai().chat.completions.create(
+        model=machine.model, messages=[{"role": "user", "content": "hi"}])
+    assert completion.choices[0].message.content == "after restart"
+
+
+def test_relay_disconnect_deregisters_and_forgets_the_pairing(machine_factory: MachineFactory
+                                                              ) -> None:
+    from tests.e2e.harness import home_paths
+
+    machine = machine_factory("ollama")
+    done = ctl(machine.home, "relay", "disconnect")
+    assert done.returncode == 0, done.stderr
+    assert f"Disconnected: runtime {machine.lattice_id}" in done.stdout
+    wait_runtime_status(machine.gateway_url, machine.key, machine.lattice_id, "offline",
+                        timeout=3)
+    assert "[relay]" not in home_paths(machine.home).config_file.read_text()
+    status = ctl_json(machine.home, "status")
+    assert status["running"] is True and status["state"] == "not_paired"
+    assert ctl(machine.home, "status").stdout.splitlines()[0] == "Not paired"
