@@ -250,3 +250,26 @@ async def test_revoke_ends_a_parked_poll_and_the_next_request_is_403(
                                       headers=paired.headers, json={"capacity": 1})
     assert after.status_code == 403
     assert after.json()["error"]["code"] == "runtime_revoked"
+
+
+def test_poll_window_is_bounded_1_to_50() -> None:
+    from lattice_gateway.relay import poll_window
+    from lattice_gateway.settings import Settings
+
+    assert poll_window(Settings(poll_window_seconds=0.2)) == 1
+    assert poll_window(Settings(poll_window_seconds=100)) == 50
+    assert poll_window(Settings(poll_window_seconds=25)) == 25
+
+
+async def test_job_not_picked_up_in_time_is_504_runtime_timeout(tmp_path: Path) -> None:
+    async with inprocess_gateway(tmp_path, pickup_timeout_seconds=0.3,
+                                 presence_window_seconds=5) as gw:
+        paired = await pair(gw)
+        await register(gw, paired)  # present, but never polls
+        started = time.monotonic()
+        answer = await gw.client.post(
+            "/v1/chat/completions", headers={"x-api-key": paired.key},
+            json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES})
+        assert answer.status_code == 504
+        assert answer.json()["error"]["code"] == "runtime_timeout"
+        assert time.monotonic() - started < 2.0
