@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections import deque
@@ -30,6 +31,8 @@ from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError,
 from . import redis_scripts as lua
 from .base import EventsResult, PollResult, Receive, Refusal, SessionNotFound
 from .memory import MAX_SESSIONS_PER_RUNTIME
+
+log = logging.getLogger("lattice_gateway.relay")
 
 _JOB_TTL_SECONDS = 24 * 3600  # a safety net; finished jobs are deleted at once
 
@@ -158,13 +161,17 @@ class RedisBroker:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     async def _ensure_started(self) -> None:
-        if self._started is None:
-            self._started = asyncio.get_running_loop().create_task(self._start())
-        await asyncio.shield(self._started)
+        started = self._started
+        if started is None or (started.done() and (started.cancelled()
+                                                   or started.exception() is not None)):
+            # First use, or Redis was unreachable last time: (re)subscribe now.
+            started = self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(started)
 
     async def _start(self) -> None:
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._prefix + "wake", self._prefix + "ev:" + self._replica)
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._prefix + "wake", self._prefix + "ev:" + self._replica)
+        self._pubsub = pubsub
         self._background(self._read_messages())
         self._background(self._sweep_forever())
 
@@ -192,10 +199,13 @@ class RedisBroker:
                 continue
             if message is None or message.get("type") != "message":
                 continue
-            if message["channel"] == wake_channel:
-                self._on_wake(_text(message["data"]))
-            else:
-                self._on_event(message["data"])
+            try:
+                if message["channel"] == wake_channel:
+                    self._on_wake(_text(message["data"]))
+                else:
+                    self._on_event(message["data"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignored a malformed relay message on %s", message["channel"])
 
     def _on_wake(self, data: str) -> None:
         kind, _, target = data.partition(" ")
@@ -427,6 +437,9 @@ class RedisBroker:
                 await self._sweep(now, refresh=now - last_refresh >= self._refresh_every)
             except (ConnectionError, OSError, aioredis.RedisError):
                 continue  # Redis unavailable for a moment: try again next tick
+            except Exception:
+                log.exception("relay sweep failed; retrying next tick")
+                continue
             if now - last_refresh >= self._refresh_every:
                 last_refresh = now
 
