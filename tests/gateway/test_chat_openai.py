@@ -225,3 +225,25 @@ async def test_killed_daemon_fails_the_held_stream_with_an_error_event(
         async for _ in stream:
             pass
     assert caught.value.code in ("runtime_unreachable", "runtime_timeout")
+
+
+async def test_errors_raise_the_matching_openai_exception_classes(
+        gateway: GatewayProcess, api_key: str, client: openai.AsyncOpenAI) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"x-api-key": api_key},
+                                 trust_env=False, timeout=10) as api:
+        created = await api.post("/v1/personal-runtimes", json={
+            "displayName": "never paired", "executionBackend": "local-model"})
+    unpaired = f"lattice:personal:{created.json()['runtime']['latticeId']}"
+    cases: list[tuple[openai.AsyncOpenAI, str, type[openai.APIStatusError], str]] = [
+        (client, "gpt-4o", openai.BadRequestError, "invalid_request"),
+        (client, "lattice:personal:prt_0000000000000000", openai.NotFoundError,
+         "runtime_not_found"),
+        (client, unpaired, openai.InternalServerError, "runtime_unreachable"),
+    ]
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="sk_" + "x" * 43,
+                                  max_retries=0) as bad_key_client:
+        cases.append((bad_key_client, unpaired, openai.AuthenticationError, "invalid_api_key"))
+        for caller, model, exception, code in cases:
+            with pytest.raises(exception) as caught:
+                await caller.chat.completions.create(model=model, messages=MESSAGES)
+            assert caught.value.code == code, (model, caught.value)
