@@ -8,8 +8,10 @@ Two measured problems, two small fixes (benchmarks/README.md has the numbers):
   strictly but trusts no CA: never used, and failing closed if TLS were ever tried.
 * httpcore's connection pool costs grow with the number of connections it juggles: one
   pool serving 32 concurrent requests to the instant test server manages ~380 req/s at
-  ~50 ms p50, while 8 pools of 4 manage several times that. ``ShardedTransport`` spreads
-  requests over a few pools, always onto the least busy one.
+  ~50 ms p50, while 8 pools of 4 manage several times that. Local (plain-http)
+  providers get ``fasthttp.FastHTTPTransport``; https providers get
+  ``ShardedTransport``, which spreads requests over a few httpcore pools, always onto
+  the least busy one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import ssl
 from collections.abc import AsyncIterator
 
 import httpx
+
+from .fasthttp import FastHTTPTransport
 
 MAX_SHARDS = 16
 CONNECTIONS_PER_SHARD = 4
@@ -90,13 +94,16 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 
 
 def provider_transport(url: str, max_concurrency: int) -> httpx.AsyncBaseTransport:
-    """The provider client's transport: sharded pools sized for ``max_concurrency``."""
-    shards = min(MAX_SHARDS, max(1, math.ceil(max_concurrency / CONNECTIONS_PER_SHARD)))
-    if url.lower().startswith("http://"):
-        verify = _unused_tls_context()
-    else:  # one CA-bundle context shared by every shard
-        verify = ssl.create_default_context()
-        import certifi  # httpx's own CA bundle, as its default transport would use
+    """The provider client's transport, sized for ``max_concurrency`` jobs.
 
-        verify.load_verify_locations(certifi.where())
+    Plain http (every local provider): ``FastHTTPTransport``. https (a remote
+    OpenAI-compatible server): httpcore pools, sharded, sharing one CA-bundle context.
+    """
+    if url.lower().startswith("http://"):
+        return FastHTTPTransport(max_idle_per_host=max(8, max_concurrency))
+    shards = min(MAX_SHARDS, max(1, math.ceil(max_concurrency / CONNECTIONS_PER_SHARD)))
+    verify = ssl.create_default_context()
+    import certifi  # httpx's own CA bundle, as its default transport would use
+
+    verify.load_verify_locations(certifi.where())
     return ShardedTransport(shards, verify=verify)
