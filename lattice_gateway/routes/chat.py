@@ -50,6 +50,11 @@ from ..sse import SSE_DONE, SSE_HEADERS, SSE_KEEPALIVE, sse_data, sse_error
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SEALER_CACHE_MAX = 10_000
+# Error codes a daemon's error event may carry to the app; anything else is provider_error.
+_DAEMON_CODES = {code.value: code for code in (
+    ErrorCode.PROVIDER_ERROR, ErrorCode.RUNTIME_TIMEOUT, ErrorCode.INVALID_REQUEST,
+    ErrorCode.RUNTIME_UNREACHABLE)}
+_MAX_DAEMON_MESSAGE = 2000
 
 # ------------------------------------------------------------------------ validation
 
@@ -286,11 +291,11 @@ class _RelayedJob:
         return event
 
     def failure_of(self, event: ResultEvent) -> LatticeError:
-        try:
-            code = ErrorCode(event.code or "provider_error")
-        except ValueError:
-            code = ErrorCode.PROVIDER_ERROR
-        return LatticeError(code, event.message or "the local provider failed")
+        """The app-facing error of a daemon's ``error`` event. Only codes a daemon may
+        mean are passed on: a daemon must not make the app think its key is invalid."""
+        code = _DAEMON_CODES.get(event.code or "", ErrorCode.PROVIDER_ERROR)
+        message = (event.message or "the local provider failed")[:_MAX_DAEMON_MESSAGE]
+        return LatticeError(code, message)
 
     def with_model(self, data: dict[str, Any]) -> dict[str, Any]:
         data["model"] = self.model

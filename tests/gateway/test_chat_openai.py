@@ -247,3 +247,22 @@ async def test_errors_raise_the_matching_openai_exception_classes(
             with pytest.raises(exception) as caught:
                 await caller.chat.completions.create(model=model, messages=MESSAGES)
             assert caught.value.code == code, (model, caught.value)
+
+
+@pytest.mark.parametrize(("daemon_code", "status", "code"), [
+    ("runtime_timeout", 504, "runtime_timeout"),
+    ("invalid_request", 400, "invalid_request"),  # e.g. a model the user did not allow
+    ("invalid_api_key", 502, "provider_error"),  # a daemon cannot fake a credential error
+    ("made_up", 502, "provider_error"),
+])
+async def test_daemon_error_codes_map_to_app_errors(
+        gateway: GatewayProcess, api_key: str, client: openai.AsyncOpenAI,
+        daemon_code: str, status: int, code: str) -> None:
+    daemon = await start_daemon(gateway, api_key, Reply(error=(daemon_code, "from the daemon")))
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model=model_of(daemon), messages=MESSAGES)
+        assert (caught.value.status_code, caught.value.code) == (status, code)
+        assert "from the daemon" in caught.value.message
+    finally:
+        await daemon.stop()
