@@ -15,6 +15,11 @@ from typing import Any, NoReturn
 import click
 
 
+def json_mode() -> bool:
+    """True under `lattice-ctl --json`."""
+    return _json_mode()
+
+
 def _json_mode() -> bool:
     ctx = click.get_current_context(silent=True)
     while ctx is not None:

@@ -271,6 +271,9 @@ def logs(follow: bool, lines: int) -> None:
             inode = os.fstat(f.fileno()).st_ino
         position = len(data)  # follow from exactly what was printed: no line is lost
         tail = data.decode("utf-8", errors="replace").splitlines()[-lines:]
+        if not follow and output.json_mode():
+            output.emit({"logFile": str(log_file), "lines": tail})
+            return
         if tail:
             sys.stdout.write("\n".join(tail) + "\n")
             sys.stdout.flush()

@@ -97,6 +97,8 @@ def test_daemon_logs_prints_the_last_lines(run_ctl: RunCtl, lattice_home: Path) 
     result = run_ctl("daemon", "logs", "-n", "3")
     assert result.exit_code == 0
     assert result.stdout == "line 47\nline 48\nline 49\n"
+    data = stdout_json(run_ctl("--json", "daemon", "logs", "-n", "2"))
+    assert data == {"logFile": str(log), "lines": ["line 48", "line 49"]}
 
 
 def test_unknown_command_is_a_usage_error(run_ctl: RunCtl) -> None:
