@@ -266,3 +266,14 @@ def test_status_of_a_paired_machine_without_daemon(lattice_home: Path,
     assert "lattice-ctl daemon start" in done.stdout
     data = json.loads(ctl(lattice_home, "--json", "status").stdout)
     assert data["runtime"]["latticeId"] == lattice_id and data["running"] is False
+
+
+def test_unreachable_proxy_is_named_in_the_error(lattice_home: Path) -> None:
+    token = "plrt_v1_" + "E" * 43
+    proxy = f"http://127.0.0.1:{free_port()}"
+    env = ctl_env(lattice_home, HTTP_PROXY=proxy, HTTPS_PROXY=proxy)
+    done = ctl(lattice_home, "relay", "connect", "--gateway", "http://gateway.example",
+               "--bootstrap-token", token, *PROVIDER, env=env)
+    assert done.returncode == 1
+    assert "proxy" in done.stderr.lower() and "NO_PROXY" in done.stderr
+    _assert_secret_absent(done, token)
