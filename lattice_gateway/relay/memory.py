@@ -53,7 +53,7 @@ class MemoryTicket:
         self._broker = broker
         self.job_id = envelope.job_id
         self.lattice_id = lattice_id
-        self.envelope = envelope
+        self.envelope: JobEnvelope | None = envelope  # until leased
         self.enqueued_at = time.monotonic()
         self.state = _State.QUEUED
         self.session: _Session | None = None
@@ -99,8 +99,18 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class _Parked:
     session: _Session
     capacity: int
-    future: asyncio.Future[PollResult | None]
+    # Dropped when the poll returns: the deadline FIFO keeps this object until its
+    # deadline, and must not keep the answer (sealed jobs) alive with it.
+    future: asyncio.Future[PollResult | None] | None
     deadline: float
+
+    @property
+    def open(self) -> bool:
+        return self.future is not None and not self.future.done()
+
+    def wake(self, result: PollResult | None) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(result)
 
 
 @dataclass(eq=False)
@@ -196,8 +206,8 @@ class MemoryBroker:
             self._sweeper = None
         for rt in self._runtimes.values():
             for session in rt.sessions.values():
-                if session.parked is not None and not session.parked.future.done():
-                    session.parked.future.set_result(PollResult())
+                if session.parked is not None:
+                    session.parked.wake(PollResult())
 
     # ------------------------------------------------------------------------ sessions
 
@@ -255,8 +265,8 @@ class MemoryBroker:
                 ticket.push(failure)
         session.leased.clear()
         parked = session.parked
-        if parked is not None and not parked.future.done():
-            parked.future.set_result(PollResult())
+        if parked is not None:
+            parked.wake(PollResult())
 
     # --------------------------------------------------------------------------- polls
 
@@ -265,8 +275,8 @@ class MemoryBroker:
         session = self._session(lattice_id, session_id)
         self._touch(session)
         previous = session.parked
-        if previous is not None and not previous.future.done():
-            previous.future.set_result(PollResult())  # superseded by this poll
+        if previous is not None:
+            previous.wake(PollResult())  # superseded by this poll
         result = self._collect(session, capacity)
         if result.jobs or result.cancels:
             return result
@@ -282,6 +292,7 @@ class MemoryBroker:
         try:
             outcome = await future
         finally:
+            parked.future = None
             if watcher is not None:
                 watcher.cancel()
             if session.parked is parked:
@@ -299,12 +310,15 @@ class MemoryBroker:
             while queue and len(result.jobs) < capacity:
                 ticket = queue.popleft()
                 if ticket.state is _State.QUEUED:
-                    self._lease(ticket, session)
+                    assert ticket.envelope is not None
                     result.jobs.append(ticket.envelope)
+                    self._lease(ticket, session)
         return result
 
     def _lease(self, ticket: MemoryTicket, session: _Session) -> None:
+        # (the caller takes ticket.envelope first; the ticket stops holding it after)
         ticket.state = _State.LEASED
+        ticket.envelope = None
         ticket.session = session
         ticket.was_leased = True
         session.leased[ticket.job_id] = ticket
@@ -316,11 +330,11 @@ class MemoryBroker:
         while rt.queue and rt.waiting:
             parked = rt.waiting.popleft()
             session = parked.session
-            if parked.future.done() or session.parked is not parked or not session.alive:
+            if not parked.open or session.parked is not parked or not session.alive:
                 continue
             result = self._collect(session, parked.capacity)
             if result.jobs or result.cancels:
-                parked.future.set_result(result)
+                parked.wake(result)
             else:
                 rt.waiting.appendleft(parked)
                 break
@@ -374,6 +388,7 @@ class MemoryBroker:
         if state is _State.DONE:
             return
         ticket.state = _State.DONE  # a queued job is dropped lazily from the queue
+        ticket.envelope = None
         ticket.push(LatticeError(ErrorCode.CANCELLED, f"job cancelled ({reason})"))
         session = ticket.session
         if state is not _State.LEASED or session is None:
@@ -383,10 +398,10 @@ class MemoryBroker:
             return
         session.cancels.append(CancelNotice(ticket.job_id, reason))
         parked = session.parked
-        if parked is not None and not parked.future.done():
+        if parked is not None and parked.open:
             result = PollResult(cancels=session.cancels)
             session.cancels = []
-            parked.future.set_result(result)
+            parked.wake(result)
 
     # ------------------------------------------------------------------------- sweeper
 
@@ -404,14 +419,14 @@ class MemoryBroker:
         polls = self._poll_deadlines
         while polls and polls[0].deadline <= now:
             parked = polls.popleft()
-            if not parked.future.done():
-                parked.future.set_result(PollResult())
+            parked.wake(PollResult())
         pickups = self._pickup_deadlines
         limit = now - self.pickup_timeout_seconds
         while pickups and pickups[0].enqueued_at <= limit:
             ticket = pickups.popleft()
             if ticket.state is _State.QUEUED:
                 ticket.state = _State.DONE
+                ticket.envelope = None
                 ticket.push(LatticeError(
                     ErrorCode.RUNTIME_TIMEOUT,
                     f"the personal runtime did not pick the job up within "

@@ -104,10 +104,19 @@ class _Parked:
     lattice_id: str
     session_id: str
     capacity: int
-    future: asyncio.Future[PollResult | None]
+    # Dropped when the poll returns (the deadline FIFO must not keep its answer alive).
+    future: asyncio.Future[PollResult | None] | None
     deadline: float
     busy: bool = False
     dirty: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.future is not None and not self.future.done()
+
+    def end(self) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
 
 
 class RedisBroker:
@@ -178,7 +187,7 @@ class RedisBroker:
     async def close(self) -> None:
         self._closed = True
         for parked in list(self._parked_by_session.values()):
-            _resolve(parked.future)
+            parked.end()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -220,10 +229,10 @@ class RedisBroker:
         elif kind == "d":
             parked = self._parked_by_session.get(target)
             if parked is not None:
-                _resolve(parked.future)
+                parked.end()
         elif kind == "r":
             for parked in list(self._parked_by_runtime.get(target, ())):
-                _resolve(parked.future)
+                parked.end()
 
     def _on_event(self, raw: bytes) -> None:
         message = orjson.loads(raw)
@@ -315,7 +324,7 @@ class RedisBroker:
         await self._ensure_started()
         previous = self._parked_by_session.get(session_id)
         if previous is not None:
-            _resolve(previous.future)  # superseded by this poll
+            previous.end()  # superseded by this poll
         result = await self._take(lattice_id, session_id, capacity)
         if result.jobs or result.cancels:
             return result
@@ -333,6 +342,7 @@ class RedisBroker:
         try:
             outcome = await future
         finally:
+            parked.future = None
             if watcher is not None:
                 watcher.cancel()
             if self._parked_by_session.get(session_id) is parked:
@@ -348,7 +358,7 @@ class RedisBroker:
 
     def _attempt(self, parked: _Parked) -> None:
         """Try to fill a parked poll from Redis; one attempt at a time per poll."""
-        if parked.future.done():
+        if not parked.open:
             return
         if parked.busy:
             parked.dirty = True
@@ -364,15 +374,16 @@ class RedisBroker:
                     result = await self._take(parked.lattice_id, parked.session_id,
                                               parked.capacity)
                 except SessionNotFound:
-                    _resolve(parked.future)
+                    parked.end()
                     return
                 if result.jobs or result.cancels:
-                    if parked.future.done():
-                        await self._give_back(parked, result)
-                    else:
+                    if parked.open:
+                        assert parked.future is not None
                         parked.future.set_result(result)
+                    else:
+                        await self._give_back(parked, result)
                     return
-                if not parked.dirty or parked.future.done():
+                if not parked.dirty or not parked.open:
                     return
         finally:
             parked.busy = False
@@ -446,7 +457,7 @@ class RedisBroker:
     async def _sweep(self, now: float, refresh: bool) -> None:
         polls = self._poll_deadlines
         while polls and polls[0].deadline <= now:
-            _resolve(polls.popleft().future)
+            polls.popleft().end()
         pickups = self._pickup_deadlines
         limit = now - self.pickup_timeout_seconds
         while pickups and pickups[0].enqueued_at <= limit:
