@@ -126,6 +126,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.control.start()
         except (SocketInUse, OSError) as exc:
@@ -143,6 +144,17 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _on_sighup(self) -> None:
+        """SIGHUP reloads, like POST /v1/reload (the service managers' convention)."""
+        log.info("SIGHUP received: reloading")
+        self._spawn(self._reload_logged())
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ControlError as exc:
+            log.error("reload failed: %s", exc.message)
+
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
         if self._signals == 1:
@@ -156,7 +168,8 @@ class Daemon:
         os._exit(exitcodes.OK)
 
     async def _graceful_stop(self) -> None:
-        pairing, self.pairing = self.pairing, None
+        async with self._reload_lock:  # a reload under way finishes first
+            pairing, self.pairing = self.pairing, None
         if pairing is not None:
             await pairing.relay.stop_polling()
             runner = pairing.runner
@@ -311,8 +324,14 @@ class Daemon:
         })
         return answer
 
+    def _refuse_while_stopping(self) -> None:
+        if self._stop.is_set():
+            raise ControlError(503, "stopping", "the daemon is stopping")
+
     async def reload(self) -> dict[str, Any]:
+        self._refuse_while_stopping()
         async with self._reload_lock:
+            self._refuse_while_stopping()
             try:
                 config = load_config(self.paths)
                 validate(config)
@@ -348,6 +367,7 @@ class Daemon:
             await asyncio.sleep(0.01)
 
     async def disconnect(self) -> dict[str, Any]:
+        self._refuse_while_stopping()
         async with self._reload_lock:
             pairing, self.pairing = self.pairing, None
             if pairing is not None:

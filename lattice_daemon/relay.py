@@ -30,7 +30,7 @@ from lattice_protocol import CancelNotice, JobEnvelope, ProtocolError, SealedEve
 from .backoff import Backoff, parse_retry_after
 from .clock import iso_utc
 from .runner import JobRunner
-from .transports import transport_for
+from .transports import tls_verification
 
 log = logging.getLogger("lattice_daemon.relay")
 
@@ -139,8 +139,10 @@ class RelayApi:
         limits = httpx.Limits(max_connections=8, max_keepalive_connections=4,
                               keepalive_expiry=60.0)
         self._client = httpx.AsyncClient(
-            trust_env=True,
-            transport=transport or transport_for(self.base_url, limits),
+            trust_env=True,  # HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE
+            # (httpx ignores proxy variables when given a transport: tests pass one)
+            transport=transport,
+            verify=tls_verification(self.base_url),
             headers={"authorization": f"Bearer {daemon_token}",
                      "user-agent": f"lattice-daemon/{__version__}"},
             timeout=httpx.Timeout(CALL_TIMEOUT),

@@ -17,6 +17,7 @@ Two measured problems, two small fixes (benchmarks/README.md has the numbers):
 from __future__ import annotations
 
 import math
+import os
 import ssl
 from collections.abc import AsyncIterator
 
@@ -32,11 +33,18 @@ def _unused_tls_context() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
 
 
-def transport_for(url: str, limits: httpx.Limits) -> httpx.AsyncHTTPTransport | None:
-    """A lean transport for ``http://`` URLs; None (httpx's default) for anything else."""
-    if not url.lower().startswith("http://"):
-        return None
-    return httpx.AsyncHTTPTransport(verify=_unused_tls_context(), limits=limits)
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+def tls_verification(url: str) -> ssl.SSLContext | bool:
+    """``verify`` for a client that must honour proxy variables (so: no custom
+    transport): the lean context for a plain-http URL without a proxy, else httpx's
+    default (the CA bundle, or SSL_CERT_FILE)."""
+    proxied = any(os.environ.get(name) or os.environ.get(name.lower())
+                  for name in _PROXY_VARIABLES)
+    if url.lower().startswith("http://") and not proxied:
+        return _unused_tls_context()
+    return True
 
 
 class _CountedStream(httpx.AsyncByteStream):

@@ -245,3 +245,39 @@ def test_reconnects_after_the_gateway_restarts(gateway: GatewayProcess, ollama: 
         response = chat(gateway, paired)
         assert response.status_code == 200, response.text
         assert relay_state(paths) == "connected"
+
+
+def test_bad_config_on_reload_is_refused_and_the_old_one_keeps_serving(
+        gateway: GatewayProcess, ollama: Any, paired: PairedRuntime, paths: Paths) -> None:
+    with DaemonProcess(paths).start():
+        wait_until(lambda: relay_state(paths) == "connected", timeout=5)
+        paths.config_file.write_text("[daemon]\nmax_concurrency = 'many'\n")
+        answer = control_request(paths.socket, "POST", "/v1/reload")
+        assert answer.status == 400 and answer.body["error"]["code"] == "config_error"
+        assert "max_concurrency" in answer.body["error"]["message"]
+        assert relay_state(paths) == "connected"
+        assert chat(gateway, paired).status_code == 200
+
+
+def test_relay_disconnect_deregisters_at_once(gateway: GatewayProcess, paired: PairedRuntime,
+                                             paths: Paths) -> None:
+    with DaemonProcess(paths).start() as daemon:
+        wait_until(lambda: runtime_status(gateway, paired) == "reachable", timeout=5)
+        answer = control_request(paths.socket, "POST", "/v1/relay/disconnect")
+        assert answer.status == 200 and answer.body["ok"] is True
+        assert relay_state(paths) == "not_paired"
+        assert runtime_status(gateway, paired) == "offline"
+        assert daemon.process.poll() is None
+
+
+def test_sighup_reloads(gateway: GatewayProcess, ollama: Any, paths: Paths) -> None:
+    write_config(paths, provider_url=ollama.url)
+    with DaemonProcess(paths).start() as daemon:
+        assert relay_state(paths) == "not_paired"
+        runtime = pair_runtime(gateway, paths)
+        write_config(paths, relay=runtime.relay, provider_url=ollama.url)
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: relay_state(paths) == "connected", timeout=5)
+        assert chat(gateway, runtime).status_code == 200
+        daemon.signal(signal.SIGINT)  # SIGINT stops like SIGTERM
+        assert daemon.wait() == exitcodes.OK
