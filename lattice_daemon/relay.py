@@ -354,6 +354,10 @@ class RelayClient:
             self.runner.cancel(notice.job_id, notice.reason)
         for envelope in jobs:
             self.runner.start(envelope)
+        if jobs:
+            # Let the jobs reach their provider before building the next poll request
+            # (~0.3 ms of CPU that would otherwise delay every pickup).
+            await asyncio.sleep(0)
 
     async def _heartbeat_until_free(self) -> None:
         """Every slot is busy: hold a capacity-0 poll (it brings cancel notices and keeps
