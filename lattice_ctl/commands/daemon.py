@@ -56,6 +56,32 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
+def lock_holder() -> int | None:
+    """The pid of a daemon holding this config's instance lock (0 if unreadable), or None.
+
+    The daemon's flock is the ground truth for "is one running", even when its socket
+    does not answer (busy, wedged, or LATTICE_SOCKET pointing elsewhere).
+    """
+    import fcntl
+
+    from lattice_daemon.paths import get_paths
+
+    try:
+        fd = os.open(get_paths().lock_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _ping(client: ControlClient) -> Answer | None:
     try:
         return client.ping()
@@ -117,6 +143,11 @@ def start_daemon(client: ControlClient, timeout: float) -> dict[str, Any]:
     running = _ping(client)
     if running is not None:
         return {"started": False, "alreadyRunning": True, **running.body}
+    holder = lock_holder()
+    if holder is not None:
+        output.fail(f"a daemon (pid {holder or 'unknown'}) already runs for this config but "
+                    f"does not answer on {client.socket_path}; stop it with: "
+                    "lattice-ctl daemon stop", data={"pid": holder or None})
     process = None
     via = "service"
     if not (_service_serves_this_config() and _start_through_service()):
@@ -170,16 +201,23 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def stop_daemon(client: ControlClient, timeout: float) -> dict[str, Any]:
     """Ask for the graceful stop, wait for the exit; SIGTERM, then SIGKILL as fallbacks."""
     answer = _ping(client)
+    pid = int(answer.body.get("pid") or 0) if answer is not None else 0
     if answer is None:
-        return {"stopped": False, "wasRunning": False}
-    pid = int(answer.body.get("pid") or 0)
-    try:
-        client.shutdown()
-    except DaemonNotRunning:
-        pass
-    except ControlError:
-        if pid:
-            _signal(pid, signal.SIGTERM)
+        # No answer on the socket: a daemon may still hold the lock (wedged, busy).
+        pid = lock_holder() or 0
+        if not pid:
+            return {"stopped": False, "wasRunning": False}
+        output.warn(f"the daemon (pid {pid}) does not answer on {client.socket_path}; "
+                    "sending it SIGTERM")
+        _signal(pid, signal.SIGTERM)
+    else:
+        try:
+            client.shutdown()
+        except DaemonNotRunning:
+            pass
+        except ControlError:
+            if pid:
+                _signal(pid, signal.SIGTERM)
     with output.spinner("Stopping the Lattice daemon (draining jobs)..."):
         if not pid or _wait_gone(pid, timeout):
             return {"stopped": True, "wasRunning": True, "pid": pid, "forced": False}

@@ -149,3 +149,38 @@ def test_daemon_start_reports_an_immediate_exit(lattice_home: Path) -> None:
     assert "config" in done.stderr
     assert time.monotonic() - started < 10  # noticed the exit, did not wait the deadline
     assert os.environ.get("LATTICE_HOME") == str(lattice_home)
+
+
+_WEDGED = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("LOCKED", flush=True)
+while True:
+    time.sleep(1)  # a daemon that holds its lock but never answers its socket
+"""
+
+
+def test_silent_daemon_holding_the_lock_is_found_and_stopped(lattice_home: Path) -> None:
+    import sys
+
+    lock = get_paths().lock_file
+    lock.parent.mkdir(parents=True)
+    wedged = subprocess.Popen([sys.executable, "-c", _WEDGED, str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert _read_line(wedged, 10) == "LOCKED\n"
+        start = subprocess.run([CTL, "daemon", "start"], capture_output=True, text=True,
+                               env=ctl_env(lattice_home), timeout=30)
+        assert start.returncode == 1
+        assert f"pid {wedged.pid}" in start.stderr and "does not answer" in start.stderr
+        stop = subprocess.run([CTL, "--json", "daemon", "stop", "--timeout", "5"],
+                              capture_output=True, text=True, env=ctl_env(lattice_home),
+                              timeout=30)
+        assert stop.returncode == 0, stop.stderr
+        assert '"wasRunning": true' in stop.stdout
+        assert wedged.wait(5) == -15  # SIGTERM
+    finally:
+        wedged.kill()
+        wedged.wait(5)
