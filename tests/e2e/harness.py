@@ -182,7 +182,22 @@ def stop_daemon(home: Path) -> None:
 
 
 def kill_daemons_of(home: Path) -> None:
+    """SIGKILL every daemon of ``home``: by its environment, and by its instance lock."""
+    import fcntl
+
     import psutil
+
+    with contextlib.suppress(OSError):
+        fd = os.open(home_paths(home).lock_file, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            if text.isdigit():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(text), signal.SIGKILL)
+        finally:
+            os.close(fd)
 
     for process in psutil.process_iter(["pid", "environ", "cmdline"]):
         with contextlib.suppress(psutil.Error, TypeError):
