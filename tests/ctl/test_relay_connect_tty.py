@@ -1,0 +1,76 @@
+"""`relay connect` at a terminal: asks which provider when it cannot decide by itself."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.harness import CTL, ctl_env, home_paths
+
+
+class Terminal:
+    """A pseudo-terminal session with a deadline on every read."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                        env=env, close_fds=True)
+        os.close(slave)
+        self.screen = b""
+
+    def expect(self, text: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{text!r} not shown; screen: {self.screen[-500:]!r}"
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                try:
+                    self.screen += os.read(self.master, 4096)
+                except OSError:  # the program exited and closed the terminal
+                    assert text in self.screen, self.screen[-500:]
+                    return
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\r")
+
+    def close(self) -> int:
+        try:
+            return self.process.wait(10)
+        finally:
+            os.close(self.master)
+
+
+def test_asks_for_the_provider_and_its_url_at_a_terminal(lattice_home: Path) -> None:
+    token = "plrt_v1_" + "T" * 43
+    terminal = Terminal([CTL, "relay", "connect", "--gateway", "http://127.0.0.1:9",
+                         "--bootstrap-token", token], ctl_env(lattice_home))
+    try:
+        terminal.expect(b"(ollama, lmstudio, openai)")
+        terminal.type("openai")
+        terminal.expect(b"base URL")
+        terminal.type("http://127.0.0.1:8000")
+        terminal.expect(b"cannot reach the gateway at http://127.0.0.1:9")
+    finally:
+        code = terminal.close()
+    assert code == 1
+    assert token.encode() not in terminal.screen
+    assert not home_paths(lattice_home).config_file.exists()  # nothing half-written
+
+
+def test_prompts_for_a_hidden_token_at_a_terminal(lattice_home: Path) -> None:
+    terminal = Terminal([CTL, "relay", "connect", "--gateway", "http://127.0.0.1:9",
+                         "--provider", "ollama"], ctl_env(lattice_home))
+    secret = "plrt_v1_" + "H" * 43
+    try:
+        terminal.expect(b"Bootstrap token")
+        terminal.type(secret)
+        terminal.expect(b"cannot reach the gateway")
+    finally:
+        code = terminal.close()
+    assert code == 1
+    assert secret.encode() not in terminal.screen  # not echoed, not in the error
