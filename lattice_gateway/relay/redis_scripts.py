@@ -24,7 +24,22 @@ return 1
 REGISTER = """
 local P, rt, sid, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
-if redis.call('SCARD', P..'rs:'..rt) >= max then return -1 end
+if redis.call('SCARD', P..'rs:'..rt) >= max then
+  -- End the least recently active session without leased jobs (a daemon restarting in
+  -- a loop must not pile sessions up); refuse when every one is busy.
+  local oldest, oldest_score = nil, nil
+  for _, other in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
+    local score = tonumber(redis.call('ZSCORE', P..'sessions', other) or '0')
+    if redis.call('SCARD', P..'sj:'..other) == 0 and (not oldest or score < oldest_score) then
+      oldest, oldest_score = other, score
+    end
+  end
+  if not oldest then return -1 end
+  redis.call('SREM', P..'rs:'..rt, oldest)
+  redis.call('ZREM', P..'sessions', oldest)
+  redis.call('DEL', P..'s:'..oldest, P..'sj:'..oldest, P..'sc:'..oldest)
+  redis.call('PUBLISH', P..'wake', 'd '..oldest)
+end
 redis.call('HSET', P..'s:'..sid, 'rt', rt)
 redis.call('SADD', P..'rs:'..rt, sid)
 redis.call('ZADD', P..'sessions', now, sid)

@@ -285,3 +285,19 @@ async def test_deregister_turns_the_runtime_offline_at_once(make_broker: Maker) 
     assert not (await broker.reachable([RUNTIME]))[RUNTIME]
     assert (await broker.last_seen([RUNTIME]))[RUNTIME] is not None
     await broker.close()
+
+
+async def test_session_limit_ends_the_oldest_idle_session(make_broker: Maker) -> None:
+    from lattice_gateway.relay.memory import MAX_SESSIONS_PER_RUNTIME
+
+    broker = make_broker(presence_window_seconds=30)
+    busy = await broker.register_session(RUNTIME, 1)
+    await broker.submit(RUNTIME, envelope())
+    assert (await broker.poll(RUNTIME, busy, 1)).jobs  # holds a lease: never evicted
+    sessions = [await broker.register_session(RUNTIME, 1)
+                for _ in range(MAX_SESSIONS_PER_RUNTIME - 1)]
+    newest = await broker.register_session(RUNTIME, 1)  # one over the limit
+    with pytest.raises(SessionNotFound):
+        await broker.poll(RUNTIME, sessions[0], 0)  # the oldest idle one was ended
+    for live in (busy, newest, sessions[1]):
+        assert (await broker.post_events(RUNTIME, live, [])).refused == []
