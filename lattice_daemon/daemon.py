@@ -127,6 +127,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.set_exception_handler(_log_loop_error)
         try:
             await self.control.start()
         except (SocketInUse, OSError) as exc:
@@ -391,6 +392,13 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
 
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Errors asyncio would print to stderr go to the daemon's log instead."""
+    exc = context.get("exception")
+    log.error("unexpected error in the event loop: %s", context.get("message"),
+              exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
+
+
 def load_startup(paths: Paths) -> tuple[DaemonConfig, KeyPair]:
     """Config and key for a start; ConfigError says what is wrong in one line."""
     config = load_config(paths)
@@ -413,6 +421,11 @@ def run_daemon(paths: Paths, *, provider_factory: ProviderFactory = make_provide
         log.error("%s", exc)
         print(f"lattice-daemon: {exc}", file=sys.stderr)
         return exitcodes.ALREADY_RUNNING
+    except OSError as exc:  # e.g. the runtime dir is not writable: a restart won't help
+        log.error("cannot create the lock file %s: %s", paths.lock_file, exc.strerror)
+        print(f"lattice-daemon: cannot create the lock file {paths.lock_file}: "
+              f"{exc.strerror}", file=sys.stderr)
+        return exitcodes.CONFIG
     try:
         async def main() -> int:
             try:
