@@ -266,3 +266,32 @@ async def test_daemon_error_codes_map_to_app_errors(
         assert "from the daemon" in caught.value.message
     finally:
         await daemon.stop()
+
+
+def test_sync_openai_client_with_the_threaded_fake_daemon(
+        gateway: GatewayProcess, api_key: str) -> None:
+    from tests.support.fake_daemon import ThreadedFakeDaemon
+
+    with httpx.Client(base_url=gateway.url, headers={"x-api-key": api_key}, trust_env=False,
+                      timeout=10) as api:
+        created = api.post("/v1/personal-runtimes", json={
+            "displayName": "sync", "executionBackend": "local-model"})
+        lattice_id = created.json()["runtime"]["latticeId"]
+        token = api.post(f"/v1/personal-runtimes/{lattice_id}/bootstrap-tokens",
+                         json={"ttlSeconds": 600}).json()["bootstrapToken"]
+    daemon = ThreadedFakeDaemon(gateway.url, reply=Reply(echo=True))
+    daemon.redeem(token)
+    daemon.start()
+    try:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0)
+        completion = client.chat.completions.create(
+            model=f"lattice:personal:{lattice_id}",
+            messages=[{"role": "user", "content": "sync works"}])
+        assert completion.choices[0].message.content == "sync works"
+        chunks = list(client.chat.completions.create(
+            model=f"lattice:personal:{lattice_id}", stream=True,
+            messages=[{"role": "user", "content": "and streams"}]))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "and streams"
+        client.close()
+    finally:
+        daemon.stop()
