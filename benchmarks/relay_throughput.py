@@ -43,9 +43,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _run_fake_daemon(gateway_url: str, bootstrap_token: str, capacity: int) -> None:
+async def _run_fake_daemon(gateway_url: str, capacity: int) -> None:
     from tests.support.fake_daemon import FakeDaemon, Reply
 
+    bootstrap_token = sys.stdin.readline().strip()  # never in argv
     daemon = FakeDaemon(gateway_url, reply=Reply(text="hello"), capacity=capacity)
     await daemon.redeem(bootstrap_token)
     await daemon.start()
@@ -89,12 +90,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--in-flight", type=int, default=32)
     parser.add_argument("--redis", default=None, help="use the Redis broker at this URL")
-    parser.add_argument("--fake-daemon", nargs=3, metavar=("URL", "TOKEN", "CAPACITY"),
+    parser.add_argument("--fake-daemon", nargs=2, metavar=("URL", "CAPACITY"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fake_daemon:
-        url, token, capacity = args.fake_daemon
-        asyncio.run(_run_fake_daemon(url, token, int(capacity)))
+        url, capacity = args.fake_daemon
+        asyncio.run(_run_fake_daemon(url, int(capacity)))
         return
     home = tempfile.mkdtemp(prefix="lh-bench-", dir="/tmp")
     os.environ["LATTICE_HOME"] = home
@@ -114,12 +115,13 @@ def main() -> None:
         api_key = gateway.create_key("bench")
         lattice_id, token = _pair(gateway.url, api_key)
         daemon = subprocess.Popen(
-            [sys.executable, __file__, "--fake-daemon", gateway.url, token,
-             str(args.in_flight * 2)],
+            [sys.executable, __file__, "--fake-daemon", gateway.url, str(args.in_flight * 2)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=str(ROOT)))
         try:
-            assert daemon.stdout is not None
+            assert daemon.stdout is not None and daemon.stdin is not None
+            daemon.stdin.write(token.encode() + b"\n")
+            daemon.stdin.flush()
             line = daemon.stdout.readline().decode().strip()
             if line != "READY":
                 raise RuntimeError(f"fake daemon did not start: {line!r}")
