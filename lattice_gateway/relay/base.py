@@ -88,6 +88,10 @@ class RelayBroker(Protocol):
 
     async def close(self) -> None: ...
 
+    async def release_polls(self) -> None:
+        """Graceful shutdown: answer held polls now (empty) and hold no new ones."""
+        ...
+
     async def register_session(self, lattice_id: str, max_concurrency: int) -> str: ...
 
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:

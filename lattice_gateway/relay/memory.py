@@ -153,6 +153,7 @@ class MemoryBroker:
                                    presence_window_seconds / 10, pickup_timeout_seconds / 10))
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
+        self._draining = False
 
     # ------------------------------------------------------------------ services.Broker
 
@@ -196,6 +197,15 @@ class MemoryBroker:
         rt.queue.clear()
         for session in list(rt.sessions.values()):
             self._end_session(session, revoked)
+
+    async def release_polls(self) -> None:
+        """Graceful shutdown: answer every held poll now (empty) and hold no new ones, so
+        the server does not wait a poll window for them."""
+        self._draining = True
+        for rt in self._runtimes.values():
+            for session in rt.sessions.values():
+                if session.parked is not None:
+                    session.parked.wake(PollResult())
 
     async def close(self) -> None:
         self._closed = True
@@ -278,7 +288,7 @@ class MemoryBroker:
         if previous is not None:
             previous.wake(PollResult())  # superseded by this poll
         result = self._collect(session, capacity)
-        if result.jobs or result.cancels:
+        if result.jobs or result.cancels or self._draining:
             return result
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PollResult | None] = loop.create_future()

@@ -143,6 +143,7 @@ class RedisBroker:
         self._started: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self._closed = False
+        self._draining = False
         self._tick = max(0.01, min(0.25, poll_window_seconds / 10,
                                    presence_window_seconds / 10, pickup_timeout_seconds / 10))
         self._refresh_every = max(self._tick, presence_window_seconds / 3)
@@ -183,6 +184,13 @@ class RedisBroker:
         self._pubsub = pubsub
         self._background(self._read_messages())
         self._background(self._sweep_forever())
+
+    async def release_polls(self) -> None:
+        """Graceful shutdown: answer this replica's held polls now (empty), hold no new
+        ones; the daemons' next polls go to another replica."""
+        self._draining = True
+        for parked in list(self._parked_by_session.values()):
+            parked.end()
 
     async def close(self) -> None:
         self._closed = True
@@ -326,7 +334,7 @@ class RedisBroker:
         if previous is not None:
             previous.end()  # superseded by this poll
         result = await self._take(lattice_id, session_id, capacity)
-        if result.jobs or result.cancels:
+        if result.jobs or result.cancels or self._draining:
             return result
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PollResult | None] = loop.create_future()

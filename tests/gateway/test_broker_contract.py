@@ -301,3 +301,16 @@ async def test_session_limit_ends_the_oldest_idle_session(make_broker: Maker) ->
         await broker.poll(RUNTIME, sessions[0], 0)  # the oldest idle one was ended
     for live in (busy, newest, sessions[1]):
         assert (await broker.post_events(RUNTIME, live, [])).refused == []
+
+
+async def test_release_polls_answers_held_polls_at_once_for_shutdown(
+        make_broker: Maker) -> None:
+    broker = make_broker(poll_window_seconds=30)
+    session = await broker.register_session(RUNTIME, 1)
+    held = asyncio.create_task(broker.poll(RUNTIME, session, 1))
+    await parked(broker)
+    await broker.release_polls()
+    assert (await asyncio.wait_for(held, 1.0)).jobs == []
+    started = time.monotonic()
+    assert (await broker.poll(RUNTIME, session, 1)).jobs == []  # not held any more
+    assert time.monotonic() - started < 0.5
