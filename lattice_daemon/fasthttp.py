@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 transport for httpx on asyncio streams, for the local provider.
+"""A small HTTP/1.1 transport for httpx on asyncio streams (provider and relay).
 
 Why: under load the daemon spends most of its CPU in the provider call, and most of
 that below httpx's client API, in httpcore's pool, anyio and h11 (benchmarks/README.md).
@@ -9,15 +9,19 @@ bodies, ``connect`` timeouts from the request. Deadlines stay where they are (as
 timeouts in the providers package). Closing a response before its end closes its
 connection, so the provider sees the client go away and stops generating.
 
-Only ``http://`` URLs; anything else raises ``httpx.UnsupportedProtocol``. Errors map
-to the httpx exceptions the providers package already handles (ConnectError,
-ConnectTimeout, ReadError, RemoteProtocolError).
+``https://`` needs an ``ssl_context`` (verification is the context's business; the
+relay passes one with the CA bundle or SSL_CERT_FILE). Proxies are not supported: the
+relay falls back to httpx's own transport whenever a proxy variable is set. Errors map
+to the httpx exceptions the callers already handle (ConnectError, ConnectTimeout,
+ReadError, RemoteProtocolError).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -45,9 +49,10 @@ class _Connection:
 class _Body(httpx.AsyncByteStream):
     """One response body; gives the connection back to the pool when fully read."""
 
-    def __init__(self, transport: FastHTTPTransport, key: tuple[str, int],
+    def __init__(self, transport: FastHTTPTransport, key: Key,
                  connection: _Connection, length: int | None, chunked: bool,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, read_timeout: float | None) -> None:
+        self._read_timeout = read_timeout
         self._transport = transport
         self._key = key
         self._connection: _Connection | None = connection
@@ -59,7 +64,9 @@ class _Body(httpx.AsyncByteStream):
         connection = self._connection
         if connection is None:
             return
-        reader = connection.reader
+        reader: Any = connection.reader
+        if self._read_timeout is not None:
+            reader = _TimedReader(connection.reader, self._read_timeout)
         try:
             if self._chunked:
                 while True:
@@ -87,6 +94,9 @@ class _Body(httpx.AsyncByteStream):
                 self._keep_alive = False
                 while data := await reader.read(READ_SIZE):
                     yield data
+        except asyncio.TimeoutError:
+            self._abort()
+            raise httpx.ReadTimeout(f"no data for {self._read_timeout:g} s") from None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             self._abort()
             raise httpx.RemoteProtocolError(f"malformed or truncated response: {exc}"
@@ -112,54 +122,73 @@ class _Body(httpx.AsyncByteStream):
         self._abort()  # not read to the end: the connection cannot be reused
 
 
+Key = tuple[str, str, int]  # scheme, host, port
+
+
 class FastHTTPTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_idle_per_host: int = 32) -> None:
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+    def __init__(self, max_idle_per_host: int = 32,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._idle: dict[Key, list[_Connection]] = {}
         self._max_idle = max_idle_per_host
+        self._ssl = ssl_context
         self._closed = False
 
-    def _release(self, key: tuple[str, int], connection: _Connection) -> None:
+    def _release(self, key: Key, connection: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
         if self._closed or len(idle) >= self._max_idle or not connection.usable:
             connection.close()
         else:
             idle.append(connection)
 
-    async def _connect(self, request: httpx.Request, key: tuple[str, int]) -> _Connection:
+    async def _connect(self, request: httpx.Request, key: Key) -> _Connection:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
             if connection.usable:
                 return connection
             connection.close()
-        timeout = (request.extensions.get("timeout") or {}).get("connect")
+        timeout = _timeouts(request).get("connect")
+        scheme, host, port = key
+        tls = {"ssl": self._ssl, "server_hostname": host} if scheme == "https" else {}
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(key[0], key[1], limit=MAX_HEAD), timeout)
+                asyncio.open_connection(host, port, limit=MAX_HEAD, **tls), timeout)
         except asyncio.TimeoutError:
-            raise httpx.ConnectTimeout(f"no connection to {key[0]}:{key[1]} within "
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within "
                                        f"{timeout:g} s", request=request) from None
-        except OSError as exc:
+        except OSError as exc:  # includes ssl.SSLError (certificate problems)
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
         return _Connection(reader, writer)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        if url.scheme != "http":
-            raise httpx.UnsupportedProtocol(f"FastHTTPTransport serves http:// only, not "
-                                            f"{url.scheme}://", request=request)
-        key = (url.host, url.port or 80)
+        if url.scheme == "http":
+            key: Key = ("http", url.host, url.port or 80)
+        elif url.scheme == "https" and self._ssl is not None:
+            key = ("https", url.host, url.port or 443)
+        else:
+            raise httpx.UnsupportedProtocol(
+                f"{url.scheme}:// is not served by this transport", request=request)
         body = await request.aread()
         head = _request_head(request, len(body))
+        timeouts = _timeouts(request)
+        read_timeout = timeouts.get("read")
         connection = await self._connect(request, key)
         try:
             connection.writer.write(head + body if len(body) < 16384 else head)
             if len(body) >= 16384:
                 connection.writer.write(body)
-            await connection.writer.drain()
-            status, headers, reason = await _read_head(connection.reader)
+            await asyncio.wait_for(connection.writer.drain(), timeouts.get("write"))
+            if read_timeout is None:
+                status, headers, reason = await _read_head(connection.reader)
+            else:
+                status, headers, reason = await asyncio.wait_for(
+                    _read_head(connection.reader), read_timeout)
         except BaseException as exc:
             connection.close()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise httpx.ReadTimeout("no response within the read timeout",
+                                        request=request) from None
             if isinstance(exc, OSError):
                 raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from None
             if isinstance(exc, asyncio.IncompleteReadError | asyncio.LimitOverrunError):
@@ -182,7 +211,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
                                                 request=request) from None
         else:
             length, chunked = None, False
-        stream = _Body(self, key, connection, length, chunked, keep_alive)
+        stream = _Body(self, key, connection, length, chunked, keep_alive, read_timeout)
         return httpx.Response(status, headers=headers, stream=stream,
                               extensions={"http_version": b"HTTP/1.1",
                                           "reason_phrase": reason})
@@ -193,6 +222,30 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             for connection in idle:
                 connection.close()
         self._idle.clear()
+
+
+def _timeouts(request: httpx.Request) -> dict[str, float | None]:
+    value = request.extensions.get("timeout")
+    return value if isinstance(value, dict) else {}
+
+
+class _TimedReader:
+    """A StreamReader whose reads each fail with TimeoutError after ``timeout``."""
+
+    __slots__ = ("_reader", "_timeout")
+
+    def __init__(self, reader: asyncio.StreamReader, timeout: float) -> None:
+        self._reader = reader
+        self._timeout = timeout
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        return await asyncio.wait_for(self._reader.readuntil(separator), self._timeout)
+
+    async def readexactly(self, n: int) -> bytes:
+        return await asyncio.wait_for(self._reader.readexactly(n), self._timeout)
+
+    async def read(self, n: int) -> bytes:
+        return await asyncio.wait_for(self._reader.read(n), self._timeout)
 
 
 def _request_head(request: httpx.Request, body_length: int) -> bytes:

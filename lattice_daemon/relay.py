@@ -30,7 +30,7 @@ from lattice_protocol import CancelNotice, JobEnvelope, ProtocolError, SealedEve
 from .backoff import Backoff, parse_retry_after
 from .clock import iso_utc
 from .runner import JobRunner
-from .transports import tls_verification
+from .transports import relay_transport
 
 log = logging.getLogger("lattice_daemon.relay")
 
@@ -140,9 +140,7 @@ class RelayApi:
                               keepalive_expiry=60.0)
         self._client = httpx.AsyncClient(
             trust_env=True,  # HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE
-            # (httpx ignores proxy variables when given a transport: tests pass one)
-            transport=transport,
-            verify=tls_verification(self.base_url),
+            transport=transport or relay_transport(self.base_url),
             headers={"authorization": f"Bearer {daemon_token}",
                      "user-agent": f"lattice-daemon/{__version__}"},
             timeout=httpx.Timeout(CALL_TIMEOUT),

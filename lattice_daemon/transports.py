@@ -4,14 +4,14 @@ Two measured problems, two small fixes (benchmarks/README.md has the numbers):
 
 * Every httpx transport builds an SSL context with the full CA bundle, ~1 MB of the
   daemon's 30 MB idle budget (SPEC §7) each, even for a provider at
-  ``http://localhost``. For plain-http URLs the transports get a context that verifies
-  strictly but trusts no CA: never used, and failing closed if TLS were ever tried.
-* httpcore's connection pool costs grow with the number of connections it juggles: one
-  pool serving 32 concurrent requests to the instant test server manages ~380 req/s at
-  ~50 ms p50, while 8 pools of 4 manage several times that. Local (plain-http)
-  providers get ``fasthttp.FastHTTPTransport``; https providers get
-  ``ShardedTransport``, which spreads requests over a few httpcore pools, always onto
-  the least busy one.
+  ``http://localhost``. Plain-http URLs get no CA bundle at all.
+* httpx's stack (httpcore's pool, anyio, h11) is most of the daemon's CPU per job, and
+  httpcore's pool collapses with many concurrent connections: one pool serving 32
+  concurrent requests to the instant test server manages ~380 req/s at ~50 ms p50,
+  while 8 pools of 4 manage several times that. Local (plain-http) providers and the
+  relay (unless a proxy is configured) use ``fasthttp.FastHTTPTransport``; https
+  providers get ``ShardedTransport``, which spreads requests over a few httpcore
+  pools, always onto the least busy one.
 """
 
 from __future__ import annotations
@@ -36,15 +36,35 @@ def _unused_tls_context() -> ssl.SSLContext:
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 
 
-def tls_verification(url: str) -> ssl.SSLContext | bool:
-    """``verify`` for a client that must honour proxy variables (so: no custom
-    transport): the lean context for a plain-http URL without a proxy, else httpx's
-    default (the CA bundle, or SSL_CERT_FILE)."""
-    proxied = any(os.environ.get(name) or os.environ.get(name.lower())
-                  for name in _PROXY_VARIABLES)
-    if url.lower().startswith("http://") and not proxied:
-        return _unused_tls_context()
-    return True
+def proxy_configured() -> bool:
+    return any(os.environ.get(name) or os.environ.get(name.lower())
+               for name in _PROXY_VARIABLES)
+
+
+def ca_context() -> ssl.SSLContext:
+    """Verifying TLS context: SSL_CERT_FILE / SSL_CERT_DIR if set, else certifi's bundle
+    (what httpx itself does with ``trust_env``)."""
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    capath = os.environ.get("SSL_CERT_DIR") or None
+    if cafile is None and capath is None:
+        import certifi
+
+        cafile = certifi.where()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
+def relay_transport(url: str) -> httpx.AsyncBaseTransport | None:
+    """The relay client's transport: ``FastHTTPTransport`` when no proxy is configured
+    (TLS verified against ``ca_context``), else None: httpx's own transport, which
+    honours HTTPS_PROXY / NO_PROXY (httpx ignores them when given a transport)."""
+    if proxy_configured():
+        return None
+    lowered = url.lower()
+    if lowered.startswith("https://"):
+        return FastHTTPTransport(max_idle_per_host=4, ssl_context=ca_context())
+    if lowered.startswith("http://"):
+        return FastHTTPTransport(max_idle_per_host=4)
+    return None
 
 
 class _CountedStream(httpx.AsyncByteStream):

@@ -1,8 +1,11 @@
-"""The relay connection honours HTTP(S)_PROXY / NO_PROXY; the provider never uses a proxy."""
+"""The relay connection in its network environment: HTTP(S)_PROXY / NO_PROXY are honoured,
+TLS is verified (SSL_CERT_FILE), and the provider never uses a proxy."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 from lattice_daemon.config import DaemonConfig, DaemonSettings, ProviderConfig
 from lattice_daemon.daemon import build_provider
-from lattice_daemon.relay import RelayApi
+from lattice_daemon.relay import RelayApi, RelayError
 from tests.servers import run_ollama_server
 
 TOKEN = "lrdt_v1_" + "p" * 43
@@ -93,3 +96,41 @@ async def test_provider_never_uses_the_proxy(proxy: RecordingProxy, lattice_home
             await provider.aclose()
     assert health.ok and completion["choices"][0]["message"]["content"]
     assert proxy.request_lines == []
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+async def test_relay_over_tls_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    cert, key = _self_signed_certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    gateway = RecordingProxy()  # answers like a relay; here it is the TLS endpoint
+    server = await asyncio.start_server(gateway._handle, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        untrusted = RelayApi(url, TOKEN)  # the default CA bundle does not know this cert
+        try:
+            with pytest.raises(RelayError, match=r"(?i)certificate"):
+                await untrusted.register({"daemonVersion": "t", "provider": {}})
+        finally:
+            await untrusted.aclose()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = RelayApi(url, TOKEN)
+        try:
+            session = await trusted.register({"daemonVersion": "t", "provider": {}})
+        finally:
+            await trusted.aclose()
+    assert session.session_id == "s1"
+    assert gateway.request_lines == ["POST /v1/relay/sessions HTTP/1.1"]

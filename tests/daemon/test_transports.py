@@ -13,7 +13,7 @@ import pytest
 
 from lattice_daemon.fasthttp import FastHTTPTransport
 from lattice_daemon.replay import DaemonReplayGuard
-from lattice_daemon.transports import ShardedTransport, _unused_tls_context, tls_verification
+from lattice_daemon.transports import ShardedTransport, _unused_tls_context, relay_transport
 from lattice_protocol import JobSpec, ProtocolError
 from providers import Provider, ProviderError, make_provider
 from tests.servers import run_ollama_server, run_openai_server
@@ -170,16 +170,14 @@ async def test_sharded_transport_spreads_concurrent_streams() -> None:
             await provider.aclose()
 
 
-def test_tls_verification_is_lean_only_for_plain_http_without_a_proxy(
+def test_relay_transport_is_fast_unless_a_proxy_is_configured(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTTP_PROXY", raising=False)
-    monkeypatch.delenv("http_proxy", raising=False)
-    lean = tls_verification("http://127.0.0.1:1")
-    assert not isinstance(lean, bool)
-    assert lean.verify_mode.name == "CERT_REQUIRED" and lean.check_hostname
-    assert tls_verification("https://gateway.example") is True
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
-    assert tls_verification("http://127.0.0.1:1") is True
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(relay_transport("http://127.0.0.1:1"), FastHTTPTransport)
+    assert isinstance(relay_transport("https://gateway.example"), FastHTTPTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert relay_transport("https://gateway.example") is None  # httpx handles proxies
 
 
 def _spec(job_id: str, deadline: float) -> JobSpec:
