@@ -130,7 +130,7 @@ class RedisBroker:
         self._replica = secrets.token_hex(8)
         self._redis = aioredis.from_url(url)
         self._scripts = {name.lower(): self._redis.register_script(getattr(lua, name))
-                         for name in ("SUBMIT", "REGISTER", "POLL", "UNLEASE", "TOUCH",
+                         for name in ("REACHABLE", "SUBMIT", "REGISTER", "POLL", "UNLEASE", "TOUCH",
                                       "EVENTS", "FINISH", "CANCEL", "PICKUP_EXPIRE",
                                       "END_SESSION", "REVOKE")}
         self._tickets: dict[str, RedisTicket] = {}
@@ -268,20 +268,12 @@ class RedisBroker:
     # ------------------------------------------------------------------ services.Broker
 
     async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]:
+        if not lattice_ids:
+            return {}
         await self._ensure_started()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for lid in lattice_ids:
-                pipe.smembers(self._prefix + "rs:" + lid)
-            members = await pipe.execute()
-        cutoff = time.time() - self.presence_window_seconds
-        result: dict[str, bool] = {}
-        for lid, sessions in zip(lattice_ids, members, strict=True):
-            if not sessions:
-                result[lid] = False
-                continue
-            scores = await self._redis.zmscore(self._prefix + "sessions", list(sessions))
-            result[lid] = any(s is not None and s > cutoff for s in scores)
-        return result
+        live = await self._script("reachable", time.time() - self.presence_window_seconds,
+                                  *lattice_ids)
+        return {lid: bool(flag) for lid, flag in zip(lattice_ids, live, strict=True)}
 
     async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
         if not lattice_ids:

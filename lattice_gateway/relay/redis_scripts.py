@@ -10,6 +10,21 @@ revoked) and ``P ev:<replica>`` (events and failures for the replica holding the
 request). A single Redis (not Cluster): scripts touch keys they compute.
 """
 
+# For each runtime in ARGV[3..]: 1 if one of its sessions was active after ARGV[2].
+REACHABLE = """
+local P, cutoff = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV do
+  local live = 0
+  for _, sid in ipairs(redis.call('SMEMBERS', P..'rs:'..ARGV[i])) do
+    local score = redis.call('ZSCORE', P..'sessions', sid)
+    if score and tonumber(score) > cutoff then live = 1 break end
+  end
+  table.insert(out, live)
+end
+return out
+"""
+
 SUBMIT = """
 local P, rt, id = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
