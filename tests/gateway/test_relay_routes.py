@@ -273,3 +273,27 @@ async def test_job_not_picked_up_in_time_is_504_runtime_timeout(tmp_path: Path) 
         assert answer.status_code == 504
         assert answer.json()["error"]["code"] == "runtime_timeout"
         assert time.monotonic() - started < 2.0
+
+
+async def test_too_many_busy_sessions_is_429_with_retry_after(
+        gateway: InProcessGateway) -> None:
+    from lattice_gateway.relay.memory import MAX_SESSIONS_PER_RUNTIME
+
+    paired = await pair(gateway)
+    sessions = [await register(gateway, paired) for _ in range(MAX_SESSIONS_PER_RUNTIME)]
+    polls = [asyncio.create_task(gateway.client.post(
+        f"/v1/relay/sessions/{session}/poll", headers=paired.headers, json={"capacity": 1}))
+        for session in sessions]
+
+    async def all_parked() -> bool:
+        return bool(gateway.services.broker.parked_polls(paired.lattice_id)
+                    == MAX_SESSIONS_PER_RUNTIME)
+
+    await async_wait_until(all_parked, timeout=5, what="every session to hold a poll")
+    refused = await gateway.client.post("/v1/relay/sessions", headers=paired.headers,
+                                        json=REGISTER)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) > 0
+    for poll in polls:
+        assert (await poll).status_code == 200
