@@ -98,6 +98,21 @@ def _kind_at(url: str | None) -> str:
                 exit_code=2)
 
 
+def _warn_about_provider(provider: Any) -> None:
+    """Pairing does not need the provider up, but say so now rather than at the first job."""
+    from providers import DEFAULT_URLS, detect_providers
+
+    url = provider.url or DEFAULT_URLS.get(provider.kind)
+    if not url:
+        return
+    health = detect_providers(timeout=1.0, urls={provider.kind: url})[0]
+    if not health.ok:
+        output.warn(f"{health.detail} Pairing anyway; requests will fail until it runs.")
+    elif provider.default_model and health.models and provider.default_model not in health.models:
+        output.warn(f"{provider.kind} at {url} has no model {provider.default_model!r} "
+                    f"(it has: {', '.join(health.models)})")
+
+
 def _wait_connected(client: ControlClient, timeout: float) -> dict[str, Any]:
     """Poll the daemon until its relay state is ``connected``; fail on a final state."""
     deadline = time.monotonic() + timeout
@@ -164,6 +179,7 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
                     "to replace that pairing", data={"code": "already_paired"})
     existing_provider = config.provider if paths.config_file.exists() else None
     config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
+    _warn_about_provider(config.provider)
     try:
         keys = load_or_create_keypair(paths)
     except ConfigError as exc:

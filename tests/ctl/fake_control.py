@@ -58,6 +58,10 @@ class FakeControlServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(path))
         self._listener.listen(16)
+        # accept() wakes up every 50 ms to see the stop flag: closing a socket another
+        # thread is blocked on is a race (the fd number can be reused by the next test).
+        self._listener.settimeout(0.05)
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -68,9 +72,11 @@ class FakeControlServer:
         self.routes[route] = raw
 
     def _serve(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             try:
                 conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             with conn:
@@ -99,7 +105,10 @@ class FakeControlServer:
                 ).encode() + payload
 
     def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(5)
         self._listener.close()
+        self.path.unlink(missing_ok=True)
 
 
 @contextmanager
