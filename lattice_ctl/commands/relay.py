@@ -47,7 +47,7 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
 
     base = existing if existing is not None else ProviderConfig()
     if kind or url:
-        chosen_kind = kind or _kind_at(url)
+        chosen_kind = kind or _kind_at(url or "")
         return replace(base, kind=chosen_kind, url=url,
                        default_model=model or (base.default_model
                                                if base.kind == chosen_kind else None))
@@ -82,11 +82,10 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
                 "--provider ollama|lmstudio|openai --provider-url URL", exit_code=2)
 
 
-def _kind_at(url: str | None) -> str:
+def _kind_at(url: str) -> str:
     """--provider-url without --provider: ask the server which wire format it speaks."""
     from providers import detect_providers
 
-    assert url
     for health in detect_providers(timeout=1.0, urls={"ollama": url}):
         if health.ok:
             return "ollama"

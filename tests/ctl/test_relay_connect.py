@@ -277,3 +277,26 @@ def test_unreachable_proxy_is_named_in_the_error(lattice_home: Path) -> None:
     assert done.returncode == 1
     assert "proxy" in done.stderr.lower() and "NO_PROXY" in done.stderr
     _assert_secret_absent(done, token)
+
+
+def test_provider_url_alone_detects_the_wire_format(lattice_home: Path,
+                                                    gateway: GatewayProcess, key: str) -> None:
+    from lattice_daemon.config import load_config
+    from tests.servers import run_openai_server
+
+    _, minted = _token(gateway, key)
+    with run_openai_server() as server:
+        done = ctl(lattice_home, "relay", "connect", "--gateway", gateway.url,
+                   "--bootstrap-token", minted["bootstrapToken"], "--provider-url", server.url)
+    assert done.returncode == 0, done.stderr
+    provider = load_config(home_paths(lattice_home)).provider
+    assert (provider.kind, provider.url) == ("openai", server.url)
+
+
+def test_provider_down_is_warned_but_pairing_proceeds(lattice_home: Path,
+                                                      gateway: GatewayProcess,
+                                                      key: str) -> None:
+    _, minted = _token(gateway, key)
+    done = _connect(lattice_home, gateway, minted["bootstrapToken"])  # provider on port 9
+    assert done.returncode == 0, done.stderr
+    assert "warning:" in done.stderr and "Pairing anyway" in done.stderr
