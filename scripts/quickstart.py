@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -87,7 +88,8 @@ def start_demo_provider(stack: ExitStack) -> tuple[str, str]:
                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     stack.callback(_stop, process)
     assert process.stdout is not None
-    line = process.stdout.readline()
+    ready, _, _ = select.select([process.stdout], [], [], 20)  # never wait forever
+    line = process.stdout.readline() if ready else ""
     if not line.startswith("READY "):
         raise QuickstartError("the demo provider (tests/servers/ollama_server.py) did not start")
     url = line.split()[1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -146,7 +147,8 @@ def provider_process(kind: str, **behaviour: Any) -> Iterator[ProviderProcess]:
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                stdin=subprocess.DEVNULL)
     assert process.stdout is not None
-    line = process.stdout.readline()  # bounded: the server prints READY or exits
+    ready, _, _ = select.select([process.stdout], [], [], 20)  # a deadline on startup
+    line = process.stdout.readline() if ready else ""
     if not line.startswith("READY "):
         process.kill()
         raise AssertionError(f"{module} did not start: {line!r}")
