@@ -226,9 +226,10 @@ def serve_one_request(stack: ExitStack, args: argparse.Namespace, env: dict[str,
         raise QuickstartError(f"the pairing command failed:\n{done.stderr.strip()}")
     print(done.stdout.strip(), file=sys.stderr)
 
-    run(["lattice-ctl", "daemon", "start"], env, "lattice-ctl daemon start")
+    # Registered first: an interrupted start must not leave a daemon behind.
     stack.callback(subprocess.run, ["lattice-ctl", "daemon", "stop"], env=env,
                    capture_output=True, timeout=60)
+    run(["lattice-ctl", "daemon", "start"], env, "lattice-ctl daemon start")
     say("Daemon started; waiting for the runtime to be reachable")
 
     def reachable() -> bool:
