@@ -92,7 +92,11 @@ class RelayBroker(Protocol):
         """Graceful shutdown: answer held polls now (empty) and hold no new ones."""
         ...
 
-    async def register_session(self, lattice_id: str, max_concurrency: int) -> str: ...
+    async def register_session(self, lattice_id: str, max_concurrency: int,
+                               daemon_key: str | None = None) -> str:
+        """A new session. Sessions of an older pairing (another ``daemon_key``) end: jobs
+        are sealed to the current key, which their daemon cannot open."""
+        ...
 
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:
         """Raises SessionNotFound when the session is not this runtime's."""

@@ -124,6 +124,7 @@ class _Session:
     parked: _Parked | None = None
     activity: int = 0  # bumped on every request; a presence deadline is for one value
     alive: bool = True
+    daemon_key: str | None = None  # the pairing it was registered under
 
 
 @dataclass(eq=False)
@@ -221,11 +222,17 @@ class MemoryBroker:
 
     # ------------------------------------------------------------------------ sessions
 
-    async def register_session(self, lattice_id: str, max_concurrency: int) -> str:
+    async def register_session(self, lattice_id: str, max_concurrency: int,
+                               daemon_key: str | None = None) -> str:
         self._ensure_sweeper()
         if lattice_id in self._revoked:
             raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
         rt = self._runtimes.setdefault(lattice_id, _Runtime())
+        for old in list(rt.sessions.values()):
+            if old.daemon_key != daemon_key:
+                self._end_session(old, LatticeError(
+                    ErrorCode.RUNTIME_UNREACHABLE,
+                    "the personal runtime was paired with another daemon"))
         if len(rt.sessions) >= MAX_SESSIONS_PER_RUNTIME:
             # The oldest-registered idle session goes: a daemon that restarts in a loop
             # without deregistering must not pile sessions up.
@@ -237,7 +244,8 @@ class MemoryBroker:
                 raise LatticeError(ErrorCode.RATE_LIMITED,
                                    "too many relay sessions for this runtime")
         session_id = "rs_" + secrets.token_hex(12)
-        session = _Session(session_id, lattice_id, max_concurrency, time.monotonic())
+        session = _Session(session_id, lattice_id, max_concurrency, time.monotonic(),
+                           daemon_key=daemon_key)
         rt.sessions[session_id] = session
         self._touch(session)
         return session_id

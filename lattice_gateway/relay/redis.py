@@ -289,11 +289,14 @@ class RedisBroker:
 
     # ------------------------------------------------------------------------ sessions
 
-    async def register_session(self, lattice_id: str, max_concurrency: int) -> str:
+    async def register_session(self, lattice_id: str, max_concurrency: int,
+                               daemon_key: str | None = None) -> str:
         await self._ensure_started()
         session_id = "rs_" + secrets.token_hex(12)
         outcome = await self._script("register", lattice_id, session_id, time.time(),
-                                     MAX_SESSIONS_PER_RUNTIME)
+                                     MAX_SESSIONS_PER_RUNTIME, daemon_key or "",
+                                     ErrorCode.RUNTIME_UNREACHABLE.value,
+                                     "the personal runtime was paired with another daemon")
         if outcome == 0:
             raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
         if outcome == -1:

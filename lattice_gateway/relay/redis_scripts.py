@@ -36,9 +36,28 @@ redis.call('PUBLISH', P..'wake', 'j '..rt)
 return 1
 """
 
+# A new session (ARGV[6]: its daemon key). Sessions of another key (an older pairing)
+# end first, their leased jobs failing with ARGV[7]/ARGV[8] at their owners.
 REGISTER = """
 local P, rt, sid, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local key = ARGV[6]
 if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
+for _, other in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
+  if (redis.call('HGET', P..'s:'..other, 'key') or '') ~= key then
+    for _, id in ipairs(redis.call('SMEMBERS', P..'sj:'..other)) do
+      local jk = P..'job:'..id
+      local owner = redis.call('HGET', jk, 'owner')
+      if owner then
+        redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = ARGV[7], m = ARGV[8]}))
+      end
+      redis.call('DEL', jk)
+    end
+    redis.call('SREM', P..'rs:'..rt, other)
+    redis.call('ZREM', P..'sessions', other)
+    redis.call('DEL', P..'s:'..other, P..'sj:'..other, P..'sc:'..other)
+    redis.call('PUBLISH', P..'wake', 'd '..other)
+  end
+end
 if redis.call('SCARD', P..'rs:'..rt) >= max then
   -- End the least recently active session without leased jobs (a daemon restarting in
   -- a loop must not pile sessions up); refuse when every one is busy.
@@ -55,7 +74,7 @@ if redis.call('SCARD', P..'rs:'..rt) >= max then
   redis.call('DEL', P..'s:'..oldest, P..'sj:'..oldest, P..'sc:'..oldest)
   redis.call('PUBLISH', P..'wake', 'd '..oldest)
 end
-redis.call('HSET', P..'s:'..sid, 'rt', rt)
+redis.call('HSET', P..'s:'..sid, 'rt', rt, 'key', key)
 redis.call('SADD', P..'rs:'..rt, sid)
 redis.call('ZADD', P..'sessions', now, sid)
 redis.call('SET', P..'seen:'..rt, now)

@@ -113,7 +113,8 @@ async def register_session(request: Request) -> Response:
     runtime = await _authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     daemon_version, models, default_model, max_concurrency = _parse_register(body)
-    session_id = await broker.register_session(runtime.lattice_id, max_concurrency)
+    session_id = await broker.register_session(runtime.lattice_id, max_concurrency,
+                                               daemon_key=runtime.daemon_public_key)
     await services.store.record_daemon_session(
         runtime.lattice_id, daemon_version=daemon_version, models=models,
         default_model=default_model)

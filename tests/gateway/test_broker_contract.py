@@ -314,3 +314,21 @@ async def test_release_polls_answers_held_polls_at_once_for_shutdown(
     started = time.monotonic()
     assert (await broker.poll(RUNTIME, session, 1)).jobs == []  # not held any more
     assert time.monotonic() - started < 0.5
+
+
+async def test_registering_under_a_new_pairing_ends_the_old_pairings_sessions(
+        make_broker: Maker) -> None:
+    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30)
+    old = await broker.register_session(RUNTIME, 1, daemon_key="old-key")
+    ticket = await broker.submit(RUNTIME, envelope())
+    assert (await broker.poll(RUNTIME, old, 1)).jobs
+    held = asyncio.create_task(broker.poll(RUNTIME, old, 0))
+    await parked(broker)
+    new = await broker.register_session(RUNTIME, 1, daemon_key="new-key")
+    assert (await asyncio.wait_for(held, 1.0)).jobs == []  # the old poll ends at once
+    failure = await ticket.next_event(1.0)
+    assert isinstance(failure, LatticeError) and failure.code is ErrorCode.RUNTIME_UNREACHABLE
+    with pytest.raises(SessionNotFound):
+        await broker.poll(RUNTIME, old, 1)
+    await broker.submit(RUNTIME, envelope(1))
+    assert [j.job_id for j in (await broker.poll(RUNTIME, new, 1)).jobs] == ["job_1"]
