@@ -156,3 +156,15 @@ def test_api_error_carries_code(fake_daemon: FakeControlServer) -> None:
     with pytest.raises(DaemonApiError) as info:
         ControlClient(fake_daemon.path).reload()
     assert info.value.code == "config_invalid" and info.value.status == 409
+
+
+def test_socket_option_and_environment_pick_the_daemon(run_ctl: RunCtl, lattice_home: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.ctl.fake_control import fake_daemon_socket
+
+    custom = lattice_home / "elsewhere" / "d.sock"
+    with fake_daemon_socket(custom) as server:
+        server.answer("GET /v1/ping", 200, ping_body(pid=777))
+        assert stdout_json(run_ctl("--json", "--socket", str(custom), "ping"))["pid"] == 777
+        monkeypatch.setenv("LATTICE_SOCKET", str(custom))
+        assert stdout_json(run_ctl("--json", "ping"))["pid"] == 777
