@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from lattice_protocol import KeyPair, SealError
 
 from .paths import Paths
@@ -115,6 +113,8 @@ def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_config(paths: Paths, config: DaemonConfig) -> None:
+    import tomli_w  # only `lattice-ctl` writes the config; the daemon never imports this
+
     data: dict[str, Any] = {
         "provider": _drop_none(asdict(config.provider)),
         "daemon": asdict(config.daemon),

@@ -33,6 +33,7 @@ from .clock import iso_utc
 from .config import ConfigError, DaemonConfig, load_config, load_or_create_keypair
 from .control import ControlError, ControlServer, SocketInUse
 from .lock import AlreadyRunning, InstanceLock
+from .memory import trim_heap
 from .paths import Paths
 from .relay import RelayApi, RelayClient, RelayState, RelayStatus
 from .replay import DaemonReplayGuard
@@ -44,6 +45,7 @@ log = logging.getLogger("lattice_daemon")
 HEALTH_MAX_AGE = 5.0  # re-check the provider at most this often
 PROBE_TIMEOUT = 2.0
 RELOAD_SETTLE = 1.0  # how long a reload waits for the first register before answering
+STARTUP_SETTLE = 3.0  # seconds after start: registered, first health check done
 
 ProviderFactory = Callable[..., Provider]
 
@@ -138,6 +140,7 @@ class Daemon:
         log.info("lattice-daemon %s started (pid %d)", __version__, os.getpid())
         self._start_pairing()
         self._refresh_health_soon()
+        loop.call_later(STARTUP_SETTLE, trim_heap)  # once start-up garbage is freed
         await self._stop.wait()
         await self._graceful_stop()
         return exitcodes.OK
