@@ -38,6 +38,7 @@ CALL_TIMEOUT = 15.0  # register / events / deregister: a healthy gateway answers
 POLL_GRACE = 10.0  # the poll's read timeout is the announced window plus this
 DEFAULT_POLL_WINDOW = 25.0
 SPACE_FOR_EVENTS = 256  # at most this many events in one post
+EVENTS_GIVE_UP = 30.0  # seconds of failed event posts after which results are dropped
 
 
 class RelayState(str, enum.Enum):
@@ -404,6 +405,7 @@ class RelayClient:
 
     async def _post(self, batch: list[SealedEvent]) -> None:
         failures = 0
+        first_failure = 0.0
         while True:
             session = self.session
             if session is None:
@@ -423,7 +425,17 @@ class RelayClient:
             except RelayError as exc:
                 failures += 1
                 self._failed(exc)
-                await asyncio.sleep(min(30.0, 0.1 * 2 ** failures) if exc.retry_after is None
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if now - first_failure > EVENTS_GIVE_UP:
+                    # The leases are long gone; stop producing what cannot be delivered.
+                    dropped = self.runner.cancel_all("results undeliverable")
+                    log.warning("gave up delivering results after %g s: dropped %d events "
+                                "and %d running jobs", EVENTS_GIVE_UP,
+                                len(batch) + len(self._outbox), dropped)
+                    self._outbox.clear()
+                    return
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** failures) if exc.retry_after is None
                                     else exc.retry_after)
                 continue
             for refusal in refused:
@@ -438,8 +450,8 @@ class RelayClient:
     # -- state changes ------------------------------------------------------------------
 
     def _failed(self, exc: RelayError) -> None:
-        if self.status.state != RelayState.RECONNECTING or self.status.last_error != exc.message:
-            log.warning("relay error: %s (retrying)", exc.message)
+        if self.status.last_error != exc.message:  # once per outage, not per retry
+            log.warning("relay error: %s (retrying until reconnected)", exc.message)
         never_connected = self.status.state == RelayState.CONNECTING
         self.status.set(RelayState.CONNECTING if never_connected else RelayState.RECONNECTING,
                         exc.message)

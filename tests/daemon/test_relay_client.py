@@ -184,6 +184,36 @@ async def test_all_slots_busy_keeps_a_capacity_zero_heartbeat_poll() -> None:
         await s.client.close(deregister=False)
 
 
+async def test_event_post_failures_are_retried_in_order(setup: Setup) -> None:
+    setup.relay.scripted["events"].append(httpx.Response(503, text="busy"))
+    setup.relay.scripted["events"].append(httpx.ConnectError("connection reset"))
+    spec = setup.harness.spec(stream=True)
+    setup.relay.add_job(setup.harness.envelope(spec).to_dict())
+    setup.client.start()
+    await async_wait_until(_async(lambda: any(e.kind == "end" for e in setup.opened_events())),
+                           timeout=5, what="end event")
+    events = setup.opened_events()
+    assert [e.seq for e in events] == list(range(len(events)))  # nothing lost or reordered
+    assert setup.relay.count("events") >= 3
+
+
+async def test_refused_events_drop_the_job() -> None:
+    provider = FakeProvider(pieces=["a"] * 100, delay=0.02)
+    s = Setup(provider)
+    try:
+        spec = s.harness.spec(stream=True)
+        s.relay.scripted["events"].append(httpx.Response(200, json={
+            "refused": [{"jobId": spec.job_id, "code": "lease_not_held",
+                         "message": "not leased"}], "cancels": []}))
+        s.relay.add_job(s.harness.envelope(spec).to_dict())
+        s.client.start()
+        await async_wait_until(_async(lambda: provider.closed_streams == 1), timeout=3,
+                               what="the refused job's provider stream closed")
+        assert s.harness.runner.free_slots == 2
+    finally:
+        await s.client.close(deregister=False)
+
+
 async def test_retry_after_is_honoured(setup: Setup) -> None:
     setup.relay.scripted["register"].append(
         httpx.Response(429, headers={"retry-after": "0.4"},
