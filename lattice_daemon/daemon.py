@@ -173,7 +173,7 @@ class Daemon:
 
     async def _graceful_stop(self) -> None:
         async with self._reload_lock:  # a reload under way finishes first
-            pairing, self.pairing = self.pairing, None
+            pairing = self.pairing
         if pairing is not None:
             await pairing.relay.stop_polling()
             runner = pairing.runner
@@ -220,17 +220,20 @@ class Daemon:
         log.info("serving runtime %s (%s) via %s", relay_config.lattice_id,
                  relay_config.display_name, relay_config.gateway)
 
+    def _take_pairing(self) -> Pairing | None:
+        """Detach the current pairing, keeping its job counters for the status."""
+        pairing, self.pairing = self.pairing, None
+        if pairing is not None:
+            jobs = pairing.runner.counters
+            served, failed = self._served_before
+            self._served_before = (served + jobs.served, failed + jobs.failed)
+        return pairing
+
     def _retire_pairing(self, *, deregister: bool) -> None:
         """Close the current pairing in the background (its gateway may be slow)."""
-        pairing, self.pairing = self.pairing, None
-        if pairing is None:
-            return
-        jobs = pairing.runner.counters
-        served, failed = self._served_before
-        self._served_before = (served + jobs.served, failed + jobs.failed)
-        task = asyncio.get_running_loop().create_task(pairing.close(deregister=deregister))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        pairing = self._take_pairing()
+        if pairing is not None:
+            self._spawn(pairing.close(deregister=deregister))
 
     # -- provider -----------------------------------------------------------------------
 
@@ -373,11 +376,8 @@ class Daemon:
     async def disconnect(self) -> dict[str, Any]:
         self._refuse_while_stopping()
         async with self._reload_lock:
-            pairing, self.pairing = self.pairing, None
+            pairing = self._take_pairing()
             if pairing is not None:
-                jobs = pairing.runner.counters
-                served, failed = self._served_before
-                self._served_before = (served + jobs.served, failed + jobs.failed)
                 await pairing.close(deregister=True)
                 log.info("disconnected from the relay on request")
             self.relay_status = RelayStatus(RelayState.NOT_PAIRED, time.time(),
