@@ -342,7 +342,7 @@ class Daemon:
             try:
                 config = load_config(self.paths)
                 validate(config)
-                keys = load_or_create_keypair(self.paths)
+                keys = load_keys(self.paths, config)
                 provider = None
                 if config.provider != self.config.provider:
                     provider = build_provider(config, self._provider_factory)
@@ -402,11 +402,20 @@ def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
               exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
 
 
+def load_keys(paths: Paths, config: DaemonConfig) -> KeyPair:
+    """The daemon's keypair. A pairing without its key cannot open a single job (the
+    gateway seals to the old public key), so that is a config error, not a new key."""
+    if config.relay is not None and not paths.key_file.exists():
+        raise ConfigError(f"the key file {paths.key_file} of this pairing is missing; "
+                          "run `lattice-ctl relay connect --replace` to pair again")
+    return load_or_create_keypair(paths)
+
+
 def load_startup(paths: Paths) -> tuple[DaemonConfig, KeyPair]:
     """Config and key for a start; ConfigError says what is wrong in one line."""
     config = load_config(paths)
     validate(config)
-    return config, load_or_create_keypair(paths)
+    return config, load_keys(paths, config)
 
 
 def run_daemon(paths: Paths, *, provider_factory: ProviderFactory = make_provider) -> int:

@@ -33,7 +33,7 @@ class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
 
 def setup_logging(log_file: Path | None, *, level: int = logging.INFO,
-                  to_stderr: bool | None = None) -> None:
+                  to_stderr: bool | None = None, max_bytes: int = MAX_BYTES) -> None:
     formatter = logging.Formatter(_FORMAT, _DATEFMT)
     formatter.converter = time.gmtime
     root = logging.getLogger(LOGGER_NAME)
@@ -44,7 +44,7 @@ def setup_logging(log_file: Path | None, *, level: int = logging.INFO,
         handler.close()
     if log_file is not None:
         ensure_private_dir(log_file.parent)
-        file_handler = _PrivateRotatingFileHandler(log_file, maxBytes=MAX_BYTES,
+        file_handler = _PrivateRotatingFileHandler(log_file, maxBytes=max_bytes,
                                                    backupCount=BACKUPS, encoding="utf-8")
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)

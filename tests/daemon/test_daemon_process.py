@@ -281,3 +281,12 @@ def test_sighup_reloads(gateway: GatewayProcess, ollama: Any, paths: Paths) -> N
         assert chat(gateway, runtime).status_code == 200
         daemon.signal(signal.SIGINT)  # SIGINT stops like SIGTERM
         assert daemon.wait() == exitcodes.OK
+
+
+def test_a_pairing_without_its_key_is_a_config_error(gateway: GatewayProcess,
+                                                    paired: PairedRuntime, paths: Paths) -> None:
+    paths.key_file.unlink()
+    result = run_once()
+    assert result.returncode == exitcodes.CONFIG
+    assert "key file" in result.stderr and "relay connect --replace" in result.stderr
+    assert not paths.key_file.exists()  # no new key was made behind the user's back
