@@ -165,6 +165,7 @@ async def test_sharded_transport_spreads_concurrent_streams() -> None:
             for stream in streams:
                 await stream.aclose()  # type: ignore[attr-defined]
             assert [shard.active for shard in transport._shards] == [0, 0, 0, 0]
+            server.configure(chunks=None, chunk_delay=0)
             assert (await provider.chat(dict(REQUEST)))["choices"]
         finally:
             await provider.aclose()
