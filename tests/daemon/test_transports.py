@@ -199,3 +199,19 @@ def test_replay_guard_prunes_at_most_once_a_second_and_still_refuses_replays() -
     with pytest.raises(ProtocolError) as expired:
         guard.admit(_spec("job_3", now + 5), now=now + 10)
     assert expired.value.reason == "expired"
+
+
+async def test_read_and_connect_timeouts_are_enforced() -> None:
+    """The relay relies on hard timeouts: a gateway that accepts and never answers."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; returns when the client goes away
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, httpx.AsyncClient(transport=FastHTTPTransport(),
+                                         timeout=httpx.Timeout(0.2)) as client:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(f"http://127.0.0.1:{port}/v1/relay/sessions", json={})
+        assert time.monotonic() - started < 2
