@@ -57,8 +57,13 @@ class Pairing:
     runner: JobRunner
     relay: RelayClient
 
-    async def close(self, *, deregister: bool) -> None:
+    async def close(self, *, deregister: bool,
+                    reason: str = "the runtime was reconfigured") -> None:
         await self.relay.stop_polling()
+        if self.runner.in_flight:  # tell the apps now rather than let them time out
+            self.runner.abort_all(ErrorCode.RUNTIME_UNREACHABLE, reason)
+            await self.runner.wait_idle(2.0)
+            await self.relay.flush(2.0)
         await self.runner.aclose()
         await self.relay.close(deregister=deregister)
 
@@ -378,7 +383,7 @@ class Daemon:
         async with self._reload_lock:
             pairing = self._take_pairing()
             if pairing is not None:
-                await pairing.close(deregister=True)
+                await pairing.close(deregister=True, reason="the runtime was disconnected")
                 log.info("disconnected from the relay on request")
             self.relay_status = RelayStatus(RelayState.NOT_PAIRED, time.time(),
                                       last_error="disconnected on request")

@@ -290,3 +290,22 @@ def test_a_pairing_without_its_key_is_a_config_error(gateway: GatewayProcess,
     assert result.returncode == exitcodes.CONFIG
     assert "key file" in result.stderr and "relay connect --replace" in result.stderr
     assert not paths.key_file.exists()  # no new key was made behind the user's back
+
+
+def test_disconnect_with_a_job_in_flight_answers_the_app_at_once(
+        gateway: GatewayProcess, ollama: Any, paired: PairedRuntime, paths: Paths) -> None:
+    ollama.configure(chunks=["slow "] * 10, chunk_delay=1.0)
+    with DaemonProcess(paths).start():
+        wait_until(lambda: relay_state(paths) == "connected", timeout=5)
+        results: list[httpx.Response] = []
+        app = threading.Thread(target=lambda: results.append(chat(gateway, paired)))
+        app.start()
+        wait_until(lambda: control_request(paths.socket, "GET", "/v1/status")
+                   .body["jobs"]["inFlight"] == 1, timeout=5, what="job in flight")
+        started = time.monotonic()
+        assert control_request(paths.socket, "POST", "/v1/relay/disconnect").body["ok"]
+        app.join(5)
+        assert results, "the app's request did not finish"
+        assert time.monotonic() - started < 3
+        assert results[0].status_code == 503
+        assert results[0].json()["error"]["code"] == "runtime_unreachable"
