@@ -309,3 +309,22 @@ def test_disconnect_with_a_job_in_flight_answers_the_app_at_once(
         assert time.monotonic() - started < 3
         assert results[0].status_code == 503
         assert results[0].json()["error"]["code"] == "runtime_unreachable"
+
+
+def test_gateway_crash_shows_reconnecting_then_recovers(gateway: GatewayProcess, ollama: Any,
+                                                        paired: PairedRuntime,
+                                                        paths: Paths) -> None:
+    with DaemonProcess(paths).start() as daemon:
+        wait_until(lambda: relay_state(paths) == "connected", timeout=5)
+        gateway.kill()  # the held poll's connection drops; nothing answers any more
+        wait_until(lambda: relay_state(paths) == "reconnecting", timeout=5)
+        relay = ping(paths.socket)["relay"]
+        assert relay["lastError"].startswith(("gateway unreachable", "connection to the"))
+        assert relay["since"] is not None
+        gateway.start()
+        wait_until(lambda: relay_state(paths) == "connected", timeout=10,
+                   what="connected again")
+        assert chat(gateway, paired).status_code == 200
+        log_text = paths.log_file.read_text()
+        assert log_text.count("retrying until reconnected") <= 2  # once per outage
+        assert daemon.process.poll() is None
