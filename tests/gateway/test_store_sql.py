@@ -181,3 +181,31 @@ async def test_postgres_schemas_isolate_parallel_tests(postgres_url: str) -> Non
         await first.close()
         await second.close()
         await _drop_schema(other_url.rsplit("=", 1)[1])
+
+
+async def test_a_new_migration_step_runs_once_on_an_existing_database(database: str) -> None:
+    from lattice_gateway.store.migrations import Migration, migrate
+
+    store = await SqlStore.open(database)
+    try:
+        await store.create_api_key("acme", [SCOPE_MANAGE])
+        calls: list[int] = []
+
+        def add_notes(conn: sa.Connection) -> None:
+            calls.append(1)
+            conn.execute(sa.text("CREATE TABLE runtime_notes (lattice_id VARCHAR(64))"))
+
+        upgraded = (*MIGRATIONS, Migration(latest_version() + 1, "notes", add_notes))
+        async with store._writer.begin() as conn:
+            ran = await conn.run_sync(lambda c: migrate(c, upgraded))
+        assert ran == [latest_version() + 1]
+        async with store._writer.begin() as conn:
+            assert await conn.run_sync(lambda c: migrate(c, upgraded)) == []
+        assert calls == [1]
+        async with store._engine.connect() as conn:  # earlier data untouched
+            assert (await conn.execute(sa.text("SELECT count(*) FROM credentials"))
+                    ).scalar_one() == 1
+            assert (await conn.execute(sa.text("SELECT count(*) FROM runtime_notes"))
+                    ).scalar_one() == 0
+    finally:
+        await store.close()
