@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from lattice_protocol import __version__
 
 from .config import ensure_private_dir
+from .timeouts import within
 
 log = logging.getLogger("lattice_daemon.control")
 
@@ -220,8 +221,8 @@ class ControlServer:
             self._connections.add(task)
         try:
             try:
-                request = await asyncio.wait_for(read_request(reader, self._max),
-                                                 self._read_timeout)
+                request = await within(read_request(reader, self._max),
+                                       self._read_timeout)
                 answer = await dispatch(self._routes, request)
             except _BadRequest as exc:
                 answer = error_response(exc.status, exc.code, exc.message)
@@ -232,7 +233,7 @@ class ControlServer:
                 return
             writer.write(answer)
             with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-                await asyncio.wait_for(writer.drain(), self._read_timeout)
+                await within(writer.drain(), self._read_timeout)
         except asyncio.CancelledError:
             pass
         finally:

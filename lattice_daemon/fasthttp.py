@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from .timeouts import within
+
 MAX_HEAD = 64 * 1024
 READ_SIZE = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -151,7 +153,7 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
         scheme, host, port = key
         tls = {"ssl": self._ssl, "server_hostname": host} if scheme == "https" else {}
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await within(
                 asyncio.open_connection(host, port, limit=MAX_HEAD, **tls), timeout)
         except asyncio.TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within "
@@ -178,12 +180,9 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             connection.writer.write(head + body if len(body) < 16384 else head)
             if len(body) >= 16384:
                 connection.writer.write(body)
-            await asyncio.wait_for(connection.writer.drain(), timeouts.get("write"))
-            if read_timeout is None:
-                status, headers, reason = await _read_head(connection.reader)
-            else:
-                status, headers, reason = await asyncio.wait_for(
-                    _read_head(connection.reader), read_timeout)
+            await within(connection.writer.drain(), timeouts.get("write"))
+            status, headers, reason = await within(_read_head(connection.reader),
+                                                   read_timeout)
         except BaseException as exc:
             connection.close()
             if isinstance(exc, asyncio.TimeoutError):
@@ -239,13 +238,13 @@ class _TimedReader:
         self._timeout = timeout
 
     async def readuntil(self, separator: bytes) -> bytes:
-        return await asyncio.wait_for(self._reader.readuntil(separator), self._timeout)
+        return await within(self._reader.readuntil(separator), self._timeout)
 
     async def readexactly(self, n: int) -> bytes:
-        return await asyncio.wait_for(self._reader.readexactly(n), self._timeout)
+        return await within(self._reader.readexactly(n), self._timeout)
 
     async def read(self, n: int) -> bytes:
-        return await asyncio.wait_for(self._reader.read(n), self._timeout)
+        return await within(self._reader.read(n), self._timeout)
 
 
 def _request_head(request: httpx.Request, body_length: int) -> bytes:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from lattice_protocol import (
     ErrorCode,
@@ -39,25 +38,13 @@ from providers import Provider, ProviderError
 
 from .config import ProviderConfig
 from .replay import DaemonReplayGuard
+from .timeouts import within
 
 log = logging.getLogger("lattice_daemon.runner")
 
 EmitFn = Callable[[SealedEvent], None]
-T = TypeVar("T")
 
 MODEL_CACHE_SECONDS = 10.0  # how long the provider's model list is trusted for defaults
-
-if sys.version_info >= (3, 11):
-
-    async def _within(awaitable: Awaitable[T], seconds: float | None) -> T:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _within(awaitable: Awaitable[T], seconds: float | None) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
-
 
 class JobRefused(Exception):
     """A job that must not run; becomes an ``error`` event with ``code``."""
@@ -303,7 +290,7 @@ class JobRunner:
         try:
             while True:
                 try:
-                    chunk = await _within(anext(chunks), timeout)
+                    chunk = await within(anext(chunks), timeout)
                 except StopAsyncIteration:
                     return count
                 except asyncio.TimeoutError:

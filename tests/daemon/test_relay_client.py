@@ -37,6 +37,10 @@ class ScriptedRelay:
         self.sessions = 0
         self.hold = 0.2  # how long an empty poll is held
         self.changed = asyncio.Event()
+        self.post_sizes: list[int] = []
+        self.post_jobs: list[set[str]] = []
+        self.events_gate = asyncio.Event()  # cleared: event posts wait
+        self.events_gate.set()
 
     def add_job(self, envelope: dict[str, Any]) -> None:
         self.jobs.append(envelope)
@@ -86,6 +90,9 @@ class ScriptedRelay:
             return httpx.Response(200, json={"jobs": jobs, "cancels": cancels})
         if kind == "events":
             self.event_posts += 1
+            self.post_sizes.append(len(body["events"]))
+            self.post_jobs.append({e["jobId"] for e in body["events"]})
+            await self.events_gate.wait()
             self.events.extend(body["events"])
             return httpx.Response(200, json={"refused": [], "cancels": []})
         return httpx.Response(204)
@@ -144,8 +151,27 @@ async def test_job_is_run_and_its_events_posted(setup: Setup) -> None:
                            timeout=3, what="end event")
     kinds = [e.kind for e in setup.opened_events()]
     assert kinds == ["chunk", "chunk", "end"]
-    # Produced within the same moment, the events were batched into fewer posts.
-    assert setup.relay.event_posts < len(kinds)
+
+
+async def test_events_produced_during_a_post_go_out_together_in_order(setup: Setup) -> None:
+    setup.relay.events_gate.clear()  # the first post hangs until released
+    first = setup.harness.spec(stream=True)
+    second = setup.harness.spec(stream=True)
+    setup.relay.add_job(setup.harness.envelope(first).to_dict())
+    setup.relay.add_job(setup.harness.envelope(second).to_dict())
+    setup.client.start()
+    await async_wait_until(_async(lambda: setup.harness.runner.counters.served == 2),
+                           timeout=3, what="both jobs done")
+    assert setup.relay.event_posts == 1  # one post at a time: the rest waits for it
+    setup.relay.events_gate.set()
+    await async_wait_until(_async(lambda: len(setup.relay.events) == 6), timeout=3,
+                           what="all six events delivered")
+    # Whatever piled up went out in one more post at most, mixing both jobs' events.
+    assert setup.relay.event_posts <= 2 and sum(setup.relay.post_sizes) == 6
+    assert {first.job_id, second.job_id} in setup.relay.post_jobs
+    for spec in (first, second):
+        events = [e for e in setup.opened_events() if e.job_id == spec.job_id]
+        assert [e.seq for e in events] == [0, 1, 2] and events[-1].kind == "end"
 
 
 async def test_cancel_notice_from_a_poll_cancels_the_running_job() -> None:
