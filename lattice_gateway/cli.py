@@ -81,14 +81,15 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _preflight_database(settings.database)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings), host=host, port=port, loop="auto", http="auto",
+        app, host=host, port=port, loop="auto", http="auto",
         lifespan="on", access_log=access_log, log_level=log_level, server_header=False,
         timeout_graceful_shutdown=shutdown_timeout, log_config=None,
     )
     # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
     # the shutdown timeout), then run the lifespan shutdown (close broker and store).
-    server = _graceful_server_class()(config)
+    server = _graceful_server_class()(config, app)
     server.run()
     if not server.started:
         sys.exit(1)
@@ -103,6 +104,18 @@ def _graceful_server_class() -> type:
         Plain uvicorn re-raises the captured signal once shut down, so the process dies
         "by SIGTERM" (exit -15) or prints a KeyboardInterrupt traceback on Ctrl-C.
         """
+
+        def __init__(self, config: uvicorn.Config, app: Any) -> None:
+            super().__init__(config)
+            self.gateway_app = app
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            # Held long-polls would otherwise keep the shutdown waiting for the whole
+            # timeout: answer them now (empty) so daemons reconnect elsewhere at once.
+            services = getattr(self.gateway_app.state, "services", None)
+            if services is not None:
+                await services.broker.release_polls()
+            await super().shutdown(sockets)
 
         async def _serve(self, sockets: Any = None) -> None:
             await super()._serve(sockets)

@@ -92,6 +92,10 @@ class Broker(Protocol):
         """Fail queued and in-flight jobs with runtime_revoked, end the sessions."""
         ...
 
+    async def release_polls(self) -> None:
+        """Shutting down: answer held polls now and hold no new ones."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -17,6 +17,7 @@ from lattice_gateway.services import SCOPE_INFERENCE, SCOPE_MANAGE
 from lattice_gateway.store import SqlStore
 from lattice_protocol import KeyPair, TokenKind, __version__, token_kind
 from tests.support.gateway import run_coroutine_blocking, run_gateway
+from tests.support.net import wait_until
 
 
 async def _lookup(database: str, secret: str):  # -> CredentialRecord | None
@@ -177,3 +178,31 @@ def test_serve_with_unreachable_database_fails_with_one_line(lattice_home: Path)
     assert "cannot open the database postgresql://user@127.0.0.1:1/x" in result.output
     assert "hunter2" not in result.output
     assert "Traceback" not in result.output
+
+
+def test_sigterm_answers_held_polls_instead_of_waiting_them_out(tmp_path: Path,
+                                                                lattice_home: Path) -> None:
+    """A daemon's held poll must not hold the shutdown for the whole timeout."""
+    from tests.support.fake_daemon import ThreadedFakeDaemon
+
+    with run_gateway(tmp_path, poll_window_seconds=45, shutdown_timeout=40) as gw:
+        key = gw.create_key("acme")
+        headers = {"x-api-key": key}
+        with httpx.Client(base_url=gw.url, timeout=10) as client:
+            runtime = client.post("/v1/personal-runtimes", headers=headers, json={
+                "displayName": "Mac", "executionBackend": "local-model"}).json()["runtime"]
+            minted = client.post(f"/v1/personal-runtimes/{runtime['latticeId']}/bootstrap-tokens",
+                                 headers=headers, json={}).json()
+            daemon = ThreadedFakeDaemon(gw.url)
+            try:
+                daemon.redeem(minted["bootstrapToken"])
+                daemon.start()
+                wait_until(lambda: client.get(
+                    f"/v1/personal-runtimes/{runtime['latticeId']}", headers=headers,
+                ).json()["runtime"]["status"] == "reachable", what="daemon holding a poll")
+                started = time.monotonic()
+                assert gw.stop(timeout=60) == 0
+                # Without releasing held polls this takes the 40 s shutdown timeout.
+                assert time.monotonic() - started < 15
+            finally:
+                daemon.kill()

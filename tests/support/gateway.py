@@ -97,6 +97,7 @@ class GatewayProcess:
     log_path: Path
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
+    shutdown_timeout: float = 1.0  # short: tests restart gateways often
 
     @property
     def url(self) -> str:
@@ -118,7 +119,8 @@ class GatewayProcess:
             raise RuntimeError("gateway already running")
         command = [sys.executable, "-m", "lattice_gateway", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--database", self.database,
-                   "--public-url", self.public_url, "--shutdown-timeout", "1"]
+                   "--public-url", self.public_url,
+                   "--shutdown-timeout", str(self.shutdown_timeout)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT,
@@ -174,7 +176,8 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None = None,
-                public_url: str | None = None, **settings: object) -> Iterator[GatewayProcess]:
+                public_url: str | None = None, shutdown_timeout: float = 1.0,
+                **settings: object) -> Iterator[GatewayProcess]:
     """Start a gateway subprocess, wait for /healthz, yield it, stop it."""
     if where is None or isinstance(where, Path) or "://" not in str(where):
         directory = Path(where) if where is not None else Path(tempfile.mkdtemp(prefix="gw-"))
@@ -193,7 +196,8 @@ def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None =
     process_env.update(env or {})
     gateway = GatewayProcess(port=port, database=database,
                              public_url=public_url or f"http://127.0.0.1:{port}",
-                             log_path=directory / f"gateway-{port}.log", env=process_env)
+                             log_path=directory / f"gateway-{port}.log", env=process_env,
+                             shutdown_timeout=shutdown_timeout)
     gateway.start()
     try:
         yield gateway
