@@ -46,6 +46,7 @@ EmitFn = Callable[[SealedEvent], None]
 
 MODEL_CACHE_SECONDS = 10.0  # how long the provider's model list is trusted for defaults
 
+
 class JobRefused(Exception):
     """A job that must not run; becomes an ``error`` event with ``code``."""
 
