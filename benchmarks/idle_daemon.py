@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ def main() -> None:
 
     paths = get_paths()
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, home, True)  # runs last: after every process stopped
         provider_url = stack.enter_context(provider_process())
         gateway = stack.enter_context(run_gateway(Path(home) / "gateway",
                                                   poll_window_seconds=args.poll_window))

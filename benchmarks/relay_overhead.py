@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -175,6 +176,7 @@ def lattice_stack(max_concurrency: int = 64, gateway_settings: dict[str, Any] | 
 
     paths = get_paths()
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, home, True)  # runs last: after every process stopped
         provider_url = stack.enter_context(provider_process())
         gateway = stack.enter_context(run_gateway(Path(home) / "gateway",
                                                   **(gateway_settings or {})))
