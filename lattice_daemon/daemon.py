@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from lattice_protocol import ErrorCode, KeyPair, Sealer, SealError, __version__
+from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, Sealer, SealError, __version__
 from providers import DEFAULT_URLS, Provider, ProviderHealth, make_provider
 
 from . import exitcodes
@@ -36,7 +36,6 @@ from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
 from .paths import Paths
 from .relay import RelayApi, RelayClient, RelayState, RelayStatus
-from .replay import DaemonReplayGuard
 from .runner import JobRunner
 from .transports import provider_transport
 
@@ -115,7 +114,7 @@ class Daemon:
         self.provider = build_provider(config, provider_factory)
         self.relay_status = RelayStatus(RelayState.NOT_PAIRED, self.started_at)
         self.pairing: Pairing | None = None
-        self._replays = DaemonReplayGuard()  # survives reloads: a replay is a replay
+        self._replays = ReplayGuard()  # survives reloads: a replay is a replay
         self._health: ProviderHealth | None = None
         self._health_at = float("-inf")
         self._health_task: asyncio.Task[ProviderHealth] | None = None

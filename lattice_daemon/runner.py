@@ -37,7 +37,6 @@ from lattice_protocol import (
 from providers import Provider, ProviderError
 
 from .config import ProviderConfig
-from .replay import DaemonReplayGuard
 from .timeouts import within
 
 log = logging.getLogger("lattice_daemon.runner")
@@ -115,7 +114,7 @@ class JobRunner:
         self._lattice_id = lattice_id
         self._config = provider_config
         self._emit = emit
-        self._replays = replay_guard if replay_guard is not None else DaemonReplayGuard()
+        self._replays = replay_guard if replay_guard is not None else ReplayGuard()
         self._log_prompts = log_prompts
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}

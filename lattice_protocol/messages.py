@@ -14,6 +14,7 @@ Two layers:
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -259,23 +260,29 @@ class ReplayGuard:
     """The daemon's memory of jobs it accepted, kept until each job's deadline passes.
 
     ``admit`` raises ``ProtocolError`` (reason ``expired`` or ``replay``) for a job past
-    its deadline or seen before; a replay after the deadline is refused as expired.
+    its deadline or seen before; a replay after the deadline is refused as expired, so
+    an id can be forgotten once its deadline has passed. Forgetting walks a heap ordered
+    by deadline: each admit costs O(log n), however many ids are remembered.
     """
 
     _seen: dict[str, float] = field(default_factory=dict)
+    _by_deadline: list[tuple[float, str]] = field(default_factory=list)
 
     def admit(self, spec: JobSpec, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        if len(self._seen) > 1024:
-            self._prune(now)
+        self._forget_expired(now)
         if spec.deadline <= now:
             raise ProtocolError(f"job {spec.job_id} is past its deadline", reason="expired")
         if spec.job_id in self._seen:
             raise ProtocolError(f"job {spec.job_id} was already received", reason="replay")
         self._seen[spec.job_id] = spec.deadline
+        heapq.heappush(self._by_deadline, (spec.deadline, spec.job_id))
 
-    def _prune(self, now: float) -> None:
-        self._seen = {k: v for k, v in self._seen.items() if v > now}
+    def _forget_expired(self, now: float) -> None:
+        heap = self._by_deadline
+        while heap and heap[0][0] <= now:
+            _, job_id = heapq.heappop(heap)
+            self._seen.pop(job_id, None)
 
     def __len__(self) -> int:
         return len(self._seen)

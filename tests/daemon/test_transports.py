@@ -12,9 +12,7 @@ import httpx
 import pytest
 
 from lattice_daemon.fasthttp import FastHTTPTransport
-from lattice_daemon.replay import DaemonReplayGuard
 from lattice_daemon.transports import ShardedTransport, _unused_tls_context, relay_transport
-from lattice_protocol import JobSpec, ProtocolError
 from providers import Provider, ProviderError, make_provider
 from tests.servers import run_ollama_server, run_openai_server
 from tests.support.net import async_wait_until, free_port
@@ -179,26 +177,6 @@ def test_relay_transport_is_fast_unless_a_proxy_is_configured(
     assert isinstance(relay_transport("https://gateway.example"), FastHTTPTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert relay_transport("https://gateway.example") is None  # httpx handles proxies
-
-
-def _spec(job_id: str, deadline: float) -> JobSpec:
-    return JobSpec(job_id=job_id, lattice_id="prt_x", deadline=deadline, stream=False,
-                   request={})
-
-
-def test_replay_guard_prunes_at_most_once_a_second_and_still_refuses_replays() -> None:
-    guard = DaemonReplayGuard()
-    now = time.time()
-    for index in range(1100):
-        guard.admit(_spec(f"job_{index}", now + 5), now=now)
-    with pytest.raises(ProtocolError) as replay:
-        guard.admit(_spec("job_3", now + 5), now=now + 0.5)
-    assert replay.value.reason == "replay"
-    guard.admit(_spec("late", now + 60), now=now + 10)  # ids past their deadline go
-    assert len(guard) == 1
-    with pytest.raises(ProtocolError) as expired:
-        guard.admit(_spec("job_3", now + 5), now=now + 10)
-    assert expired.value.reason == "expired"
 
 
 async def test_read_and_connect_timeouts_are_enforced() -> None:

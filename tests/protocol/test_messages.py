@@ -138,3 +138,19 @@ def test_replay_guard_forgets_only_expired_entries() -> None:
     assert len(guard) == 551  # the 550 still-valid ones + fresh
     with pytest.raises(ProtocolError):
         guard.admit(job(job_id="old1", deadline=1100.0), now=500.0)
+
+
+def test_replay_guard_cost_does_not_grow_with_remembered_ids() -> None:
+    """Thousands of live ids: replays still refused, expired ids forgotten in order."""
+    guard = ReplayGuard()
+    now = 1_000.0
+    for index in range(5000):
+        guard.admit(job(job_id=f"job_{index}", deadline=now + 5 + index / 1000), now=now)
+    with pytest.raises(ProtocolError) as replay:
+        guard.admit(job(job_id="job_3", deadline=now + 5), now=now + 0.5)
+    assert replay.value.reason == "replay"
+    guard.admit(job(job_id="late", deadline=now + 60), now=now + 7.5)  # forgets 2,501 ids
+    assert len(guard) == 5000 - 2501 + 1
+    with pytest.raises(ProtocolError) as still_live:
+        guard.admit(job(job_id="job_4999", deadline=now + 60), now=now + 7.5)
+    assert still_live.value.reason == "replay"
