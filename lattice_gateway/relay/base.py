@@ -8,6 +8,8 @@ broker when a job is finished, which releases the lease.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +54,39 @@ class EventsResult:
     def to_dict(self) -> dict[str, Any]:
         return {"refused": [r.to_dict() for r in self.refused],
                 "cancels": [c.to_dict() for c in self.cancels]}
+
+
+def resolve(future: asyncio.Future[Any]) -> None:
+    """Wake a waiter (timer callback); a no-op once it is already resolved."""
+    if not future.done():
+        future.set_result(None)
+
+
+class EventInbox:
+    """The events of one job waiting for the request that holds it (both brokers)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[SealedEvent | LatticeError] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, item: SealedEvent | LatticeError) -> None:
+        self._items.append(item)
+        if self._waiter is not None:
+            resolve(self._waiter)
+
+    async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(timeout, 0.0), resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._items.popleft() if self._items else None
 
 
 class JobTicket(Protocol):

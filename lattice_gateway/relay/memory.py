@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
-from .base import EventsResult, PollResult, Receive, Refusal, SessionNotFound
+from .base import EventInbox, EventsResult, PollResult, Receive, Refusal, SessionNotFound
 
 MAX_SESSIONS_PER_RUNTIME = 32  # a daemon token cannot grow the broker without bound
 
@@ -33,13 +33,11 @@ class _State(enum.Enum):
     DONE = 3
 
 
-class MemoryTicket:
+class MemoryTicket(EventInbox):
     """One submitted job, as the chat route holding the app's request sees it."""
 
     __slots__ = (
         "_broker",
-        "_items",
-        "_waiter",
         "enqueued_at",
         "envelope",
         "job_id",
@@ -50,6 +48,7 @@ class MemoryTicket:
     )
 
     def __init__(self, broker: MemoryBroker, lattice_id: str, envelope: JobEnvelope) -> None:
+        super().__init__()
         self._broker = broker
         self.job_id = envelope.job_id
         self.lattice_id = lattice_id
@@ -58,41 +57,16 @@ class MemoryTicket:
         self.state = _State.QUEUED
         self.session: _Session | None = None
         self.was_leased = False
-        self._items: deque[SealedEvent | LatticeError] = deque()
-        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def leased(self) -> bool:
         return self.was_leased
-
-    def push(self, item: SealedEvent | LatticeError) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
-        if not self._items:
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(max(timeout, 0.0), _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-        return self._items.popleft() if self._items else None
 
     def finish(self) -> None:
         self._broker._finish(self)
 
     def cancel(self, reason: str = "cancelled") -> None:
         self._broker._cancel(self, reason)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 @dataclass(eq=False)

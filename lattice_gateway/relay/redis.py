@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
 from . import redis_scripts as lua
-from .base import EventsResult, PollResult, Receive, Refusal, SessionNotFound
+from .base import EventInbox, EventsResult, PollResult, Receive, Refusal, SessionNotFound, resolve
 from .memory import MAX_SESSIONS_PER_RUNTIME
 
 log = logging.getLogger("lattice_gateway.relay")
@@ -41,19 +41,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisTicket:
-    __slots__ = ("_broker", "_items", "_waiter", "done", "enqueued_at", "job_id",
-                 "lattice_id", "seen_event")
+class RedisTicket(EventInbox):
+    __slots__ = ("_broker", "done", "enqueued_at", "job_id", "lattice_id", "seen_event")
 
     def __init__(self, broker: RedisBroker, lattice_id: str, job_id: str) -> None:
+        super().__init__()
         self._broker = broker
         self.job_id = job_id
         self.lattice_id = lattice_id
         self.enqueued_at = time.monotonic()
         self.done = False
         self.seen_event = False
-        self._items: deque[SealedEvent | LatticeError] = deque()
-        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def leased(self) -> bool:
@@ -62,21 +60,7 @@ class RedisTicket:
     def push(self, item: SealedEvent | LatticeError) -> None:
         if isinstance(item, SealedEvent):
             self.seen_event = True
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
-        if not self._items:
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(max(timeout, 0.0), _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-        return self._items.popleft() if self._items else None
+        super().push(item)
 
     def finish(self) -> None:
         if not self.done:
@@ -92,11 +76,6 @@ class RedisTicket:
         self.push(LatticeError(ErrorCode.CANCELLED, f"job cancelled ({reason})"))
         notice = orjson.dumps(CancelNotice(self.job_id, reason).to_dict()).decode()
         self._broker._write_behind(self._broker._script("cancel", self.job_id, notice))
-
-
-def _resolve(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 @dataclass(eq=False)
@@ -495,5 +474,5 @@ async def _watch_disconnect(receive: Receive, future: asyncio.Future[PollResult 
     while True:
         message = await receive()
         if message.get("type") == "http.disconnect":
-            _resolve(future)
+            resolve(future)
             return
