@@ -13,12 +13,14 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import httpx
 
 from providers import _json
 from providers.base import ProviderError, ProviderErrorReason
+from providers.chunks import aggregate, wants_usage
 
 T = TypeVar("T")
 
@@ -107,6 +109,19 @@ class HttpProvider:
             timeout=httpx.Timeout(None, connect=10.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
         )
+
+    async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
+        # Streamed underneath so deadlines are about silence and cancel closes the socket.
+        async with aclosing(self._chunks(request, include_usage=True)) as chunks:
+            return await aggregate(chunks)
+
+    def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks(request, include_usage=wants_usage(request))
+
+    def _chunks(self, request: dict[str, Any], *, include_usage: bool
+                ) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI chunks in contract order; each adapter speaks its own wire format."""
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         await self._client.aclose()

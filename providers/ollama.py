@@ -15,7 +15,7 @@ from typing import Any
 from providers import _json
 from providers._http import HttpProvider, error_text_from_value
 from providers.base import ProviderError, ProviderHealth
-from providers.chunks import ChunkMaker, aggregate, new_tool_call_id, usage_dict, wants_usage
+from providers.chunks import ChunkMaker, new_tool_call_id, usage_dict
 from providers.ollama_mapping import to_ollama_request, unix_time
 
 
@@ -38,14 +38,6 @@ class OllamaProvider(HttpProvider):
         ver = version.get("version")
         return ProviderHealth(True, f"{self.display_name}: running, {len(models)} model(s)",
                               ver, models, kind=self.kind, url=self.base_url)
-
-    async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
-        # Streamed underneath so deadlines are about silence and cancel closes the socket.
-        async with aclosing(self._chunks(request, include_usage=True)) as chunks:
-            return await aggregate(chunks)
-
-    def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        return self._chunks(request, include_usage=wants_usage(request))
 
     async def _chunks(self, request: dict[str, Any], *, include_usage: bool
                       ) -> AsyncIterator[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 from providers import _json
 from providers._http import HttpProvider, error_text_from_value
 from providers.base import ProviderError, ProviderHealth
-from providers.chunks import ChunkMaker, aggregate, usage_dict, wants_usage
+from providers.chunks import ChunkMaker, usage_dict
 
 _DONE = b"[DONE]"
 
@@ -44,13 +44,6 @@ class OpenAICompatProvider(HttpProvider):
             return ProviderHealth(False, exc.message, kind=self.kind, url=self.base_url)
         return ProviderHealth(True, f"{self.display_name}: running, {len(models)} model(s)",
                               None, models, kind=self.kind, url=self.base_url)
-
-    async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
-        async with aclosing(self._chunks(request, include_usage=True)) as chunks:
-            return await aggregate(chunks)
-
-    def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        return self._chunks(request, include_usage=wants_usage(request))
 
     async def _chunks(self, request: dict[str, Any], *, include_usage: bool
                       ) -> AsyncIterator[dict[str, Any]]:
