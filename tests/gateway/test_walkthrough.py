@@ -20,6 +20,7 @@ from tests.support.net import async_wait_until
 pytestmark = pytest.mark.e2e
 
 PRESENCE_WINDOW = 1.0
+PROMPT = "ping through the relay: a private prompt 7f3a9c"
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,8 @@ async def test_walkthrough(gateway: GatewayProcess, api: httpx.AsyncClient) -> N
                                   max_retries=0) as client:
         completion = await client.chat.completions.create(
             model=f"lattice:personal:{lattice_id}",
-            messages=[{"role": "user", "content": "ping through the relay"}])
-    assert completion.choices[0].message.content == "ping through the relay"
+            messages=[{"role": "user", "content": PROMPT}])
+    assert completion.choices[0].message.content == PROMPT
 
     await daemon.stop()  # graceful: deregisters, offline at once
     assert await status_of(api, lattice_id) == "offline"
@@ -101,6 +102,15 @@ async def test_walkthrough(gateway: GatewayProcess, api: httpx.AsyncClient) -> N
             "daemonVersion": "1", "provider": {"kind": "ollama"}})
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "runtime_revoked"
+
+    # Nothing of the conversation or of the secrets is kept: not in the SQLite files
+    # (main file, WAL and shared memory: read as the gateway left them), not in its log.
+    database = Path(gateway.database)
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    assert b"Ada's laptop" in stored  # the check reads the real records
+    for text in (PROMPT, key, token, redeemed["daemonToken"]):
+        assert text.encode() not in stored
+        assert text not in gateway.log_text()
 
 
 async def test_killed_daemon_turns_offline_within_the_presence_window(
