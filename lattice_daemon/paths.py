@@ -7,6 +7,7 @@ of them under one directory (tests use it), and ``LATTICE_SOCKET`` moves the soc
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def get_paths() -> Paths:
     import platformdirs  # imported here: only needed without LATTICE_HOME
 
     dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
-    runtime = Path(dirs.user_runtime_dir)
+    if sys.platform.startswith("linux") and not os.environ.get("XDG_RUNTIME_DIR"):
+        # No login session (SSH without pam_systemd, containers, cron): platformdirs
+        # would warn on every command and fall back to a shared /tmp/runtime-<uid>,
+        # which another user could create first. The user's own state dir is private.
+        runtime = Path(dirs.user_state_dir) / "run"
+    else:
+        runtime = Path(dirs.user_runtime_dir)
     return Paths(Path(dirs.user_config_dir), Path(dirs.user_data_dir), runtime,
                  Path(dirs.user_log_dir))
