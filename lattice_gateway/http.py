@@ -56,7 +56,11 @@ async def read_json_body(request: Request, max_bytes: int,
         raise LatticeError(ErrorCode.INVALID_REQUEST, "request body must be a JSON object")
     try:
         value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise LatticeError(ErrorCode.INVALID_REQUEST, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:
+        # JSONDecodeError and UnicodeDecodeError, and the plain ValueError of an integer
+        # literal longer than Python's int conversion limit.
         raise LatticeError(ErrorCode.INVALID_REQUEST, f"malformed JSON: {exc}") from None
     if not isinstance(value, dict):
         raise LatticeError(ErrorCode.INVALID_REQUEST, "request body must be a JSON object")

@@ -38,6 +38,11 @@ BAD_BODIES = [
     ("wrong type", b'{"displayName": ["Mac"], "executionBackend": "local-model"}', "displayName"),
     ("unknown backend", b'{"displayName": "Mac", "executionBackend": "cloud"}',
      "executionBackend"),
+    # The stdlib parser raises RecursionError / a plain ValueError for these, not
+    # JSONDecodeError: they are still bad input, never an internal error.
+    ("deeply nested", b'{"displayName": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
+    ("huge integer", b'{"displayName": "Mac", "executionBackend": "local-model", "n": '
+     + b"9" * 5000 + b"}", None),
 ]
 
 
