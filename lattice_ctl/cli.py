@@ -37,6 +37,28 @@ _HELP = {
 }
 
 
+def _set_json_mode(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().obj["json"] = True
+
+
+def _accept_json_after_subcommand(command: click.Command) -> None:
+    """Give every leaf command its own `--json` flag.
+
+    People type `lattice-ctl status --json` (as with `tailscale status --json`) as
+    often as `lattice-ctl --json status`; both must give the JSON output.
+    """
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_json_after_subcommand(sub)
+        return
+    if any(param.name == "json_flag" for param in command.params):
+        return
+    command.params.append(click.Option(
+        ["--json", "json_flag"], is_flag=True, expose_value=False, callback=_set_json_mode,
+        help="Machine-readable output on stdout."))
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -46,7 +68,9 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, _, attr = target.partition(":")
-        return getattr(importlib.import_module(module_name), attr)
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
+        _accept_json_after_subcommand(command)
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help lists every command without importing them all.

@@ -109,3 +109,15 @@ def test_unknown_command_is_a_usage_error(run_ctl: RunCtl) -> None:
 def test_json_output_is_valid_for_relay_status_unpaired(run_ctl: RunCtl) -> None:
     data = json.loads(run_ctl("--json", "relay", "status").stdout)
     assert data == {"paired": False, "daemon": {"running": False}}
+
+
+def test_json_flag_after_the_subcommand_works_like_the_global_one(run_ctl: RunCtl) -> None:
+    # `lattice-ctl status --json`, as people type it (tailscale status --json).
+    status = run_ctl("status", "--json")
+    assert status.exit_code == 0, status.output
+    assert stdout_json(status)["state"] == "not_paired"
+    assert stdout_json(run_ctl("relay", "status", "--json")) == {
+        "paired": False, "daemon": {"running": False}}
+    assert stdout_json(run_ctl("daemon", "status", "--json")) == {"running": False}
+    ping = run_ctl("ping", "--json")
+    assert ping.exit_code == 1 and stdout_json(ping)["code"] == "daemon_not_running"
