@@ -19,9 +19,14 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
+def sse_frame(json_bytes: bytes) -> bytes:
+    """One ``data:`` event carrying encoded JSON (orjson never emits raw newlines)."""
+    return b"data: " + json_bytes + b"\n\n"
+
+
 def sse_data(value: Any) -> bytes:
-    """One ``data:`` event carrying a JSON value (orjson never emits raw newlines)."""
-    return b"data: " + orjson.dumps(value) + b"\n\n"
+    """One ``data:`` event carrying a JSON value."""
+    return sse_frame(orjson.dumps(value))
 
 
 def sse_error(code: ErrorCode, message: str, param: str | None = None) -> bytes:

@@ -45,7 +45,7 @@ from ..errors import api_error_response
 from ..http import read_json_body
 from ..relay import JobTicket, RelayBroker
 from ..services import SCOPE_INFERENCE, Runtime, Services
-from ..sse import SSE_DONE, SSE_HEADERS, SSE_KEEPALIVE, sse_data, sse_error
+from ..sse import SSE_DONE, SSE_HEADERS, SSE_KEEPALIVE, sse_error, sse_frame
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -277,7 +277,12 @@ class _RelayedJob:
     def _open(self, sealed: SealedEvent) -> ResultEvent | LatticeError:
         try:
             event = ResultEvent.from_dict(self.sealer.open_json(sealed.sealed))
-        except (SealError, ProtocolError) as exc:
+        except RecursionError:
+            self.ticket.cancel("invalid_event")
+            return LatticeError(ErrorCode.PROVIDER_ERROR,
+                                "the personal runtime sent an event nested too deeply")
+        except (SealError, ProtocolError, ValueError) as exc:
+            # ValueError: an integer literal past Python's int conversion limit.
             self.ticket.cancel("invalid_event")
             return LatticeError(ErrorCode.PROVIDER_ERROR,
                                 f"the personal runtime sent an event that could not be opened "
@@ -297,9 +302,18 @@ class _RelayedJob:
         message = (event.message or "the local provider failed")[:_MAX_DAEMON_MESSAGE]
         return LatticeError(code, message)
 
-    def with_model(self, data: dict[str, Any]) -> dict[str, Any]:
+    def encode(self, data: dict[str, Any]) -> bytes | LatticeError:
+        """A daemon's completion or chunk as the app's JSON, carrying the app's model
+        string. Values orjson cannot write (integers beyond 64 bits, nesting past its
+        limit) are the daemon's fault: provider_error, never a truncated answer."""
         data["model"] = self.model
-        return data
+        try:
+            return orjson.dumps(data)
+        except orjson.JSONEncodeError as exc:
+            self.ticket.cancel("invalid_event")
+            return LatticeError(ErrorCode.PROVIDER_ERROR,
+                                f"the personal runtime sent a result that is not valid JSON "
+                                f"for the app ({exc})")
 
 
 async def _watch_disconnect(receive: Receive, ticket: JobTicket) -> None:
@@ -352,10 +366,13 @@ class _CompletionAnswer(_HeldAnswer):
             assert event is not None
             if event.kind == "result" and event.data is not None:
                 relay.ticket.finish()
+                encoded = relay.encode(event.data)
+                if isinstance(encoded, LatticeError):
+                    await self.send_error(send, encoded)
+                    return
                 await send({"type": "http.response.start", "status": 200,
                             "headers": _JSON_HEADERS})
-                await send({"type": "http.response.body",
-                            "body": orjson.dumps(relay.with_model(event.data))})
+                await send({"type": "http.response.body", "body": encoded})
                 return
             if event.kind == "error":
                 relay.ticket.finish()
@@ -395,9 +412,13 @@ class _StreamingAnswer(_HeldAnswer):
             if isinstance(event, LatticeError):
                 failure = event
             elif event.kind == "chunk" and event.data is not None:
-                await start()
-                await body(sse_data(relay.with_model(event.data)))
-                continue
+                encoded = relay.encode(event.data)
+                if isinstance(encoded, LatticeError):
+                    failure = encoded
+                else:
+                    await start()
+                    await body(sse_frame(encoded))
+                    continue
             elif event.kind == "end":
                 relay.ticket.finish()
                 await start()

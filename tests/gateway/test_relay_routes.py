@@ -297,3 +297,68 @@ async def test_too_many_busy_sessions_is_429_with_retry_after(
     assert int(refused.headers["retry-after"]) > 0
     for poll in polls:
         assert (await poll).status_code == 200
+
+
+def _result_payload(job_id: str, data_json: bytes) -> bytes:
+    return (b'{"v":1,"type":"result","jobId":"' + job_id.encode() + b'","seq":0,"data":'
+            + data_json + b"}")
+
+
+# Sealed payloads a broken or hostile daemon can send that the stdlib parser or orjson
+# cannot handle: each must be the app's 502 provider_error, never a 500.
+HOSTILE_RESULT_DATA = {
+    "deeply nested": b'{"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    "over-long integer": b'{"x":' + b"9" * 5000 + b"}",
+    "integer beyond 64 bits": b'{"x":' + str(2**70).encode() + b"}",
+    "nested past orjson's limit": b'{"x":' + b"[" * 300 + b"]" * 300 + b"}",
+}
+
+
+@pytest.mark.parametrize("data_json", HOSTILE_RESULT_DATA.values(), ids=HOSTILE_RESULT_DATA)
+async def test_unrepresentable_result_is_a_502_not_a_crash(gateway: InProcessGateway,
+                                                           data_json: bytes) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    chat = asyncio.create_task(gateway.client.post(
+        "/v1/chat/completions", headers={"x-api-key": paired.key},
+        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES}))
+    polled = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                       headers=paired.headers, json={"capacity": 1})
+    job_id = polled.json()["jobs"][0]["jobId"]
+    sealed = paired.sealer.seal(_result_payload(job_id, data_json))
+    await gateway.client.post(f"/v1/relay/sessions/{session}/events", headers=paired.headers,
+                              json={"events": [{"jobId": job_id, "seq": 0, "sealed": sealed}]})
+    answer = await chat
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["code"] == "provider_error"
+    assert answer.headers["x-should-retry"] == "false"
+
+
+async def test_unrepresentable_chunk_mid_stream_ends_with_an_error_event(
+        gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    chat = asyncio.create_task(gateway.client.post(
+        "/v1/chat/completions", headers={"x-api-key": paired.key},
+        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES,
+              "stream": True}))
+    polled = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
+                                       headers=paired.headers, json={"capacity": 1})
+    job_id = polled.json()["jobs"][0]["jobId"]
+    good = ResultEvent("chunk", job_id, 0, data={
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "x",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"},
+                     "finish_reason": None}]})
+    bad = (b'{"v":1,"type":"chunk","jobId":"' + job_id.encode() + b'","seq":1,"data":{"x":'
+           + str(2**70).encode() + b"}}")
+    await gateway.client.post(f"/v1/relay/sessions/{session}/events", headers=paired.headers,
+                              json={"events": [
+                                  {"jobId": job_id, "seq": 0,
+                                   "sealed": paired.sealer.seal_json(good.to_dict())},
+                                  {"jobId": job_id, "seq": 1, "sealed": paired.sealer.seal(bad)}]})
+    answer = await chat
+    assert answer.status_code == 200
+    frames = [f for f in answer.text.split("\n\n") if f]
+    assert len(frames) == 2, frames
+    assert '"content":"hi"' in frames[0]
+    assert frames[1].startswith("data: ") and '"code":"provider_error"' in frames[1]
