@@ -64,4 +64,12 @@ async def read_json_body(request: Request, max_bytes: int,
         raise LatticeError(ErrorCode.INVALID_REQUEST, f"malformed JSON: {exc}") from None
     if not isinstance(value, dict):
         raise LatticeError(ErrorCode.INVALID_REQUEST, "request body must be a JSON object")
+    try:
+        # What is accepted must also be writable: bodies are stored and sealed for the
+        # daemon with orjson, which refuses what the stdlib parser lets through (lone
+        # surrogates, integers beyond 64 bits, nesting past 254 levels).
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise LatticeError(ErrorCode.INVALID_REQUEST,
+                           f"request body cannot be represented: {exc}") from None
     return value

@@ -43,6 +43,9 @@ BAD_BODIES = [
     ("deeply nested", b'{"displayName": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
     ("huge integer", b'{"displayName": "Mac", "executionBackend": "local-model", "n": '
      + b"9" * 5000 + b"}", None),
+    # Valid JSON text that has no UTF-8 form: it could be neither stored nor relayed.
+    ("lone surrogate", b'{"displayName": "M\\ud800ac", "executionBackend": "local-model"}',
+     None),
 ]
 
 

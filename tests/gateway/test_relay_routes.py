@@ -362,3 +362,26 @@ async def test_unrepresentable_chunk_mid_stream_ends_with_an_error_event(
     assert len(frames) == 2, frames
     assert '"content":"hi"' in frames[0]
     assert frames[1].startswith("data: ") and '"code":"provider_error"' in frames[1]
+
+
+# Request bodies the stdlib parser accepts but that cannot be sealed for the daemon.
+UNRELAYABLE_CHAT_FIELDS = {
+    "lone surrogate": b'"user": "\\ud800"',
+    "integer beyond 64 bits": b'"metadata": {"x": ' + str(2**70).encode() + b"}",
+    "nested past orjson's limit": b'"metadata": {"x": ' + b"[" * 300 + b"]" * 300 + b"}",
+}
+
+
+@pytest.mark.parametrize("field", UNRELAYABLE_CHAT_FIELDS.values(), ids=UNRELAYABLE_CHAT_FIELDS)
+async def test_unrelayable_chat_body_is_400_before_anything_is_queued(
+        gateway: InProcessGateway, field: bytes) -> None:
+    paired = await pair(gateway)
+    await register(gateway, paired)
+    raw = (b'{"model": "lattice:personal:' + paired.lattice_id.encode()
+           + b'", "messages": [{"role": "user", "content": "hi"}], ' + field + b"}")
+    answer = await gateway.client.post("/v1/chat/completions", content=raw,
+                                       headers={"x-api-key": paired.key,
+                                                "content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_request"
+    assert answer.headers["x-should-retry"] == "false"
