@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,32 @@ class DaemonConfig:
         return self.relay is not None
 
 
+def _has_type(value: Any, annotation: Any) -> bool:
+    """Whether a TOML value fits a field's annotation (the few types the config uses)."""
+    if isinstance(annotation, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if annotation is float:  # TOML writes 30 as an integer; bool is not a number here
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is list:
+        return "a list of strings"
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return " or ".join(_TYPE_NAMES.get(k, str(k)) for k in kinds)
+
+
 def _section(cls: type, raw: Any, name: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"[{name}] must be a table")
@@ -84,6 +112,13 @@ def _section(cls: type, raw: Any, name: str) -> Any:
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"[{name}] has unknown keys: {', '.join(sorted(unknown))}")
+    # A wrong type would otherwise surface later as a traceback (exit 1, which the service
+    # manager restarts forever), or silently: log_prompts = "false" is truthy.
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        if not _has_type(value, hints[key]):
+            raise ConfigError(f"[{name}] {key} must be {_type_name(hints[key])}, "
+                              f"not {type(value).__name__}")
     try:
         return cls(**raw)
     except TypeError as exc:

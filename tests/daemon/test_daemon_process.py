@@ -102,6 +102,25 @@ def test_invalid_setting_exits_with_config_code(paths: Paths) -> None:
     assert "max_concurrency" in result.stderr
 
 
+@pytest.mark.parametrize(("section", "line", "named"), [
+    ("provider", "url = 5", "[provider] url must be a string"),
+    ("provider", 'first_token_timeout = "5m"', "[provider] first_token_timeout must be a number"),
+    ("provider", 'allowed_models = "llama3.2"', "[provider] allowed_models must be a list"),
+    ("daemon", 'log_prompts = "false"', "[daemon] log_prompts must be true or false"),
+])
+def test_a_setting_of_the_wrong_type_exits_with_config_code(
+        paths: Paths, section: str, line: str, named: str) -> None:
+    # Not a traceback (exit 1: the service manager restarts it forever), and never
+    # silently taken: the string "false" is truthy and would log every prompt.
+    paths.config_dir.mkdir(parents=True, mode=0o700)
+    paths.config_file.write_text(f"[{section}]\n{line}\n")
+    paths.config_file.chmod(0o600)
+    result = run_once(timeout=10)
+    assert result.returncode == exitcodes.CONFIG, result.stderr
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_second_instance_is_refused(paths: Paths) -> None:
     write_config(paths, provider_url="http://127.0.0.1:9")
     with DaemonProcess(paths).start() as first:
