@@ -23,13 +23,25 @@ _DATABASE_HELP = ("SQLite path or sqlite:///PATH, or postgresql://... "
                   "[env LATTICE_GATEWAY_DATABASE; default: gateway.db in the data dir]")
 
 
-def _run(make: Callable[[], Awaitable[T]]) -> T:
+def _run(make: Callable[[], Awaitable[T]], database: str | None) -> T:
+    """Run an admin command's coroutine; bad input and database failures are one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return asyncio.run(make())  # type: ignore[arg-type]
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot open the database: {exc}") from None
+    except (OSError, SQLAlchemyError) as exc:
+        raise click.ClickException(_database_failure(database, exc)) from None
+
+
+def _database_failure(database: str | None, exc: Exception) -> str:
+    """One line naming the database (never its password) and the driver's reason."""
+    from .store import resolve_database
+
+    reason = (str(exc).splitlines() or [""])[0]
+    return (f"cannot open the database {resolve_database(database).display()}: "
+            f"{type(exc).__name__}: {reason}")
 
 
 def _database(option: str | None) -> str | None:
@@ -130,7 +142,7 @@ def _preflight_database(database: str | None) -> None:
     A wrong URL or a database that is down then fails with one clear line instead of a
     traceback from inside the server's startup.
     """
-    from .store import SqlStore, resolve_database
+    from .store import SqlStore
 
     async def check() -> None:
         store = await SqlStore.open(database)
@@ -139,9 +151,7 @@ def _preflight_database(database: str | None) -> None:
     try:
         asyncio.run(check())
     except Exception as exc:
-        where = resolve_database(database).display()
-        raise click.ClickException(
-            f"cannot open the database {where}: {type(exc).__name__}: {exc}") from None
+        raise click.ClickException(_database_failure(database, exc)) from None
 
 
 def _check_public_url(url: str) -> None:
@@ -191,7 +201,7 @@ def keys_create(account: str, scopes: tuple[str, ...], database: str | None,
         return {"apiKey": issued.secret, "accountId": issued.account_id,
                 "scopes": list(issued.scopes)}
 
-    _print_secret(_run(create), "apiKey", as_json, "API key")
+    _print_secret(_run(create, _database(database)), "apiKey", as_json, "API key")
 
 
 @keys.command("revoke")
@@ -211,7 +221,7 @@ def keys_revoke(database: str | None) -> None:
         finally:
             await store.close()
 
-    if not _run(revoke):
+    if not _run(revoke, _database(database)):
         raise click.ClickException("no such active key or token")
     click.echo("revoked (gateways stop accepting it within a few seconds)", err=True)
 
@@ -244,7 +254,7 @@ def tokens_create(account: str, scopes: tuple[str, ...], ttl: int, database: str
         return {"accessToken": issued.secret, "accountId": issued.account_id,
                 "scopes": list(issued.scopes), "expiresAt": iso_from_ms(issued.expires_ms)}
 
-    _print_secret(_run(create), "accessToken", as_json, "Access token")
+    _print_secret(_run(create, _database(database)), "accessToken", as_json, "Access token")
 
 
 if __name__ == "__main__":

@@ -206,3 +206,21 @@ def test_sigterm_answers_held_polls_instead_of_waiting_them_out(tmp_path: Path,
                 assert time.monotonic() - started < 15
             finally:
                 daemon.kill()
+
+
+def test_commands_with_a_database_that_refuses_fail_with_one_line(
+        lattice_home: Path) -> None:
+    # The server answers but refuses (no such database): an error from the driver, not
+    # an OSError.
+    missing = "postgresql://postgres:hunter2@127.0.0.1:5432/lattice_no_such_database"
+    for args in (["keys", "create", "--account", "acme", "--scope", SCOPE_INFERENCE],
+                 ["tokens", "create", "--account", "acme", "--scope", SCOPE_INFERENCE],
+                 ["serve", "--port", "1"]):
+        result = CliRunner().invoke(main, [*args, "--database", missing])
+        assert result.exit_code == 1
+        assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+        assert "cannot open the database postgresql://postgres@127.0.0.1:5432/" \
+            "lattice_no_such_database" in result.output
+        assert "does not exist" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert "hunter2" not in result.output
