@@ -1,0 +1,159 @@
+"""The user-facing documentation stays true to the code.
+
+Every `lattice-ctl` / `lattice-gateway` command line shown in README.md and docs/*.md
+names real subcommands and options that exist where they are written; the endpoint
+tables of docs/protocol.md and docs/control-api.md are the routes the gateway and the
+daemon serve; the packages import each other only as docs/architecture.md says.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from lattice_ctl.cli import cli as ctl_cli
+from lattice_gateway.cli import main as gateway_cli
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+CLIS: dict[str, click.Command] = {"lattice-ctl": ctl_cli, "lattice-gateway": gateway_cli}
+COMMAND_START = re.compile(r"^(lattice-ctl|lattice-gateway)(\s|$)")
+
+
+def shown_commands(text: str) -> list[str]:
+    """Command lines in fenced blocks and in inline code spans, comments dropped."""
+    found: list[str] = []
+    in_block = False
+    pending = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_block = not in_block
+            continue
+        if in_block:
+            line = pending + line.strip()
+            pending = ""
+            if line.endswith("\\"):
+                pending = line[:-1] + " "
+                continue
+            if COMMAND_START.match(line):
+                found.append(line.split(" #")[0].strip())
+        else:
+            found.extend(span for span in re.findall(r"`([^`]+)`", line)
+                         if COMMAND_START.match(span))
+    return found
+
+
+def subcommands(group: click.Group) -> dict[str, click.Command]:
+    ctx = click.Context(group)
+    return {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+
+
+def problems_in(line: str) -> list[str]:
+    """What in one shown command line the CLI would refuse (synopsis forms allowed:
+    `a|b` alternatives, `[-f]` optional parts, `...` elisions)."""
+    words = shlex.split(line)
+    command: click.Command = CLIS[words[0]]
+    problems: list[str] = []
+    expects_value = False
+    for word in words[1:]:
+        if expects_value:
+            expects_value = False
+            continue
+        word = word.strip("[]")
+        if word in ("", "...") or word.startswith("<"):
+            continue
+        if word.startswith("-"):
+            name = word.split("=")[0]
+            option = next((p for p in command.params if isinstance(p, click.Option)
+                           and name in (*p.opts, *p.secondary_opts)), None)
+            if option is None and name not in ("-h", "--help"):
+                problems.append(f"{line!r}: {command.name} has no option {name}")
+            expects_value = bool(option and not option.is_flag and "=" not in word)
+            continue
+        if isinstance(command, click.Group):
+            known = subcommands(command)
+            alternatives = word.split("|")
+            missing = [a for a in alternatives if a not in known]
+            if missing:
+                problems.append(f"{line!r}: {command.name} has no command {missing}")
+                break
+            command = known[alternatives[-1]]  # `start|logs [-f]`: options of the last
+    return problems
+
+
+def test_docs_show_some_commands_of_both_clis() -> None:
+    lines = [line for doc in DOCS for line in shown_commands(doc.read_text())]
+    assert {line.split()[0] for line in lines} == set(CLIS)
+    assert any("relay connect --gateway" in line for line in lines)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
+def test_every_shown_command_parses(doc: Path) -> None:
+    problems = [p for line in shown_commands(doc.read_text()) for p in problems_in(line)]
+    assert problems == []
+
+
+def test_the_checker_catches_what_the_cli_refuses() -> None:
+    assert problems_in("lattice-ctl relay connect --gateway '<url>' --replace") == []
+    assert problems_in("lattice-ctl daemon start|stop|logs [-f]") == []
+    assert problems_in("lattice-ctl relay connect --frobnicate")
+    assert problems_in("lattice-ctl daemon launch")
+    assert problems_in("lattice-gateway keys create --ttl 60")  # --ttl is tokens' option
+
+
+def table_endpoints(doc: str) -> set[tuple[str, str]]:
+    rows = re.findall(r"^\|(?:[^|\n]*\|)*?\s*`(GET|POST|DELETE|PUT|PATCH) (/[^`]+)`\s*\|",
+                      (REPO / "docs" / doc).read_text(), re.MULTILINE)
+    return {(method, re.sub(r"\{[^}]+\}", "{}", path)) for method, path in rows}
+
+
+def test_protocol_doc_lists_exactly_the_relay_routes() -> None:
+    from lattice_gateway.routes import bootstrap, relay
+
+    served = {(method, re.sub(r"\{[^}]+\}", "{}", route.path))
+              for route in (*relay.routes, *bootstrap.routes)
+              for method in route.methods - {"HEAD"}}
+    assert table_endpoints("protocol.md") == served
+
+
+def test_control_api_doc_lists_exactly_the_daemon_routes() -> None:
+    from lattice_daemon.control import routes_for
+
+    class Backend:  # routes_for only takes the bound handlers' names
+        def __getattr__(self, name: str) -> None:
+            return None
+
+    served = {(method, path) for path, (method, _) in routes_for(Backend()).items()}
+    assert table_endpoints("control-api.md") == served
+
+
+# docs/architecture.md: who may import whom among our packages.
+ALLOWED_IMPORTS = {
+    "lattice_protocol": set(),
+    "providers": set(),
+    "lattice_client": set(),
+    "lattice_daemon": {"lattice_protocol", "providers"},
+    "lattice_ctl": {"lattice_protocol", "providers", "lattice_daemon"},
+    "lattice_gateway": {"lattice_protocol"},
+}
+
+
+def imported_packages(package: str) -> set[str]:
+    found: set[str] = set()
+    for source in (REPO / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return (found & set(ALLOWED_IMPORTS)) - {package}
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))
+def test_package_dependencies_point_one_way(package: str) -> None:
+    assert imported_packages(package) <= ALLOWED_IMPORTS[package]
