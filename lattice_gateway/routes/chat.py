@@ -1,7 +1,7 @@
 """``POST /v1/chat/completions``: validate, seal, relay to the user's daemon, answer.
 
-Order of checks (each failure is the contract's envelope): body size and JSON ->
-credentials with the inference scope -> OpenAI fields and the model string -> the
+Order of checks (each failure is the contract's envelope): credentials with the
+inference scope -> body size and JSON -> OpenAI fields and the model string -> the
 runtime (404 unknown or another account's, 403 revoked, 503 unpaired/offline at once).
 
 The job is then sealed to the runtime's daemon key and submitted to the broker; the
@@ -198,8 +198,8 @@ async def chat_completions(request: Request) -> Response:
 async def _chat_completions(request: Request) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
-    body = await read_json_body(request, settings.max_body_bytes)
     principal = await services.auth.authenticate(request, SCOPE_INFERENCE)
+    body = await read_json_body(request, settings.max_body_bytes)
     chat = validate_chat_request(body)
     runtime = await services.store.get_runtime(chat.lattice_id)
     if runtime is None or runtime.account_id != principal.account_id:

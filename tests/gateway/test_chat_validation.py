@@ -123,6 +123,12 @@ async def test_ten_megabyte_body_is_413(gateway: InProcessGateway) -> None:
 async def test_credentials_are_checked_before_fields(gateway: InProcessGateway) -> None:
     status, answer = await post(gateway, None, {"model": "gpt-4o"})
     assert (status, answer["error"]["code"]) == (401, "invalid_api_key")
+    # Before the body is even parsed: callers without credentials learn nothing and cost
+    # no parsing, as on every other route.
+    status, answer = await post(gateway, None, raw=b"{not json")
+    assert (status, answer["error"]["code"]) == (401, "invalid_api_key")
+    status, answer = await post(gateway, "sk_" + "x" * 43, raw=b"[1, 2]")
+    assert (status, answer["error"]["code"]) == (401, "invalid_api_key")
     manage_only = await gateway.create_key("acme", [SCOPE_MANAGE])
     status, answer = await post(gateway, manage_only, {"model": "gpt-4o"})
     assert (status, answer["error"]["code"]) == (403, "insufficient_scopes")
