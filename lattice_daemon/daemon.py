@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -344,9 +345,7 @@ class Daemon:
         async with self._reload_lock:
             self._refuse_while_stopping()
             try:
-                config = load_config(self.paths)
-                validate(config)
-                keys = load_keys(self.paths, config)
+                config, keys = load_startup(self.paths)
                 provider = None
                 if config.provider != self.config.provider:
                     provider = build_provider(config, self._provider_factory)
@@ -415,8 +414,34 @@ def load_keys(paths: Paths, config: DaemonConfig) -> KeyPair:
     return load_or_create_keypair(paths)
 
 
+def make_secrets_private(paths: Paths) -> None:
+    """Make the config (it holds the daemon token) and key files 0600 again.
+
+    A copy, a restore or an editor can leave them readable by other users; the daemon
+    tightens them, and says so, rather than keep serving with a readable credential.
+    """
+    for path, private in ((paths.config_dir, 0o700), (paths.config_file, 0o600),
+                          (paths.key_file, 0o600)):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot check the mode of {path}: {exc.strerror}") from None
+        if not mode & 0o077:
+            continue
+        try:
+            path.chmod(private)
+        except OSError as exc:
+            raise ConfigError(f"{path} has mode {mode:04o}, which lets other users read it, "
+                              f"and cannot be made {private:04o}: {exc.strerror}") from None
+        log.warning("%s had mode %04o, which let other users read it; made it %04o",
+                    path, mode, private)
+
+
 def load_startup(paths: Paths) -> tuple[DaemonConfig, KeyPair]:
-    """Config and key for a start; ConfigError says what is wrong in one line."""
+    """Config and key for a start or a reload; ConfigError says what is wrong in one line."""
+    make_secrets_private(paths)
     config = load_config(paths)
     validate(config)
     return config, load_keys(paths, config)

@@ -121,6 +121,29 @@ def test_a_setting_of_the_wrong_type_exits_with_config_code(
     assert "Traceback" not in result.stderr
 
 
+def test_readable_config_and_key_are_made_private_at_start_and_reload(
+        paired: PairedRuntime, paths: Paths) -> None:
+    def loosen() -> None:  # as a copy, a restore or an editor may leave them
+        paths.config_dir.chmod(0o755)
+        paths.config_file.chmod(0o644)
+        paths.key_file.chmod(0o644)
+
+    def assert_private() -> None:
+        assert stat.S_IMODE(paths.config_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(paths.config_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(paths.key_file.stat().st_mode) == 0o600
+
+    loosen()
+    with DaemonProcess(paths).start():
+        assert_private()
+        log = paths.log_file.read_text()
+        assert f"{paths.config_file} had mode 0644, which let other users read it" in log
+        assert paired.relay.daemon_token not in log
+        loosen()
+        assert control_request(paths.socket, "POST", "/v1/reload").status == 200
+        assert_private()
+
+
 def test_second_instance_is_refused(paths: Paths) -> None:
     write_config(paths, provider_url="http://127.0.0.1:9")
     with DaemonProcess(paths).start() as first:
