@@ -78,7 +78,10 @@ def to_ollama_request(request: dict[str, Any], *, stream: bool, provider: str
         if kind == "json_object":
             body["format"] = "json"
         elif kind == "json_schema":
-            schema = (response_format.get("json_schema") or {}).get("schema")
+            json_schema = response_format.get("json_schema") or {}
+            if not isinstance(json_schema, dict):
+                raise _bad_request(provider, "response_format.json_schema must be an object")
+            schema = json_schema.get("schema")
             body["format"] = schema if schema is not None else "json"
     if request.get("tools") and request.get("tool_choice") != "none":
         # Same shape. tool_choice has no equivalent (and hangs some models): dropped,
@@ -98,7 +101,9 @@ def to_ollama_request(request: dict[str, Any], *, stream: bool, provider: str
 def _messages(messages: list[dict[str, Any]], provider: str) -> list[dict[str, Any]]:
     names_by_call_id: dict[str, str] = {}
     mapped = []
-    for message in messages:
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad_request(provider, f"messages[{index}] must be an object")
         role = message.get("role")
         out: dict[str, Any] = {"role": "system" if role == "developer" else role}
         text, images = _content(message.get("content"), provider)
@@ -129,7 +134,11 @@ def _content(content: Any, provider: str) -> tuple[str, list[str]]:
         return content, []
     texts: list[str] = []
     images: list[str] = []
+    if not isinstance(content, list):
+        raise _bad_request(provider, "message content must be a string or a list of parts")
     for part in content:
+        if not isinstance(part, dict):
+            raise _bad_request(provider, "each content part must be an object with a 'type'")
         kind = part.get("type")
         if kind == "text":
             texts.append(part.get("text") or "")
@@ -157,7 +166,10 @@ def _image_base64(url: str, provider: str) -> str:
 
 def _tool_call(call: dict[str, Any], names_by_call_id: dict[str, str], provider: str
                ) -> dict[str, Any]:
-    function = call.get("function") or {}
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        raise _bad_request(provider, "each assistant tool call must be an object with a "
+                           "'function' object")
     name = function.get("name") or ""
     arguments = function.get("arguments")
     if isinstance(arguments, str):
@@ -172,6 +184,11 @@ def _tool_call(call: dict[str, Any], names_by_call_id: dict[str, str], provider:
         out["id"] = call["id"]
         names_by_call_id[call["id"]] = name
     return out
+
+
+def _bad_request(provider: str, message: str) -> ProviderError:
+    """A malformed request: the app gets a clear 400, not a daemon failure."""
+    return ProviderError("bad_request", f"{provider}: {message}")
 
 
 def unix_time(created_at: Any) -> int | None:

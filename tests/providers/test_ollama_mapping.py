@@ -175,3 +175,21 @@ def test_tool_choice_none_means_no_tools_offered() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     assert "tools" not in ollama({"tools": tools, "tool_choice": "none"})
     assert ollama({"tools": tools, "tool_choice": "required"})["tools"] == tools
+
+
+@pytest.mark.parametrize(("request_fields", "named"), [
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": "f"}]}]},
+     "tool call"),
+    ({"messages": [{"role": "assistant", "tool_calls": ["f"]}]}, "tool call"),
+    ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "json_schema"),
+    ({"messages": ["hi"]}, "messages[0]"),
+    ({"messages": [{"role": "user", "content": ["hi"]}]}, "content part"),
+    ({"messages": [{"role": "user", "content": 5}]}, "content"),
+])
+def test_malformed_shapes_are_a_clear_bad_request(request_fields: dict[str, Any],
+                                                   named: str) -> None:
+    # Not an AttributeError, which the app would see as "the daemon failed" (502).
+    with pytest.raises(ProviderError) as info:
+        ollama(request_fields)
+    assert info.value.reason == "bad_request"
+    assert info.value.message.startswith(NAME) and named in info.value.message
