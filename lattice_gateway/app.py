@@ -15,7 +15,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -90,6 +90,8 @@ class _LastResort:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            return  # the client went away mid-request: nobody to answer, nothing failed
         except Exception as exc:
             log.error("unhandled %s on %s %s", type(exc).__name__, scope.get("method"),
                       scope.get("path"), exc_info=log.isEnabledFor(logging.DEBUG))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
@@ -191,8 +191,6 @@ async def chat_completions(request: Request) -> Response:
         return await _chat_completions(request)
     except LatticeError as exc:
         return api_error_response(exc)
-    except ClientDisconnect:
-        return Response(status_code=499)  # the app went away before sending its request
 
 
 async def _chat_completions(request: Request) -> Response:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -61,9 +61,6 @@ def _envelope_errors(endpoint: Endpoint) -> Endpoint:
             if exc.code is ErrorCode.RATE_LIMITED:
                 return api_error_response(exc, {"retry-after": str(RETRY_AFTER_SECONDS)})
             return api_error_response(exc)
-        except ClientDisconnect:
-            # The daemon went away mid-request (stopped or crashed): nobody to answer.
-            return Response(status_code=499)
 
     wrapped.__name__ = endpoint.__name__
     return wrapped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -141,3 +142,29 @@ def test_huge_body_is_413_and_the_server_keeps_serving(tmp_path: Path,
             ok = fresh.post("/v1/personal-runtimes", headers=api_headers(key),
                             json={"displayName": "Mac", "executionBackend": "local-model"})
             assert ok.status_code == 201
+
+
+async def test_client_gone_mid_body_is_not_logged_as_an_internal_error(
+        gateway: InProcessGateway, caplog: pytest.LogCaptureFixture) -> None:
+    key = await gateway.create_key("acme")
+    incoming = [{"type": "http.request", "body": b'{"displayName": ', "more_body": True},
+                {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/personal-runtimes",
+             "raw_path": b"/v1/personal-runtimes", "root_path": "", "query_string": b"",
+             "headers": [(b"x-api-key", key.encode()), (b"content-length", b"100")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
+             "app": gateway.app, "state": {}}
+    with caplog.at_level(logging.INFO, logger="lattice_gateway"):
+        await gateway.app(scope, receive, send)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # Nobody is left to read an answer; none pretends the gateway failed.
+    assert all(m.get("status") != 500 for m in sent)
