@@ -77,8 +77,18 @@ def _v1_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v2_default_model_256(conn: Connection) -> None:
+    # Daemons report model names of up to 256 characters (the relay's text bound), and
+    # the chat route's local model may be as long. SQLite does not enforce VARCHAR
+    # lengths; PostgreSQL refused longer default models at session register.
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(
+            "ALTER TABLE runtimes ALTER COLUMN default_model TYPE VARCHAR(256)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_initial),
+    Migration(2, "runtimes.default_model up to 256 characters", _v2_default_model_256),
 )
 
 

@@ -51,7 +51,7 @@ runtimes = sa.Table(
     sa.Column("daemon_token_hash", sa.String(64), nullable=True, unique=True),
     sa.Column("daemon_version", sa.String(64), nullable=True),
     sa.Column("models", sa.Text, nullable=True),  # JSON list
-    sa.Column("default_model", sa.String(200), nullable=True),
+    sa.Column("default_model", sa.String(256), nullable=True),
     sa.Column("last_seen_ms", sa.BigInteger, nullable=True),
 )
 

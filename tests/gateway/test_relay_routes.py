@@ -385,3 +385,23 @@ async def test_unrelayable_chat_body_is_400_before_anything_is_queued(
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["code"] == "invalid_request"
     assert answer.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize("backend",
+                         ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_longest_accepted_model_names_are_stored_on_every_database(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # The route accepts model names up to 256 characters; PostgreSQL enforces column
+    # lengths (SQLite does not), so a shorter column was a 500 there.
+    where = tmp_path if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    longest = "m" * 256
+    async with inprocess_gateway(where) as gw:
+        paired = await pair(gw)
+        registered = await gw.client.post("/v1/relay/sessions", headers=paired.headers, json={
+            "daemonVersion": "v" * 256, "maxConcurrency": 1,
+            "provider": {"kind": "k" * 256, "models": [longest], "defaultModel": longest}})
+        assert registered.status_code == 201, registered.text
+        shown = await gw.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
+                                    headers={"x-api-key": paired.key})
+        assert shown.json()["runtime"]["defaultModel"] == longest
+        assert shown.json()["runtime"]["models"] == [longest]
