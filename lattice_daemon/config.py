@@ -168,8 +168,12 @@ def load_or_create_keypair(paths: Paths) -> KeyPair:
     except (OSError, UnicodeDecodeError, SealError) as exc:
         raise ConfigError(f"cannot use key file {paths.key_file}: {type(exc).__name__}") from None
     keys = KeyPair.generate()
-    write_private_file(paths.key_file, (keys.private_text() + "\n").encode("ascii"))
+    save_keypair(paths, keys)
     return keys
+
+
+def save_keypair(paths: Paths, keys: KeyPair) -> None:
+    write_private_file(paths.key_file, (keys.private_text() + "\n").encode("ascii"))
 
 
 def ensure_private_dir(path: Path) -> None:

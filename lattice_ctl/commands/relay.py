@@ -155,10 +155,11 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
         ConfigError,
         DaemonConfig,
         load_config,
-        load_or_create_keypair,
         save_config,
+        save_keypair,
     )
     from lattice_daemon.paths import get_paths
+    from lattice_protocol import KeyPair
 
     paths = get_paths()
     try:
@@ -179,16 +180,17 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
     existing_provider = config.provider if paths.config_file.exists() else None
     config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
     _warn_about_provider(config.provider)
-    try:
-        keys = load_or_create_keypair(paths)
-    except ConfigError as exc:
-        output.fail(str(exc))
+    # A new key for every pairing: a key that served a revoked or replaced pairing (or
+    # leaked with a backup) cannot open the new pairing's jobs. It is saved only once the
+    # gateway accepted it, so a failed redeem leaves the current pairing working.
+    keys = KeyPair.generate()
     try:
         with output.spinner(f"Pairing with {gateway}..."):
             redeemed = redeem(gateway, token, keys.public_text())
     except PairingError as exc:
         output.fail(str(exc), data={"code": exc.code})
     config.relay = redeemed.relay
+    save_keypair(paths, keys)
     save_config(paths, config)
     result: dict[str, Any] = {
         "ok": True, "latticeId": redeemed.relay.lattice_id,

@@ -97,6 +97,7 @@ def test_unknown_token_is_reported_precisely(lattice_home: Path,
     assert "does not know this bootstrap token" in done.stderr
     _assert_secret_absent(done, token)
     assert not home_paths(lattice_home).config_file.exists()
+    assert not home_paths(lattice_home).key_file.exists()
 
 
 def test_used_token_is_reported_precisely(lattice_home: Path, tmp_path: Path,
@@ -137,18 +138,28 @@ def test_revoked_runtime_is_reported(lattice_home: Path, gateway: GatewayProcess
 def test_existing_pairing_is_not_replaced_without_flag(lattice_home: Path,
                                                        gateway: GatewayProcess,
                                                        key: str) -> None:
+    key_file = home_paths(lattice_home).key_file
     first_id, first = _token(gateway, key)
     assert _connect(lattice_home, gateway, first["bootstrapToken"]).returncode == 0
+    first_key = key_file.read_text()
     second_id, second = _token(gateway, key)
     refused = _connect(lattice_home, gateway, second["bootstrapToken"])
     assert refused.returncode == 1
     assert "already paired" in refused.stderr and "--replace" in refused.stderr
     assert first_id in home_paths(lattice_home).config_file.read_text()
+    # a failed redeem leaves the current pairing and its key alone
+    unknown = _connect(lattice_home, gateway, "plrt_v1_" + "A" * 43, "--replace")
+    assert unknown.returncode == 1
+    assert first_id in home_paths(lattice_home).config_file.read_text()
+    assert key_file.read_text() == first_key
     # the refusal did not burn the one-time token: --replace can still use it
     replaced = _connect(lattice_home, gateway, second["bootstrapToken"], "--replace")
     assert replaced.returncode == 0, replaced.stderr
     text = home_paths(lattice_home).config_file.read_text()
     assert second_id in text and first_id not in text
+    # the new pairing has a new key: the old one cannot open its jobs
+    assert key_file.read_text() != first_key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
 
 def test_token_from_stdin_and_from_environment(lattice_home: Path, tmp_path: Path,
