@@ -168,13 +168,13 @@ class RelayApi:
             except ValueError:
                 raise RelayError(f"gateway sent invalid JSON (HTTP {status})") from None
         code, message = _error_message(response)
-        if status in (401, 403):
-            if code == "runtime_revoked":
-                reason = "runtime revoked: re-pair required"
-            else:
-                reason = "daemon credential rejected (runtime deleted or re-paired " \
-                         "elsewhere): re-pair required"
-            raise CredentialRejected(reason)
+        # Final only when the gateway itself says so: a 401/403 page from a proxy, a WAF
+        # or a captive portal is network trouble, retried like any other.
+        if status == 403 and code == "runtime_revoked":
+            raise CredentialRejected("runtime revoked: re-pair required")
+        if status == 401 and code == "invalid_api_key":
+            raise CredentialRejected("daemon credential rejected (runtime deleted or "
+                                     "re-paired elsewhere): re-pair required")
         if status == 404 and session:
             raise SessionLost("relay session not found (gateway restarted?)")
         retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -263,6 +263,17 @@ async def test_unauthorized_means_repair_required_and_no_retry(setup: Setup) -> 
     assert setup.relay.count("register") == 1 and setup.relay.count("poll") == 0
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refusal_that_is_not_the_gateways_is_retried(setup: Setup,
+                                                             status: int) -> None:
+    # e.g. a corporate proxy's or WAF's "Access denied" page: not a revoked credential
+    setup.relay.scripted["register"].append(
+        httpx.Response(status, text="<html>Access denied</html>"))
+    setup.client.start()
+    await setup.state(RelayState.CONNECTED)
+    assert setup.relay.count("register") == 2
+
+
 async def test_revoked_runtime_mid_session_means_repair_required(setup: Setup) -> None:
     setup.client.start()
     await setup.state(RelayState.CONNECTED)
