@@ -7,7 +7,6 @@ input is a ``400 invalid_request`` envelope and never disturbs other sessions.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,10 +17,11 @@ from starlette.routing import BaseRoute, Route
 
 from lattice_protocol import ErrorCode, LatticeError, ProtocolError, SealedEvent
 
+from ..auth import authenticate_daemon
 from ..errors import api_error_response
 from ..http import read_json_body
 from ..relay import RelayBroker, poll_window
-from ..services import Runtime, Services
+from ..services import Services
 
 RETRY_AFTER_SECONDS = 5  # when a runtime has too many live sessions
 MAX_CONCURRENCY = 1024  # bounds capacity and maxConcurrency
@@ -36,16 +36,6 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _invalid(message: str, param: str | None = None) -> LatticeError:
     return LatticeError(ErrorCode.INVALID_REQUEST, message, param)
-
-
-async def _authenticate_daemon(request: Request) -> Runtime:
-    # Imported late: auth.py is the core engineer's module and imports the store.
-    from ..auth import authenticate_daemon
-
-    result: Any = authenticate_daemon(request)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -107,7 +97,7 @@ def _parse_register(body: dict[str, Any]) -> tuple[str, list[str], str | None, i
 @_envelope_errors
 async def register_session(request: Request) -> Response:
     services, broker = _services(request)
-    runtime = await _authenticate_daemon(request)
+    runtime = await authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     daemon_version, models, default_model, max_concurrency = _parse_register(body)
     session_id = await broker.register_session(runtime.lattice_id, max_concurrency,
@@ -126,7 +116,7 @@ async def register_session(request: Request) -> Response:
 @_envelope_errors
 async def poll(request: Request) -> Response:
     services, broker = _services(request)
-    runtime = await _authenticate_daemon(request)
+    runtime = await authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     # capacity 0 is a heartbeat that only collects cancel notices (a daemon whose slots
     # are all busy keeps one such poll outstanding).
@@ -139,7 +129,7 @@ async def poll(request: Request) -> Response:
 @_envelope_errors
 async def post_events(request: Request) -> Response:
     services, broker = _services(request)
-    runtime = await _authenticate_daemon(request)
+    runtime = await authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     raw_events = body.get("events")
     if not isinstance(raw_events, list) or len(raw_events) > MAX_EVENTS_PER_REQUEST:
@@ -157,7 +147,7 @@ async def post_events(request: Request) -> Response:
 @_envelope_errors
 async def deregister_session(request: Request) -> Response:
     _, broker = _services(request)
-    runtime = await _authenticate_daemon(request)
+    runtime = await authenticate_daemon(request)
     await broker.deregister_session(runtime.lattice_id, request.path_params["session_id"])
     return Response(status_code=204)
 
