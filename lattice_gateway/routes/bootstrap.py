@@ -15,17 +15,10 @@ from starlette.routing import Route
 from lattice_protocol import ErrorCode, LatticeError, SealError, decode_public_key
 
 from ..http import json_response, read_json_body
-from ..settings import Settings
+from ..relay import poll_window
 from .runtimes import services_of
 
 DAEMON_VERSION_MAX = 64
-_POLL_WINDOW_BOUNDS = (1.0, 50.0)  # docs/protocol.md §3
-
-
-def announced_poll_window(settings: Settings) -> float | int:
-    low, high = _POLL_WINDOW_BOUNDS
-    window = min(max(settings.poll_window_seconds, low), high)
-    return int(window) if float(window).is_integer() else window
 
 
 def _redeem_fields(body: dict[str, Any]) -> tuple[str, str, str | None]:
@@ -66,7 +59,7 @@ async def redeem(request: Request) -> Response:
         "relayUrl": services.settings.public_url.rstrip("/"),
         "daemonToken": redeemed.daemon_token,
         "gatewayPublicKey": services.gateway_keys.public_text(),
-        "pollWindowSeconds": announced_poll_window(services.settings),
+        "pollWindowSeconds": poll_window(services.settings),
     }, status_code=201)
 
 
