@@ -93,7 +93,8 @@ class ComputeClient:
         """Start a streaming chat; errors before the first byte raise here, later ones while
         iterating."""
         body = chat_body(runtime, request, model, stream=True)
-        return ChatStream(self._http.stream("POST", "/v1/chat/completions", body))
+        return ChatStream(self._http.stream("POST", "/v1/chat/completions", body),
+                          self._http.base_url)
 
     def models(self) -> list[dict[str, Any]]:
         """OpenAI model objects for the caller's reachable runtimes."""
@@ -149,7 +150,8 @@ class AsyncComputeClient:
         self, runtime: PersonalRuntime | str, request: ChatRequest, model: str | None = None
     ) -> AsyncChatStream:
         body = chat_body(runtime, request, model, stream=True)
-        return AsyncChatStream(await self._http.stream("POST", "/v1/chat/completions", body))
+        return AsyncChatStream(await self._http.stream("POST", "/v1/chat/completions", body),
+                               self._http.base_url)
 
     async def models(self) -> list[dict[str, Any]]:
         return models_from(await self._http.request("GET", "/v1/models"))

@@ -65,9 +65,15 @@ def _success_json(response: httpx.Response) -> Any:
         ) from None
 
 
-def _connection_error(exc: httpx.HTTPError, base_url: str) -> LatticeConnectionError:
+def connection_error(exc: httpx.HTTPError, base_url: str, *,
+                     mid_stream: bool = False) -> LatticeConnectionError:
+    """The SDK's error for a transport failure, before the answer or inside a stream."""
     if isinstance(exc, httpx.TimeoutException):
-        return LatticeTimeoutError(f"the gateway at {base_url} did not answer in time: {exc!r}")
+        what = "stopped sending the stream" if mid_stream else "did not answer"
+        return LatticeTimeoutError(f"the gateway at {base_url} {what} in time: {exc!r}")
+    if mid_stream:
+        return LatticeConnectionError(
+            f"the stream from the gateway at {base_url} broke off: {exc!r}")
     return LatticeConnectionError(f"could not reach the gateway at {base_url}: {exc!r}")
 
 
@@ -118,7 +124,7 @@ class SyncHTTP:
             except httpx.HTTPError as exc:
                 delay = self.retry.delay_after_exception(exc, method, attempt)
                 if delay is None:
-                    raise _connection_error(exc, self.base_url) from exc
+                    raise connection_error(exc, self.base_url) from exc
                 attempt += 1
                 self.sleep(delay)
                 continue
@@ -183,7 +189,7 @@ class AsyncHTTP:
             except httpx.HTTPError as exc:
                 delay = self.retry.delay_after_exception(exc, method, attempt)
                 if delay is None:
-                    raise _connection_error(exc, self.base_url) from exc
+                    raise connection_error(exc, self.base_url) from exc
                 attempt += 1
                 await self.sleep(delay)
                 continue

@@ -1,7 +1,9 @@
 """Server-sent events of an OpenAI chat stream, parsed into chunk dicts.
 
 Comment lines (``: keep-alive``) are ignored, ``data: [DONE]`` ends the stream, and an
-event whose JSON carries ``error`` raises the typed exception for its code.
+event whose JSON carries ``error`` raises the typed exception for its code. A body that
+ends without ``[DONE]`` was cut short (a proxy or load balancer closed it), so it raises
+instead of passing a partial answer off as a whole one.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def decode_event(data: str) -> dict[str, Any] | None:
     return payload
 
 
+def cut_short() -> StreamProtocolError:
+    return StreamProtocolError(
+        "the stream ended before data: [DONE]; the answer may be incomplete",
+        code="incomplete_stream", status=200,
+    )
+
+
 def iter_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     decoder = SSEDecoder()
     for line in lines:
@@ -80,8 +89,10 @@ def iter_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     data = decoder.flush()
     if data is not None:
         chunk = decode_event(data)
-        if chunk is not None:
-            yield chunk
+        if chunk is None:
+            return
+        yield chunk
+    raise cut_short()
 
 
 async def aiter_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
@@ -97,5 +108,7 @@ async def aiter_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any
     data = decoder.flush()
     if data is not None:
         chunk = decode_event(data)
-        if chunk is not None:
-            yield chunk
+        if chunk is None:
+            return
+        yield chunk
+    raise cut_short()

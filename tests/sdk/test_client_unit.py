@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -213,8 +213,21 @@ def test_sse_ignores_keepalives_and_stops_at_done() -> None:
 
 def test_sse_joins_multiline_data_and_flushes_last_event() -> None:
     text = json.dumps(chunk("x"), indent=1).splitlines()
-    lines = [f"data: {part}" for part in text]  # no trailing blank line
-    assert [c["choices"][0]["delta"]["content"] for c in iter_chunks(lines)] == ["x"]
+    lines = [f"data: {part}" for part in text]
+    # the last event ([DONE]) has no trailing blank line
+    assert [c["choices"][0]["delta"]["content"]
+            for c in iter_chunks([*lines, "", "data: [DONE]"])] == ["x"]
+
+
+@pytest.mark.parametrize("ending", [[], [""]], ids=["unterminated", "terminated"])
+def test_sse_body_ending_without_done_raises_after_the_chunks(ending: list[str]) -> None:
+    lines = [f"data: {json.dumps(chunk('a'))}", "", f"data: {json.dumps(chunk('b'))}", *ending]
+    got: list[str] = []
+    with pytest.raises(lc.StreamProtocolError, match=r"ended before data: \[DONE\]") as info:
+        for c in iter_chunks(lines):
+            got.append(c["choices"][0]["delta"]["content"])
+    assert got == ["a", "b"]  # what arrived is delivered, then the cut is reported
+    assert info.value.code == "incomplete_stream"
 
 
 def test_sse_error_event_raises_typed_error() -> None:
@@ -248,6 +261,66 @@ def test_stream_chat_over_http() -> None:
     assert text == "hello"
     assert json.loads(rec.requests[0].content)["stream"] is True
     assert stream.response.is_closed
+
+
+class BreaksOff(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that sends one event, then fails the way the network can."""
+
+    def __init__(self, failure: httpx.TransportError) -> None:
+        self.failure = failure
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield sse_body(f"data: {json.dumps(chunk('he'))}")
+        raise self.failure
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield sse_body(f"data: {json.dumps(chunk('he'))}")
+        raise self.failure
+
+
+MID_STREAM_FAILURES = [
+    (httpx.RemoteProtocolError("peer closed connection"), lc.LatticeConnectionError,
+     "broke off"),
+    (httpx.ReadTimeout("timed out"), lc.LatticeTimeoutError, "stopped sending the stream"),
+]
+
+
+@pytest.mark.parametrize(("failure", "raised", "message"), MID_STREAM_FAILURES,
+                         ids=["broken", "timeout"])
+def test_network_failure_mid_stream_is_a_typed_error(
+        failure: httpx.TransportError, raised: type[Exception], message: str) -> None:
+    rec = Recorder(httpx.Response(200, stream=BreaksOff(failure)))
+    got: list[str] = []
+    with compute(rec) as client:
+        stream = client.stream_chat_for_personal_runtime("rt_1", {"messages": []})
+        with pytest.raises(raised, match=message) as info:
+            for c in stream:
+                got.append(c["choices"][0]["delta"]["content"])
+    assert got == ["he"]
+    assert BASE in str(info.value) and isinstance(info.value.__cause__, type(failure))
+    assert stream.response.is_closed
+
+
+@pytest.mark.parametrize(("failure", "raised", "message"), MID_STREAM_FAILURES,
+                         ids=["broken", "timeout"])
+async def test_async_network_failure_mid_stream_is_a_typed_error(
+        failure: httpx.TransportError, raised: type[Exception], message: str) -> None:
+    rec = Recorder(httpx.Response(200, stream=BreaksOff(failure)))
+    async with acompute(rec) as client:
+        stream = await client.stream_chat_for_personal_runtime("rt_1", {"messages": []})
+        with pytest.raises(raised, match=message):
+            async for _ in stream:
+                pass
+    assert stream.response.is_closed
+
+
+async def test_async_stream_cut_short_raises() -> None:
+    rec = Recorder(httpx.Response(200, content=sse_body(f"data: {json.dumps(chunk('he'))}")))
+    async with acompute(rec) as client:
+        stream = await client.stream_chat_for_personal_runtime("rt_1", {"messages": []})
+        with pytest.raises(lc.StreamProtocolError, match="incomplete"):
+            async for _ in stream:
+                pass
 
 
 def test_stream_error_status_raises_before_iterating() -> None:
