@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -19,7 +18,7 @@ from lattice_protocol import ErrorCode, LatticeError, ProtocolError, SealedEvent
 
 from ..auth import authenticate_daemon
 from ..errors import api_error_response
-from ..http import read_json_body
+from ..http import json_response, read_json_body
 from ..relay import RelayBroker, poll_window
 from ..services import Services
 
@@ -28,10 +27,6 @@ MAX_CONCURRENCY = 1024  # bounds capacity and maxConcurrency
 MAX_EVENTS_PER_REQUEST = 4096
 MAX_MODELS = 1024
 _MAX_TEXT = 256
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def _invalid(message: str, param: str | None = None) -> LatticeError:
@@ -105,12 +100,12 @@ async def register_session(request: Request) -> Response:
     await services.store.record_daemon_session(
         runtime.lattice_id, daemon_version=daemon_version, models=models,
         default_model=default_model)
-    return _json({
+    return json_response({
         "sessionId": session_id,
         "latticeId": runtime.lattice_id,
         "pollWindowSeconds": poll_window(services.settings),
         "presenceWindowSeconds": services.settings.presence_window_seconds,
-    }, status=201)
+    }, status_code=201)
 
 
 @_envelope_errors
@@ -123,7 +118,7 @@ async def poll(request: Request) -> Response:
     capacity = _count(body, "capacity", 0)
     result = await broker.poll(runtime.lattice_id, request.path_params["session_id"], capacity,
                                receive=request.receive)
-    return _json(result.to_dict())
+    return json_response(result.to_dict())
 
 
 @_envelope_errors
@@ -141,7 +136,7 @@ async def post_events(request: Request) -> Response:
         raise _invalid(str(exc), "events") from None
     result = await broker.post_events(runtime.lattice_id, request.path_params["session_id"],
                                       events)
-    return _json(result.to_dict())
+    return json_response(result.to_dict())
 
 
 @_envelope_errors
