@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import stat
@@ -90,8 +91,11 @@ def validate(config: DaemonConfig) -> None:
     if isinstance(d.max_concurrency, bool) or not isinstance(d.max_concurrency, int) \
             or not 1 <= d.max_concurrency <= 1024:
         raise ConfigError("[daemon] max_concurrency must be an integer from 1 to 1024")
-    if not isinstance(d.drain_seconds, int | float) or d.drain_seconds < 0:
+    if not 0 <= d.drain_seconds < math.inf:
         raise ConfigError("[daemon] drain_seconds must be a number >= 0")
+    if not 0 < d.backoff_initial_seconds <= d.backoff_max_seconds < math.inf:
+        raise ConfigError("[daemon] backoff_initial_seconds must be > 0 and at most "
+                          "backoff_max_seconds")
     if config.relay is not None:
         try:
             Sealer(KeyPair.generate(), config.relay.gateway_public_key)

@@ -102,6 +102,22 @@ def test_invalid_setting_exits_with_config_code(paths: Paths) -> None:
     assert "max_concurrency" in result.stderr
 
 
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"backoff_initial_seconds": 0}, "backoff_initial_seconds"),
+    ({"backoff_initial_seconds": 5.0, "backoff_max_seconds": 1.0}, "backoff_initial_seconds"),
+    ({"drain_seconds": float("inf")}, "drain_seconds"),
+])
+def test_unusable_timing_setting_exits_with_config_code(paired: PairedRuntime, paths: Paths,
+                                                       settings: dict[str, float],
+                                                       named: str) -> None:
+    # Checked up front: a paired daemon would otherwise die with a traceback (exit 1,
+    # restarted forever), or wait forever for its drain.
+    write_config(paths, relay=paired.relay, provider_url="http://127.0.0.1:9", **settings)
+    result = run_once()
+    assert result.returncode == exitcodes.CONFIG, result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(("section", "line", "named"), [
     ("provider", "url = 5", "[provider] url must be a string"),
     ("provider", 'first_token_timeout = "5m"', "[provider] first_token_timeout must be a number"),
