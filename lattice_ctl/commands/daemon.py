@@ -294,7 +294,8 @@ def status_cmd() -> None:
 
 @daemon.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come.")
-@click.option("-n", "--lines", default=200, show_default=True, help="How many lines to show.")
+@click.option("-n", "--lines", default=200, show_default=True, type=click.IntRange(min=0),
+              help="How many lines to show (0: none, e.g. with -f for new lines only).")
 def logs(follow: bool, lines: int) -> None:
     """Print the daemon's log file (-f follows it)."""
     from lattice_daemon.paths import get_paths
@@ -308,7 +309,8 @@ def logs(follow: bool, lines: int) -> None:
             data = f.read()
             inode = os.fstat(f.fileno()).st_ino
         position = len(data)  # follow from exactly what was printed: no line is lost
-        tail = data.decode("utf-8", errors="replace").splitlines()[-lines:]
+        # [-0:] would be every line; -n 0 means none (as with tail -n 0 -f)
+        tail = data.decode("utf-8", errors="replace").splitlines()[-lines:] if lines else []
         if not follow and output.json_mode():
             output.emit({"logFile": str(log_file), "lines": tail})
             return

@@ -99,6 +99,10 @@ def test_daemon_logs_prints_the_last_lines(run_ctl: RunCtl, lattice_home: Path) 
     assert result.stdout == "line 47\nline 48\nline 49\n"
     data = stdout_json(run_ctl("--json", "daemon", "logs", "-n", "2"))
     assert data == {"logFile": str(log), "lines": ["line 48", "line 49"]}
+    none = run_ctl("daemon", "logs", "-n", "0")
+    assert none.exit_code == 0 and none.stdout == ""  # like tail -n 0, not the whole file
+    assert stdout_json(run_ctl("--json", "daemon", "logs", "-n", "0"))["lines"] == []
+    assert run_ctl("daemon", "logs", "-n", "-3").exit_code == 2
 
 
 def test_unknown_command_is_a_usage_error(run_ctl: RunCtl) -> None:
