@@ -363,8 +363,8 @@ def check_provider(config: DaemonConfig | None, timeout: float
         if config.provider.url:
             fix += f" (or correct [provider] url in {get_paths().config_file})"
         return Check("provider", "Provider", FAIL, _where(kind, url, detail), fix), None
-    return Check("provider", "Provider", PASS,
-                 f"{_where(kind, url, detail)}; {len(models)} model(s)"), models
+    # The health detail already counts the models ("running, 2 model(s)").
+    return Check("provider", "Provider", PASS, _where(kind, url, detail)), models
 
 
 def _where(kind: str, url: str, detail: str) -> str:

@@ -211,6 +211,7 @@ def test_missing_default_model_says_how_to_pull_it(run_ctl: RunCtl) -> None:
         write_config(gateway=None, provider_url=ollama.url, default_model="llama3.2")
         checks = by_name(stdout_json(run_ctl("--json", "doctor", "--timeout", "2")))
         assert checks["provider"]["status"] == "pass"
+        assert checks["provider"]["detail"].endswith(": running, 1 model(s)")  # said once
         assert checks["model"]["status"] == "fail"
         assert "llama3.2 is not on the provider" in checks["model"]["detail"]
         assert checks["model"]["fix"] == "ollama pull llama3.2"
