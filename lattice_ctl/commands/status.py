@@ -24,7 +24,9 @@ from lattice_ctl.daemon_link import (
 def _relay_line(relay: dict[str, Any]) -> str:
     line = relay_state_line(relay)
     if relay.get("gateway"):
-        line += f" to {relay['gateway']}"
+        # "Connected to X", but "Re-pair required (gateway X)", not "... required to X"
+        joins_with_to = relay.get("state") in ("connecting", "connected", "reconnecting")
+        line += f" to {relay['gateway']}" if joins_with_to else f" (gateway {relay['gateway']})"
     if relay.get("lastPollAt"):
         line += f" (last poll {relay['lastPollAt']})"
     if relay.get("lastError"):

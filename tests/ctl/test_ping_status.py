@@ -32,6 +32,18 @@ def test_ping_prints_version_uptime_relay_and_provider(run_ctl: RunCtl,
     assert fake_daemon.requests[0][0] == "GET /v1/ping"
 
 
+def test_ping_names_the_gateway_of_a_runtime_that_needs_re_pairing(
+        run_ctl: RunCtl, fake_daemon: FakeControlServer) -> None:
+    fake_daemon.answer("GET /v1/ping", 200, ping_body(relay={
+        "state": "repair_required", "since": "2026-01-01T00:00:01.000Z",
+        "gateway": "http://127.0.0.1:9", "lastPollAt": None,
+        "lastError": "runtime revoked: re-pair required"}))
+    result = run_ctl("ping")
+    assert result.exit_code == 0, result.stderr
+    assert ("Relay: Re-pair required (gateway http://127.0.0.1:9) - runtime revoked"
+            in result.stdout)
+
+
 def test_ping_json_is_the_daemon_answer_plus_round_trip(run_ctl: RunCtl,
                                                         fake_daemon: FakeControlServer) -> None:
     result = run_ctl("--json", "ping")
