@@ -238,6 +238,70 @@ describe("streaming", () => {
     assert.equal(signal?.aborted, true);
   });
 
+  it("a body cut short before [DONE] throws StreamProtocolError after the chunks", async () => {
+    const { fetch } = fakeFetch(sse(`data: ${chunk("a")}`, `data: ${chunk("b")}`));
+    const parts: string[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const part of await compute(fetch).streamChatForPersonalRuntime("rt_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
+      })(),
+      (e: unknown) => e instanceof client.StreamProtocolError && e.code === "incomplete_stream" && /ended before data: \[DONE\]/.test(e.message),
+    );
+    assert.deepEqual(parts, ["a", "b"]);
+  });
+
+  it("a connection that breaks mid-stream throws LatticeConnectionError", async () => {
+    let pulls = 0;
+    const breaks = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (pulls++ === 0) controller.enqueue(new TextEncoder().encode(`data: ${chunk("a")}\n\n`));
+        else controller.error(new TypeError("terminated"));
+      },
+    });
+    const { fetch } = fakeFetch(() => new Response(breaks, { status: 200 }));
+    const parts: string[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const part of await compute(fetch).streamChatForPersonalRuntime("rt_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
+      })(),
+      (e: unknown) => e instanceof client.LatticeConnectionError && !(e instanceof client.LatticeTimeoutError) && /broke off/.test(e.message),
+    );
+    assert.deepEqual(parts, ["a"]);
+  });
+
+  it("the deadline mid-stream is LatticeTimeoutError; the caller's abort stays an AbortError", async () => {
+    // A body that sends one chunk, then nothing until its request is aborted (as fetch
+    // does); the timer keeps node alive like a real socket would.
+    const stalls = (async (_input: string | URL | Request, init?: RequestInit) => {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(`data: ${chunk("a")}\n\n`));
+          const alive = setTimeout(() => controller.error(new Error("never aborted")), 5000);
+          init?.signal?.addEventListener("abort", () => {
+            clearTimeout(alive);
+            controller.error(init.signal?.reason);
+          });
+        },
+      });
+      return new Response(body, { status: 200 });
+    }) as typeof fetch;
+    const drain = async (stream: AsyncIterable<unknown>): Promise<void> => {
+      for await (const _part of stream) {
+        /* read until it fails */
+      }
+    };
+    const quick = new ComputeClient({ credential: { kind: "apiKey", apiKey: "k" }, baseUrl: BASE, fetch: stalls, timeoutMs: 50 });
+    await assert.rejects(
+      drain(await quick.streamChatForPersonalRuntime("rt_1", { messages: [] })),
+      (e: unknown) => e instanceof client.LatticeTimeoutError && /within 50 ms/.test(e.message),
+    );
+    const controller = new AbortController();
+    const stream = await compute(stalls).streamChatForPersonalRuntime("rt_1", { messages: [] }, { signal: controller.signal });
+    const pending = drain(stream);
+    controller.abort();
+    await assert.rejects(pending, (e: unknown) => e instanceof Error && e.name === "AbortError");
+  });
+
   it("rejects before streaming on an error status", async () => {
     const { fetch } = fakeFetch(json(404, envelope("runtime_not_found")));
     await assert.rejects(compute(fetch).streamChatForPersonalRuntime("rt_x", { messages: [] }), client.RuntimeNotFoundError);

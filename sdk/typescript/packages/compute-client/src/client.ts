@@ -62,11 +62,15 @@ function expectArray<T>(payload: unknown, field: string): T[] {
 export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   private readonly controller: AbortController;
   private readonly response: Response;
+  private readonly transport: Transport;
+  private readonly callerSignal: AbortSignal | undefined;
   private consumed = false;
 
-  constructor(response: Response, controller: AbortController) {
+  constructor(response: Response, controller: AbortController, transport: Transport, callerSignal?: AbortSignal) {
     this.response = response;
     this.controller = controller;
+    this.transport = transport;
+    this.callerSignal = callerSignal;
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<ChatCompletionChunk> {
@@ -76,6 +80,10 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     if (!body) return;
     try {
       yield* chunksFromLines<ChatCompletionChunk>(lines(body as unknown as AsyncIterable<Uint8Array>));
+    } catch (error) {
+      // After close() the abort is ours; otherwise the deadline or the network broke it.
+      if (this.controller.signal.aborted) throw error;
+      throw this.transport.streamFailure(error, this.callerSignal);
     } finally {
       this.close();
     }
@@ -128,7 +136,7 @@ export class ComputeClient {
     const controller = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
     const response = await this.transport.send("POST", "/v1/chat/completions", body, signal);
-    return new ChatStream(response, controller);
+    return new ChatStream(response, controller, this.transport, options.signal);
   }
 
   /** OpenAI model objects for the caller's reachable runtimes. */

@@ -4,6 +4,7 @@ import {
   LatticeApiError,
   LatticeConfigurationError,
   LatticeConnectionError,
+  LatticeError,
   LatticeTimeoutError,
   errorFromBody,
   parseRetryAfter,
@@ -163,6 +164,23 @@ export class Transport {
       if (delay === null) throw error;
       await this.sleep(delay);
     }
+  }
+
+  /**
+   * The error to throw when a streamed body fails after its 200: the caller's own abort
+   * and the SDK's errors stay as they are; the deadline and network failures become
+   * LatticeTimeoutError / LatticeConnectionError, as they would before the answer.
+   */
+  streamFailure(error: unknown, callerSignal?: AbortSignal): unknown {
+    if (callerSignal?.aborted || error instanceof LatticeError) return error;
+    if (error instanceof Error && error.name === "TimeoutError") {
+      return new LatticeTimeoutError(`the gateway at ${this.baseUrl} did not finish the stream within ${this.timeoutMs} ms`, {
+        cause: error,
+      });
+    }
+    return new LatticeConnectionError(`the stream from the gateway at ${this.baseUrl} broke off: ${causeCode(error) ?? String(error)}`, {
+      cause: error,
+    });
   }
 
   private retryDelay(response: Response, error: LatticeApiError, retryAfter: number | null, attempt: number): number | null {

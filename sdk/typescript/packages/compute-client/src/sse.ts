@@ -1,7 +1,9 @@
 /**
  * Server-sent events of an OpenAI chat stream, parsed into chunk objects.
  * `:` comment lines (keep-alives) are ignored, `data: [DONE]` ends the stream, and an
- * event whose JSON carries `error` throws the typed error for its code.
+ * event whose JSON carries `error` throws the typed error for its code. A body that ends
+ * without `[DONE]` was cut short (a proxy or load balancer closed it): that throws too,
+ * rather than passing a partial answer off as a whole one.
  */
 
 import { StreamProtocolError, errorFromBody } from "./errors.js";
@@ -80,6 +82,10 @@ export async function* chunksFromLines<T>(source: AsyncIterable<string>): AsyncG
   const last = decoder.flush();
   if (last !== null) {
     const chunk = decodeEvent<T>(last);
-    if (chunk !== null) yield chunk;
+    if (chunk === null) return;
+    yield chunk;
   }
+  throw new StreamProtocolError("the stream ended before data: [DONE]; the answer may be incomplete", {
+    code: "incomplete_stream",
+  });
 }
