@@ -16,6 +16,8 @@ from lattice_protocol import __version__
 
 from . import exitcodes
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep config, key, socket and logs under DIR (like LATTICE_HOME)")
     parser.add_argument("--socket", metavar="PATH",
                         help="serve the control API on PATH (like LATTICE_SOCKET)")
-    parser.add_argument("--log-level", default=os.environ.get("LATTICE_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", type=str.lower,
+                        default=os.environ.get("LATTICE_LOG_LEVEL", "info"),
+                        choices=LOG_LEVELS, help="also LATTICE_LOG_LEVEL (default info)")
     return parser
 
 
@@ -41,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 0 for --version/--help, 2 on bad usage
         return int(exc.code or 0) if exc.code in (0, None) else exitcodes.USAGE
+    if args.log_level not in LOG_LEVELS:  # argparse does not check a default's choices
+        print(f"lattice-daemon: LATTICE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+              f"not {args.log_level!r}", file=sys.stderr)
+        return exitcodes.USAGE
     if args.home:
         os.environ["LATTICE_HOME"] = os.path.abspath(args.home)
     if args.socket:

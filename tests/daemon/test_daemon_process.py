@@ -86,6 +86,15 @@ def test_version() -> None:
     assert result.returncode == 0 and result.stdout.strip().startswith("lattice-daemon ")
 
 
+def test_unknown_log_level_from_the_environment_is_a_usage_error(
+        paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_LOG_LEVEL", "verbose")  # argparse never checks a default
+    result = run_once()
+    assert result.returncode == exitcodes.USAGE
+    assert "LATTICE_LOG_LEVEL must be one of debug, info, warning, error" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_unusable_config_exits_with_config_code(paths: Paths) -> None:
     paths.config_dir.mkdir(parents=True)
     paths.config_file.write_text("[provider\nkind = ")
