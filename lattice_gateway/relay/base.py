@@ -133,6 +133,13 @@ class RelayBroker(Protocol):
         are sealed to the current key, which their daemon cannot open."""
         ...
 
+    async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:
+        """The runtime was paired again (redeem): sessions of any other daemon key end now,
+        their jobs failing with runtime_unreachable. Their daemon's token no longer works
+        and it cannot open jobs sealed to the new key, so they must neither count as
+        reachable nor take jobs while the new daemon starts."""
+        ...
+
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:
         """Raises SessionNotFound when the session is not this runtime's."""
         ...

@@ -202,11 +202,7 @@ class MemoryBroker:
         if lattice_id in self._revoked:
             raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
         rt = self._runtimes.setdefault(lattice_id, _Runtime())
-        for old in list(rt.sessions.values()):
-            if old.daemon_key != daemon_key:
-                self._end_session(old, LatticeError(
-                    ErrorCode.RUNTIME_UNREACHABLE,
-                    "the personal runtime was paired with another daemon"))
+        self._end_other_pairings(rt, daemon_key)
         if len(rt.sessions) >= MAX_SESSIONS_PER_RUNTIME:
             # The oldest-registered idle session goes: a daemon that restarts in a loop
             # without deregistering must not pile sessions up.
@@ -223,6 +219,18 @@ class MemoryBroker:
         rt.sessions[session_id] = session
         self._touch(session)
         return session_id
+
+    async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:
+        rt = self._runtimes.get(lattice_id)
+        if rt is not None:
+            self._end_other_pairings(rt, daemon_key)
+
+    def _end_other_pairings(self, rt: _Runtime, daemon_key: str | None) -> None:
+        for old in list(rt.sessions.values()):
+            if old.daemon_key != daemon_key:
+                self._end_session(old, LatticeError(
+                    ErrorCode.RUNTIME_UNREACHABLE,
+                    "the personal runtime was paired with another daemon"))
 
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:
         session = self._session(lattice_id, session_id)

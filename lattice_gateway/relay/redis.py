@@ -109,9 +109,9 @@ class RedisBroker:
         self._replica = secrets.token_hex(8)
         self._redis = aioredis.from_url(url)
         self._scripts = {name.lower(): self._redis.register_script(getattr(lua, name))
-                         for name in ("REACHABLE", "SUBMIT", "REGISTER", "POLL", "UNLEASE", "TOUCH",
-                                      "EVENTS", "FINISH", "CANCEL", "PICKUP_EXPIRE",
-                                      "END_SESSION", "REVOKE")}
+                         for name in ("REACHABLE", "SUBMIT", "END_OTHER_PAIRINGS", "REGISTER",
+                                      "POLL", "UNLEASE", "TOUCH", "EVENTS", "FINISH", "CANCEL",
+                                      "PICKUP_EXPIRE", "END_SESSION", "REVOKE")}
         self._tickets: dict[str, RedisTicket] = {}
         self._parked_by_runtime: dict[str, set[_Parked]] = {}
         self._parked_by_session: dict[str, _Parked] = {}
@@ -271,16 +271,21 @@ class RedisBroker:
     async def register_session(self, lattice_id: str, max_concurrency: int,
                                daemon_key: str | None = None) -> str:
         await self._ensure_started()
+        await self.end_other_pairings(lattice_id, daemon_key or "")
         session_id = "rs_" + secrets.token_hex(12)
         outcome = await self._script("register", lattice_id, session_id, time.time(),
-                                     MAX_SESSIONS_PER_RUNTIME, daemon_key or "",
-                                     ErrorCode.RUNTIME_UNREACHABLE.value,
-                                     "the personal runtime was paired with another daemon")
+                                     MAX_SESSIONS_PER_RUNTIME, daemon_key or "")
         if outcome == 0:
             raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
         if outcome == -1:
             raise LatticeError(ErrorCode.RATE_LIMITED, "too many relay sessions for this runtime")
         return session_id
+
+    async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:
+        await self._ensure_started()
+        await self._script("end_other_pairings", lattice_id, daemon_key,
+                           ErrorCode.RUNTIME_UNREACHABLE.value,
+                           "the personal runtime was paired with another daemon")
 
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:
         await self._ensure_started()

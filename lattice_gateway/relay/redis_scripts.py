@@ -36,19 +36,17 @@ redis.call('PUBLISH', P..'wake', 'j '..rt)
 return 1
 """
 
-# A new session (ARGV[6]: its daemon key). Sessions of another key (an older pairing)
-# end first, their leased jobs failing with ARGV[7]/ARGV[8] at their owners.
-REGISTER = """
-local P, rt, sid, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local key = ARGV[6]
-if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
+# Sessions of runtime ARGV[2] under another daemon key than ARGV[3] (an older pairing)
+# end, their leased jobs failing with ARGV[4]/ARGV[5] at their owners.
+END_OTHER_PAIRINGS = """
+local P, rt, key = ARGV[1], ARGV[2], ARGV[3]
 for _, other in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
   if (redis.call('HGET', P..'s:'..other, 'key') or '') ~= key then
     for _, id in ipairs(redis.call('SMEMBERS', P..'sj:'..other)) do
       local jk = P..'job:'..id
       local owner = redis.call('HGET', jk, 'owner')
       if owner then
-        redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = ARGV[7], m = ARGV[8]}))
+        redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = ARGV[4], m = ARGV[5]}))
       end
       redis.call('DEL', jk)
     end
@@ -58,6 +56,14 @@ for _, other in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
     redis.call('PUBLISH', P..'wake', 'd '..other)
   end
 end
+return 1
+"""
+
+# A new session (ARGV[6]: its daemon key; the caller ended other pairings' sessions).
+REGISTER = """
+local P, rt, sid, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local key = ARGV[6]
+if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
 if redis.call('SCARD', P..'rs:'..rt) >= max then
   -- End the least recently active session without leased jobs (a daemon restarting in
   -- a loop must not pile sessions up); refuse when every one is busy.

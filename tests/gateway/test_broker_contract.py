@@ -332,3 +332,28 @@ async def test_registering_under_a_new_pairing_ends_the_old_pairings_sessions(
         await broker.poll(RUNTIME, old, 1)
     await broker.submit(RUNTIME, envelope(1))
     assert [j.job_id for j in (await broker.poll(RUNTIME, new, 1)).jobs] == ["job_1"]
+
+
+async def test_a_new_pairing_ends_the_old_pairings_sessions_before_its_daemon_registers(
+        make_broker: Maker) -> None:
+    # Redeem: the old daemon's token is dead and it cannot open jobs sealed to the new
+    # key, so its sessions must not stay reachable or take jobs until the new one comes.
+    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30)
+    old = await broker.register_session(RUNTIME, 1, daemon_key="old-key")
+    ticket = await broker.submit(RUNTIME, envelope())
+    assert (await broker.poll(RUNTIME, old, 1)).jobs
+    held = asyncio.create_task(broker.poll(RUNTIME, old, 1))
+    await parked(broker)
+    await broker.end_other_pairings(RUNTIME, "new-key")
+    assert (await asyncio.wait_for(held, 1.0)).jobs == []
+    failure = await ticket.next_event(1.0)
+    assert isinstance(failure, LatticeError) and failure.code is ErrorCode.RUNTIME_UNREACHABLE
+    assert not (await broker.reachable([RUNTIME]))[RUNTIME]
+    with pytest.raises(SessionNotFound):
+        await broker.poll(RUNTIME, old, 1)
+    # Sessions of the current pairing are kept.
+    new = await broker.register_session(RUNTIME, 1, daemon_key="new-key")
+    await broker.end_other_pairings(RUNTIME, "new-key")
+    assert (await broker.reachable([RUNTIME]))[RUNTIME]
+    await broker.submit(RUNTIME, envelope(1))
+    assert [j.job_id for j in (await broker.poll(RUNTIME, new, 1)).jobs] == ["job_1"]

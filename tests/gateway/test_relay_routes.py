@@ -405,3 +405,40 @@ async def test_longest_accepted_model_names_are_stored_on_every_database(
                                     headers={"x-api-key": paired.key})
         assert shown.json()["runtime"]["defaultModel"] == longest
         assert shown.json()["runtime"]["models"] == [longest]
+
+
+async def test_repairing_ends_the_old_daemons_sessions_at_redeem(tmp_path: Path) -> None:
+    async with inprocess_gateway(tmp_path, poll_window_seconds=30, presence_window_seconds=30,
+                                 pickup_timeout_seconds=2) as gw:
+        await _repairing_ends_the_old_daemons_sessions_at_redeem(gw)
+
+
+async def _repairing_ends_the_old_daemons_sessions_at_redeem(
+        gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+    old_session = await register(gateway, paired)
+    held = asyncio.create_task(gateway.client.post(
+        f"/v1/relay/sessions/{old_session}/poll", headers=paired.headers,
+        json={"capacity": 1}))
+
+    async def parked() -> bool:
+        return bool(gateway.services.broker.parked_polls(paired.lattice_id))
+
+    await async_wait_until(parked, timeout=2, interval=0.002, what="the poll to park")
+    minted = await gateway.client.post(
+        f"/v1/personal-runtimes/{paired.lattice_id}/bootstrap-tokens",
+        headers={"x-api-key": paired.key}, json={})
+    redeemed = await gateway.client.post("/v1/relay/redeem", json={
+        "bootstrapToken": minted.json()["bootstrapToken"],
+        "daemonPublicKey": KeyPair.generate().public_text(), "daemonVersion": "test"})
+    assert redeemed.status_code == 201
+    # The old daemon (dead token, wrong key) holds nothing and takes no job sealed to the
+    # new key: until the new daemon registers, chat is refused at once.
+    assert (await asyncio.wait_for(held, 1.0)).json() == {"jobs": [], "cancels": []}
+    chat = await gateway.client.post(
+        "/v1/chat/completions", headers={"x-api-key": paired.key},
+        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES})
+    assert chat.status_code == 503 and chat.json()["error"]["code"] == "runtime_unreachable"
+    shown = await gateway.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
+                                     headers={"x-api-key": paired.key})
+    assert shown.json()["runtime"]["status"] == "offline"
