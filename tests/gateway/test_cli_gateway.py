@@ -224,3 +224,12 @@ def test_commands_with_a_database_that_refuses_fail_with_one_line(
         assert "does not exist" in result.output
         assert len(result.output.strip().splitlines()) == 1
         assert "hunter2" not in result.output
+
+
+@pytest.mark.e2e
+def test_run_gateway_removes_the_directory_it_made(lattice_home: Path) -> None:
+    # (tests/support) Its SQLite file holds the gateway's private key: no leftovers in /tmp.
+    with run_gateway(None) as gw:
+        made = gw.log_path.parent
+        assert (made / "gateway.db").is_file()
+    assert not made.exists()

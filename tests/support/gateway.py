@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,14 +179,19 @@ class GatewayProcess:
 def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None = None,
                 public_url: str | None = None, shutdown_timeout: float = 1.0,
                 **settings: object) -> Iterator[GatewayProcess]:
-    """Start a gateway subprocess, wait for /healthz, yield it, stop it."""
-    if where is None or isinstance(where, Path) or "://" not in str(where):
-        directory = Path(where) if where is not None else Path(tempfile.mkdtemp(prefix="gw-"))
-        directory.mkdir(parents=True, exist_ok=True)
-        database = str(directory / "gateway.db")
-    else:
+    """Start a gateway subprocess, wait for /healthz, yield it, stop it.
+
+    A directory made here (``where`` None or a database URL) is removed afterwards.
+    """
+    made_directory = where is None or "://" in str(where)
+    if made_directory:
         directory = Path(tempfile.mkdtemp(prefix="gw-"))
-        database = str(where)
+    else:
+        assert where is not None
+        directory = Path(where)
+        directory.mkdir(parents=True, exist_ok=True)
+    database = str(where) if where is not None and "://" in str(where) \
+        else str(directory / "gateway.db")
     port = free_port()
     process_env = dict(os.environ)
     process_env["PYTHONUNBUFFERED"] = "1"
@@ -198,11 +204,15 @@ def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None =
                              public_url=public_url or f"http://127.0.0.1:{port}",
                              log_path=directory / f"gateway-{port}.log", env=process_env,
                              shutdown_timeout=shutdown_timeout)
-    gateway.start()
     try:
-        yield gateway
+        gateway.start()
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
     finally:
-        gateway.stop()
+        if made_directory:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 class MovableClock:
