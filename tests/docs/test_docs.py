@@ -157,3 +157,61 @@ def imported_packages(package: str) -> set[str]:
 @pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))
 def test_package_dependencies_point_one_way(package: str) -> None:
     assert imported_packages(package) <= ALLOWED_IMPORTS[package]
+
+
+def all_docs_text() -> str:
+    return "\n".join(doc.read_text() for doc in DOCS)
+
+
+def test_every_environment_variable_the_code_reads_is_documented() -> None:
+    read: set[str] = set()
+    for package in ALLOWED_IMPORTS:
+        for source in (REPO / package).rglob("*.py"):
+            read.update(re.findall(r"\"((?:LATTICE|LOVELACE)_[A-Z_]*[A-Z])\"", source.read_text()))
+    read.discard("LATTICE_GATEWAY")  # the prefix of the settings below
+    assert read >= {"LATTICE_HOME", "LATTICE_BOOTSTRAP_TOKEN", "LOVELACE_API_KEY"}
+    text = all_docs_text()
+    assert sorted(name for name in read if f"`{name}`" not in text) == []
+
+
+def test_every_gateway_setting_is_documented_with_its_default() -> None:
+    from dataclasses import fields
+
+    from lattice_gateway.settings import Settings
+
+    table = (REPO / "docs" / "gateway.md").read_text()
+    for setting in fields(Settings):
+        if setting.name == "extra":
+            continue
+        row = next((line for line in table.splitlines()
+                    if f"`LATTICE_GATEWAY_{setting.name.upper()}`" in line), None)
+        assert row is not None, f"LATTICE_GATEWAY_{setting.name.upper()} is not in docs/gateway.md"
+        default = setting.default
+        if isinstance(default, int | float):
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert re.search(rf"\b{shown}\b", row), (setting.name, row)
+
+
+def test_daemon_toml_example_loads_and_shows_every_setting_and_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import MISSING, fields
+
+    from lattice_daemon.config import DaemonSettings, ProviderConfig, load_config
+    from lattice_daemon.paths import get_paths
+
+    text = (REPO / "docs" / "operations.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", text, re.DOTALL)
+    assert example, "docs/operations.md has no daemon.toml example"
+    monkeypatch.setenv("LATTICE_HOME", str(tmp_path))
+    paths = get_paths()
+    paths.config_file.parent.mkdir(parents=True)
+    paths.config_file.write_text(example[1])
+    config = load_config(paths)  # unknown keys or wrong types would raise ConfigError
+    for section, shown in (("provider", config.provider), ("daemon", config.daemon)):
+        for setting in fields(ProviderConfig if section == "provider" else DaemonSettings):
+            assert re.search(rf"^{setting.name} = ", example[1], re.MULTILINE), \
+                f"[{section}] {setting.name} is not in the example"
+            default = (setting.default_factory() if setting.default is MISSING  # type: ignore[misc]
+                       else setting.default)
+            if default is not None:
+                assert getattr(shown, setting.name) == default, (section, setting.name)
