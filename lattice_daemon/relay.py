@@ -37,6 +37,7 @@ log = logging.getLogger("lattice_daemon.relay")
 CALL_TIMEOUT = 15.0  # register / events / deregister: a healthy gateway answers in ms
 POLL_GRACE = 10.0  # the poll's read timeout is the announced window plus this
 DEFAULT_POLL_WINDOW = 25.0
+MAX_POLL_WINDOW = 50.0  # docs/protocol.md: the announced window is bounded 1..50 s
 SPACE_FOR_EVENTS = 256  # at most this many events in one post
 EVENTS_GIVE_UP = 30.0  # seconds of failed event posts after which results are dropped
 
@@ -188,7 +189,9 @@ class RelayApi:
         window = answer.get("pollWindowSeconds", DEFAULT_POLL_WINDOW)
         if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
             window = DEFAULT_POLL_WINDOW
-        return Session(answer["sessionId"], float(window))
+        # The poll's read timeout derives from the window: an absurd one (a gateway bug)
+        # would leave a silently dropped connection (NAT, Wi-Fi change) hanging for ever.
+        return Session(answer["sessionId"], min(float(window), MAX_POLL_WINDOW))
 
     async def poll(self, session: Session, capacity: int
                    ) -> tuple[list[JobEnvelope], list[CancelNotice]]:

@@ -251,6 +251,14 @@ async def test_retry_after_is_honoured(setup: Setup) -> None:
     assert setup.status.last_error is None
 
 
+async def test_an_absurd_poll_window_is_capped_at_the_protocol_bound(setup: Setup) -> None:
+    # The poll's read timeout is the window plus a grace: it must stay finite and short.
+    setup.relay.scripted["register"].append(
+        httpx.Response(201, json={"sessionId": "s9", "pollWindowSeconds": 1e9}))
+    session = await setup.client.api.register({})
+    assert session.poll_window == 50.0
+
+
 async def test_unauthorized_means_repair_required_and_no_retry(setup: Setup) -> None:
     setup.relay.scripted["register"].append(
         httpx.Response(401, json={"error": {"message": "bad token", "code": "invalid_api_key"}}))
