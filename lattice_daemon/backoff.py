@@ -8,6 +8,7 @@ computed delay: the server knows when it will have room again.
 
 from __future__ import annotations
 
+import math
 import random
 
 MAX_RETRY_AFTER = 600.0  # never trust a server to park us for more than 10 minutes
@@ -43,6 +44,6 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    if seconds != seconds or seconds < 0:  # NaN or negative
+    if not math.isfinite(seconds) or seconds < 0:  # NaN, inf or negative
         return None
     return seconds

@@ -438,8 +438,11 @@ class RelayClient:
                                 len(batch) + len(self._outbox), dropped)
                     self._outbox.clear()
                     return
-                await asyncio.sleep(min(5.0, 0.1 * 2 ** failures) if exc.retry_after is None
-                                    else exc.retry_after)
+                delay = (min(5.0, 0.1 * 2 ** failures) if exc.retry_after is None
+                         else exc.retry_after)
+                # Never past the give-up point (a proxy's "Retry-After: 3600" would hold
+                # every result for an hour while the leases run out).
+                await asyncio.sleep(max(0.0, min(delay, first_failure + EVENTS_GIVE_UP - now)))
                 continue
             for refusal in refused:
                 job_id = str(refusal.get("jobId", ""))

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from lattice_daemon import relay as relay_module
 from lattice_daemon.backoff import Backoff, parse_retry_after
 from lattice_daemon.relay import RelayApi, RelayClient, RelayState, RelayStatus, relay_base_url
 from lattice_protocol import ResultEvent
@@ -223,6 +224,20 @@ async def test_event_post_failures_are_retried_in_order(setup: Setup) -> None:
     assert setup.relay.count("events") >= 3
 
 
+async def test_a_long_retry_after_on_events_never_holds_results_past_the_give_up(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module, "EVENTS_GIVE_UP", 0.3)
+    setup.relay.scripted["events"].append(
+        httpx.Response(429, headers={"retry-after": "3600"}, text="slow down"))
+    spec = setup.harness.spec(stream=True)
+    setup.relay.add_job(setup.harness.envelope(spec).to_dict())
+    setup.client.start()
+    # waited 0.3 s (the give-up point), not an hour; the retry then delivered everything
+    await async_wait_until(_async(lambda: any(e.kind == "end" for e in setup.opened_events())),
+                           timeout=3, what="end event")
+    assert [e.kind for e in setup.opened_events()] == ["chunk", "chunk", "end"]
+
+
 async def test_refused_events_drop_the_job() -> None:
     provider = FakeProvider(pieces=["a"] * 100, delay=0.02)
     s = Setup(provider)
@@ -350,6 +365,7 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(" 0.5 ") == 0.5
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert parse_retry_after("-1") is None and parse_retry_after(None) is None
+    assert parse_retry_after("inf") is None and parse_retry_after("nan") is None
 
 
 def test_relay_base_url() -> None:
