@@ -293,13 +293,39 @@ describe("streaming", () => {
     const quick = new ComputeClient({ credential: { kind: "apiKey", apiKey: "k" }, baseUrl: BASE, fetch: stalls, timeoutMs: 50 });
     await assert.rejects(
       drain(await quick.streamChatForPersonalRuntime("rt_1", { messages: [] })),
-      (e: unknown) => e instanceof client.LatticeTimeoutError && /within 50 ms/.test(e.message),
+      (e: unknown) => e instanceof client.LatticeTimeoutError && /sent nothing within 50 ms/.test(e.message),
     );
     const controller = new AbortController();
     const stream = await compute(stalls).streamChatForPersonalRuntime("rt_1", { messages: [] }, { signal: controller.signal });
     const pending = drain(stream);
     controller.abort();
     await assert.rejects(pending, (e: unknown) => e instanceof Error && e.name === "AbortError");
+  });
+
+  it("a stream that keeps producing outlives timeoutMs: the deadline is on silence", async () => {
+    // Ten chunks 25 ms apart (250 ms in all) under a 100 ms timeoutMs; like a real fetch,
+    // the body fails with the signal's reason when the request is aborted.
+    const drips = (async (_input: string | URL | Request, init?: RequestInit) => {
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          await new Promise((resolve) => setTimeout(resolve, 25));
+          if (init?.signal?.aborted) controller.error(init.signal.reason);
+          else if (sent++ < 10) controller.enqueue(new TextEncoder().encode(`data: ${chunk(String(sent))}\n\n`));
+          else {
+            controller.enqueue(new TextEncoder().encode("data: [DONE]\n\n"));
+            controller.close();
+          }
+        },
+      });
+      return new Response(body, { status: 200 });
+    }) as typeof fetch;
+    const patient = new ComputeClient({ credential: { kind: "apiKey", apiKey: "k" }, baseUrl: BASE, fetch: drips, timeoutMs: 100 });
+    const started = Date.now();
+    const parts: string[] = [];
+    for await (const part of await patient.streamChatForPersonalRuntime("rt_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
+    assert.deepEqual(parts, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+    assert.ok(Date.now() - started > 200, "the stream ran longer than timeoutMs");
   });
 
   it("rejects before streaming on an error status", async () => {

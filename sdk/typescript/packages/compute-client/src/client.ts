@@ -2,7 +2,7 @@
 
 import { LatticeApiError, LatticeConfigurationError } from "./errors.js";
 import { chunksFromLines, lines } from "./sse.js";
-import { Transport, type TransportOptions } from "./http.js";
+import { SilenceDeadline, Transport, type TransportOptions } from "./http.js";
 import type {
   ChatCompletion,
   ChatCompletionChunk,
@@ -63,13 +63,15 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   private readonly controller: AbortController;
   private readonly response: Response;
   private readonly transport: Transport;
+  private readonly deadline: SilenceDeadline;
   private readonly callerSignal: AbortSignal | undefined;
   private consumed = false;
 
-  constructor(response: Response, controller: AbortController, transport: Transport, callerSignal?: AbortSignal) {
+  constructor(response: Response, controller: AbortController, transport: Transport, deadline: SilenceDeadline, callerSignal?: AbortSignal) {
     this.response = response;
     this.controller = controller;
     this.transport = transport;
+    this.deadline = deadline;
     this.callerSignal = callerSignal;
   }
 
@@ -79,11 +81,11 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     const body = this.response.body;
     if (!body) return;
     try {
-      yield* chunksFromLines<ChatCompletionChunk>(lines(body as unknown as AsyncIterable<Uint8Array>));
+      yield* chunksFromLines<ChatCompletionChunk>(lines(this.rearming(body as unknown as AsyncIterable<Uint8Array>)));
     } catch (error) {
       // After close() the abort is ours; otherwise the deadline or the network broke it.
       if (this.controller.signal.aborted) throw error;
-      throw this.transport.streamFailure(error, this.callerSignal);
+      throw this.transport.streamFailure(error, this.deadline, this.callerSignal);
     } finally {
       this.close();
     }
@@ -91,7 +93,16 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
 
   /** Stop reading; the gateway sees the disconnect and cancels the job on the daemon. */
   close(): void {
+    this.deadline.clear();
     if (!this.controller.signal.aborted) this.controller.abort();
+  }
+
+  /** The body, re-arming the silence deadline whenever bytes (chunks, keep-alives) arrive. */
+  private async *rearming(body: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+    for await (const bytes of body) {
+      this.deadline.arm();
+      yield bytes;
+    }
   }
 }
 
@@ -135,8 +146,15 @@ export class ComputeClient {
     const body = chatBody(runtime, request, options, true);
     const controller = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
-    const response = await this.transport.send("POST", "/v1/chat/completions", body, signal);
-    return new ChatStream(response, controller, this.transport, options.signal);
+    const deadline = new SilenceDeadline(this.transport.timeoutMs);
+    let response: Response;
+    try {
+      response = await this.transport.send("POST", "/v1/chat/completions", body, signal, deadline);
+    } catch (error) {
+      deadline.clear();
+      throw error;
+    }
+    return new ChatStream(response, controller, this.transport, deadline, options.signal);
   }
 
   /** OpenAI model objects for the caller's reachable runtimes. */

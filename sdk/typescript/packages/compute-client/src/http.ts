@@ -20,7 +20,11 @@ export interface TransportOptions {
   credential?: Credential | undefined;
   /** Retries of safe failures (see docs/sdk.md); default 2, 0 disables. */
   maxRetries?: number | undefined;
-  /** Whole-request deadline in milliseconds; default 600000. */
+  /**
+   * Milliseconds of silence allowed, default 600000: a whole request, or for a stream the
+   * wait for its answer and then each gap between chunks (a stream that keeps producing
+   * is never cut off).
+   */
   timeoutMs?: number | undefined;
   /** A fetch implementation (tests, proxies); default the platform's. */
   fetch?: typeof fetch | undefined;
@@ -87,11 +91,40 @@ function causeCode(error: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * A deadline on silence: it fires `ms` after it was (re)armed. The SDK arms it when a
+ * request starts and again whenever a stream delivers bytes.
+ */
+export class SilenceDeadline {
+  private readonly controller = new AbortController();
+  private timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(private readonly ms: number) {
+    this.arm();
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  arm(): void {
+    clearTimeout(this.timer);
+    if (this.controller.signal.aborted) return;
+    this.timer = setTimeout(() => this.controller.abort(new DOMException(`nothing within ${this.ms} ms`, "TimeoutError")), this.ms);
+    // Like AbortSignal.timeout, the deadline alone does not keep node running.
+    (this.timer as { unref?: () => void }).unref?.();
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+  }
+}
+
 export class Transport {
   readonly baseUrl: string;
   readonly maxRetries: number;
   private readonly headers: Record<string, string>;
-  private readonly timeoutMs: number;
+  readonly timeoutMs: number;
   private readonly fetchImpl: typeof fetch;
   /** Replaced in tests so retries do not wait. */
   sleep: (seconds: number) => Promise<void> = (s) => new Promise((resolve) => setTimeout(resolve, s * 1000));
@@ -109,20 +142,28 @@ export class Transport {
   }
 
   async json<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
-    const response = await this.send(method, path, body, signal);
+    const deadline = new SilenceDeadline(this.timeoutMs);
     try {
-      return (await response.json()) as T;
-    } catch {
-      throw new LatticeApiError("the gateway answered with a body that is not JSON", { status: response.status });
+      const response = await this.send(method, path, body, signal, deadline);
+      try {
+        return (await response.json()) as T;
+      } catch {
+        throw new LatticeApiError("the gateway answered with a body that is not JSON", { status: response.status });
+      }
+    } finally {
+      deadline.clear();
     }
   }
 
-  /** A response with status 2xx; errors and safe retries are handled here. */
-  async send(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<Response> {
+  /**
+   * A response with status 2xx; errors and safe retries are handled here. `deadline`
+   * bounds the wait (all attempts) and, through the response's signal, its body; the
+   * caller clears it when done.
+   */
+  async send(method: string, path: string, body: unknown, signal: AbortSignal | undefined, deadline: SilenceDeadline): Promise<Response> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const headers = payload === undefined ? this.headers : { ...this.headers, "content-type": "application/json" };
-    const deadline = AbortSignal.timeout(this.timeoutMs);
-    const combined = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    const combined = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
     for (let attempt = 0; ; attempt++) {
       let response: Response;
       try {
@@ -134,7 +175,7 @@ export class Transport {
         });
       } catch (error) {
         if (signal?.aborted) throw error; // the caller's own abort: theirs to handle
-        if (deadline.aborted) {
+        if (deadline.signal.aborted) {
           throw new LatticeTimeoutError(`the gateway at ${this.baseUrl} did not answer within ${this.timeoutMs} ms`, { cause: error });
         }
         const code = causeCode(error);
@@ -171,10 +212,10 @@ export class Transport {
    * and the SDK's errors stay as they are; the deadline and network failures become
    * LatticeTimeoutError / LatticeConnectionError, as they would before the answer.
    */
-  streamFailure(error: unknown, callerSignal?: AbortSignal): unknown {
+  streamFailure(error: unknown, deadline: SilenceDeadline, callerSignal?: AbortSignal): unknown {
     if (callerSignal?.aborted || error instanceof LatticeError) return error;
-    if (error instanceof Error && error.name === "TimeoutError") {
-      return new LatticeTimeoutError(`the gateway at ${this.baseUrl} did not finish the stream within ${this.timeoutMs} ms`, {
+    if (deadline.signal.aborted) {
+      return new LatticeTimeoutError(`the stream from the gateway at ${this.baseUrl} sent nothing within ${this.timeoutMs} ms`, {
         cause: error,
       });
     }
