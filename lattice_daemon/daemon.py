@@ -38,7 +38,7 @@ from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
 from .paths import Paths
 from .relay import RelayApi, RelayClient, RelayState, RelayStatus
-from .runner import JobRunner
+from .runner import JobRunner, default_model_among
 from .transports import provider_transport
 
 log = logging.getLogger("lattice_daemon")
@@ -275,10 +275,8 @@ class Daemon:
         configured = self.config.provider.default_model
         if configured:
             return configured
-        models = self._health.models if self._health else []
-        allowed = self.config.provider.allowed_models
-        candidates = [m for m in models if not allowed or m in allowed]
-        return candidates[0] if candidates else None
+        models = list(self._health.models) if self._health else []
+        return default_model_among(models, self.config.provider.allowed_models)
 
     async def describe_provider(self) -> dict[str, Any]:
         """The provider part of a session registration."""

@@ -85,6 +85,16 @@ class _Job:
         self.send("error", code=ErrorCode(code).value, message=message)
 
 
+def default_model_among(models: list[str], allowed: list[str]) -> str | None:
+    """The model for requests that name none, when the config names no default either:
+    the provider's first allowed chat model. Embedding models (``nomic-embed-text``,
+    LM Studio's ``text-embedding-...``) are listed beside chat models and often first
+    (most recently pulled), but cannot answer a chat request."""
+    candidates = [m for m in models if not allowed or m in allowed]
+    chat_models = [m for m in candidates if "embed" not in m.lower()]
+    return (chat_models or candidates or [None])[0]
+
+
 def _deadline(seconds: float) -> float | None:
     return seconds if seconds > 0 else None  # 0 in a job means "no deadline of its own"
 
@@ -317,13 +327,11 @@ class JobRunner:
         allowed = self._config.allowed_models
         model = spec.model or self._config.default_model
         if model is None:
-            models = await self._provider_models()
-            candidates = [m for m in models if not allowed or m in allowed]
-            if not candidates:
+            model = default_model_among(await self._provider_models(), allowed)
+            if model is None:
                 raise JobRefused(ErrorCode.PROVIDER_ERROR,
                                  f"{self.provider.display_name}: no model to run (no default "
                                  "model configured and the provider lists none)")
-            model = candidates[0]
         if allowed and model not in allowed:
             raise JobRefused(ErrorCode.INVALID_REQUEST,
                              f"model {model!r} is not allowed on this runtime (allowed: "

@@ -391,10 +391,11 @@ def check_model(config: DaemonConfig | None, models: list[str] | None) -> Check:
                      f"the default model {wanted} is not on the provider "
                      f"(it has: {', '.join(models) or 'none'})",
                      _GET_MODEL.get(kind, "install {model}").format(model=wanted))
-    candidates = [m for m in models if not allowed or m in allowed]
-    if candidates:
-        return Check("model", "Default model", PASS,
-                     f"none configured; the daemon uses {candidates[0]}")
+    from lattice_daemon.runner import default_model_among
+
+    chosen = default_model_among(models, allowed)
+    if chosen:
+        return Check("model", "Default model", PASS, f"none configured; the daemon uses {chosen}")
     example = allowed[0] if allowed else "llama3.2"
     return Check("model", "Default model", FAIL,
                  "the provider has no model" + (" that the config allows" if allowed else ""),

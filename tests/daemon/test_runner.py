@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lattice_daemon.config import ProviderConfig
-from lattice_daemon.runner import JobRunner
+from lattice_daemon.runner import JobRunner, default_model_among
 from lattice_protocol import JobEnvelope, JobSpec, KeyPair, ResultEvent, SealedEvent, Sealer
 from providers import ProviderError, ProviderHealth, make_provider
 from tests.servers import run_ollama_server
@@ -217,6 +217,23 @@ async def test_default_model_is_the_configured_one_else_the_providers_first() ->
     await h2.finished(spec2.job_id)
     assert h.provider.requests[0]["model"] == "first"
     assert h2.provider.requests[0]["model"] == "configured"
+
+
+async def test_an_embedding_model_is_never_the_default() -> None:
+    # Ollama lists the most recently pulled model first; often an embedding model.
+    h = Harness(FakeProvider(models=["nomic-embed-text:latest", "llama3.2:latest"]))
+    spec = h.spec(model=None)
+    h.runner.start(h.envelope(spec))
+    await h.finished(spec.job_id)
+    assert h.provider.requests[0]["model"] == "llama3.2:latest"
+
+
+def test_default_model_among_prefers_allowed_chat_models() -> None:
+    assert default_model_among(["text-embedding-nomic-embed-text-v1.5", "qwen3-8b"], []) \
+        == "qwen3-8b"
+    assert default_model_among(["only-embed"], []) == "only-embed"  # better than nothing
+    assert default_model_among(["a-embed", "b", "c"], ["c"]) == "c"
+    assert default_model_among([], []) is None
 
 
 async def test_provider_error_becomes_provider_error_with_its_message() -> None:
