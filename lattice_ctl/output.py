@@ -35,28 +35,40 @@ def _console(stderr: bool = False):  # -> rich.console.Console (imported lazily:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def emit(data: Any, human: Callable[[Any], str | None] | None = None) -> None:
-    """Print ``data``: JSON under --json, otherwise ``human(data)`` rendered with rich."""
+def emit(data: Any, human: Callable[[Any], str | None] | None = None, *,
+         markup: bool = False) -> None:
+    """Print ``data``: JSON under --json, otherwise ``human(data)``.
+
+    The human text is plain unless ``markup`` says it carries rich markup (whose
+    callers escape the data in it): rich would otherwise eat text such as
+    "[provider]" from a config error, taking it for a style tag.
+    """
     if _json_mode():
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
         return
     text = human(data) if human else json.dumps(data, indent=2, default=str)
     if not text:
         return
-    if "[" not in text:  # no rich markup: skip importing rich (~25 ms of `ping`'s budget)
+    if not markup:  # plain text: no rich import either (~25 ms of `ping`'s budget)
         sys.stdout.write(text + "\n")
         return
     _console().print(text)
 
 
+def _escape(message: str) -> str:
+    from rich.markup import escape
+
+    return escape(message)
+
+
 def info(message: str) -> None:
     """A note for people (stderr; silent under --json)."""
     if not _json_mode():
-        _console(stderr=True).print(message)
+        _console(stderr=True).print(_escape(message))
 
 
 def warn(message: str) -> None:
-    _console(stderr=True).print(f"[yellow]warning:[/yellow] {message}")
+    _console(stderr=True).print(f"[yellow]warning:[/yellow] {_escape(message)}")
 
 
 def fail(message: str, exit_code: int = 1, data: dict[str, Any] | None = None) -> NoReturn:
@@ -65,7 +77,7 @@ def fail(message: str, exit_code: int = 1, data: dict[str, Any] | None = None) -
         payload = {"ok": False, "error": message, **(data or {})}
         sys.stdout.write(json.dumps(payload, sort_keys=True, default=str) + "\n")
     else:
-        _console(stderr=True).print(f"[red]error:[/red] {message}")
+        _console(stderr=True).print(f"[red]error:[/red] {_escape(message)}")
     sys.exit(exit_code)
 
 

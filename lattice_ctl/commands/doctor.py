@@ -446,6 +446,6 @@ def doctor(ctx: click.Context, timeout: float) -> None:
     with output.spinner("Checking..."):
         checks = run_checks(socket_path, timeout)
     ok = all(c.status != FAIL for c in checks)
-    output.emit({"ok": ok, "checks": [asdict(c) for c in checks]}, _human)
+    output.emit({"ok": ok, "checks": [asdict(c) for c in checks]}, _human, markup=True)
     if not ok:
         sys.exit(1)

@@ -25,14 +25,16 @@ def _configured() -> Any | None:
 
 
 def _providers_text(data: dict[str, Any]) -> str:
+    from rich.markup import escape
+
     lines = []
     for item in data["providers"]:
         mark = "[green]reachable[/green]" if item["ok"] else "[red]not reachable[/red]"
         configured = " (configured)" if item.get("configured") else ""
-        lines.append(f"{item['kind']} at {item['url']}{configured}: {mark}")
-        lines.append(f"  {item['detail']}")
+        lines.append(escape(f"{item['kind']} at {item['url']}{configured}: ") + mark)
+        lines.append(escape(f"  {item['detail']}"))
         if item.get("models"):
-            lines.append(f"  models: {', '.join(item['models'])}")
+            lines.append(escape(f"  models: {', '.join(item['models'])}"))
     return "\n".join(lines)
 
 
@@ -57,7 +59,7 @@ def providers(timeout: float) -> None:
             item = health.to_dict()
             item["configured"] = (kind, url.rstrip("/")) == configured_key
             results.append(item)
-    output.emit({"providers": results}, _providers_text)
+    output.emit({"providers": results}, _providers_text, markup=True)
 
 
 def _models_text(data: dict[str, Any]) -> str:

@@ -114,8 +114,6 @@ def uninstall() -> None:
 
 
 def _status_text(data: dict[str, Any]) -> str:
-    from rich.markup import escape  # paths may hold [brackets]: text, not markup
-
     if not data["installed"]:
         line = "Lattice service: not installed (install it: lattice-ctl service install)"
     else:
@@ -123,23 +121,19 @@ def _status_text(data: dict[str, Any]) -> str:
         line = f"Lattice service: installed, {state} ({data['manager']}: {data['unitFile']})"
     if data["detail"]:
         line += f"\n  {data['detail']}"
-    return escape(line)
+    return line
 
 
 def _installed_text(data: dict[str, Any]) -> str:
-    from rich.markup import escape
-
     state = "running" if data["answering"] else data["detail"]
-    return escape(f"Lattice service installed ({data['unitFile']}): {state}; it starts at "
-                  "login and restarts after a failure.")
+    return (f"Lattice service installed ({data['unitFile']}): {state}; it starts at "
+            "login and restarts after a failure.")
 
 
 def _removed_text(data: dict[str, Any]) -> str:
-    from rich.markup import escape
-
     if not data["removed"]:
         return "The Lattice service is not installed; nothing to remove."
-    return escape(f"Lattice service removed ({data['unitFile']}).")
+    return f"Lattice service removed ({data['unitFile']})."
 
 
 @service.command(name="status")

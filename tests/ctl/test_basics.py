@@ -125,3 +125,17 @@ def test_json_flag_after_the_subcommand_works_like_the_global_one(run_ctl: RunCt
     assert stdout_json(run_ctl("daemon", "status", "--json")) == {"running": False}
     ping = run_ctl("ping", "--json")
     assert ping.exit_code == 1 and stdout_json(ping)["code"] == "daemon_not_running"
+
+
+def test_bracketed_words_in_messages_are_printed_not_taken_for_markup(
+        run_ctl: RunCtl, lattice_home: Path) -> None:
+    # rich ate "[provider]" as a style tag: "error:  url must be a string"
+    from lattice_daemon.paths import get_paths
+
+    config = get_paths().config_file
+    config.parent.mkdir(parents=True, mode=0o700)
+    config.write_text("[provider]\nurl = 5\n")
+    config.chmod(0o600)
+    result = run_ctl("status")
+    assert result.exit_code == 1
+    assert "error: [provider] url must be a string" in result.stderr

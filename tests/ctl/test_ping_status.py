@@ -180,3 +180,14 @@ def test_socket_option_and_environment_pick_the_daemon(run_ctl: RunCtl, lattice_
         assert stdout_json(run_ctl("--json", "--socket", str(custom), "ping"))["pid"] == 777
         monkeypatch.setenv("LATTICE_SOCKET", str(custom))
         assert stdout_json(run_ctl("--json", "ping"))["pid"] == 777
+
+
+def test_bracketed_words_from_the_daemon_are_printed_as_they_are(
+        run_ctl: RunCtl, fake_daemon: FakeControlServer) -> None:
+    fake_daemon.answer("GET /v1/ping", 200, ping_body(relay={
+        "state": "reconnecting", "since": "2026-01-01T00:00:01.000Z",
+        "gateway": "http://127.0.0.1:9", "lastPollAt": None,
+        "lastError": "gateway answered HTTP 400: [daemon] bad [b]field[/b]"}))
+    result = run_ctl("ping")
+    assert result.exit_code == 0, result.stderr
+    assert "gateway answered HTTP 400: [daemon] bad [b]field[/b]" in result.stdout
