@@ -138,8 +138,19 @@ create_venv() {
     fi
     say "creating a virtualenv in $venv_dir"
     mkdir -p "$(dirname "$venv_dir")"
-    "$python" -m venv "$venv_dir" || die "could not create a virtualenv in $venv_dir. $(python_help)"
+    venv_created=1
+    "$python" -m venv "$venv_dir" || {
+        remove_new_venv
+        die "could not create a virtualenv in $venv_dir. $(python_help)"
+    }
     : >"$venv_dir/$MARKER_FILE"
+}
+
+remove_new_venv() {
+    # A first install that failed leaves nothing behind; an upgrade keeps the old install.
+    [ "${venv_created:-0}" = 1 ] || return 0
+    rm -rf "$venv_dir"
+    rmdir "$(dirname "$venv_dir")" 2>/dev/null || true # the data dir, if now empty
 }
 
 pip_install() {
@@ -147,8 +158,10 @@ pip_install() {
     # LATTICE_PIP_ARGS is split into words on purpose (several pip options).
     # shellcheck disable=SC2086
     PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv_dir/bin/python" -m pip install --quiet \
-        --upgrade ${LATTICE_PIP_ARGS:-} "$spec" ||
+        --upgrade ${LATTICE_PIP_ARGS:-} "$spec" || {
+        remove_new_venv
         die "pip could not install $spec (see the pip output above)."
+    }
 }
 
 link_commands() {
@@ -205,7 +218,10 @@ do_install() {
     create_venv
     pip_install
     after=$(installed_version)
-    [ -n "$after" ] || die "the install finished but $venv_dir/bin/lattice-ctl does not run."
+    [ -n "$after" ] || {
+        remove_new_venv
+        die "the install finished but $venv_dir/bin/lattice-ctl does not run."
+    }
     link_commands
     if [ -z "$before" ]; then
         say "installed lattice-ctl and lattice-daemon $after in $bin_dir"

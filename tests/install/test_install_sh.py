@@ -197,6 +197,20 @@ def test_clear_errors_and_nothing_installed(case: str, message: str, clean_home:
     assert files_under(clean_home) == set()
 
 
+def test_a_failed_first_install_leaves_nothing_behind(clean_home: Path, tmp_path: Path) -> None:
+    # The package cannot be found (no index, an empty wheel directory): pip fails after
+    # the virtualenv was created.
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    env = installer_env(clean_home, LATTICE_PIP_ARGS=f"--no-index --find-links {empty}")
+    done = run_installer(env, timeout=120)
+    assert done.returncode != 0
+    assert "creating a virtualenv" in done.stdout  # it got that far
+    assert "pip could not install lattice-runtimes" in done.stderr
+    assert files_under(clean_home) == set()
+    assert not (clean_home / ".local" / "share" / "lattice").exists()
+
+
 def test_bad_options_are_refused(clean_home: Path) -> None:
     env = installer_env(clean_home)
     unknown = run_installer(env, "--frobnicate", timeout=30)
