@@ -17,11 +17,12 @@ sees the client go away and stops generating, and the slot is free at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from lattice_protocol import (
     ErrorCode,
@@ -38,6 +39,8 @@ from providers import Provider, ProviderError
 
 from .config import ProviderConfig
 from .timeouts import within
+
+T = TypeVar("T")
 
 log = logging.getLogger("lattice_daemon.runner")
 
@@ -93,6 +96,33 @@ def default_model_among(models: list[str], allowed: list[str]) -> str | None:
     candidates = [m for m in models if not allowed or m in allowed]
     chat_models = [m for m in candidates if "embed" not in m.lower()]
     return (chat_models or candidates or [None])[0]
+
+
+def _progress_interval(idle_timeout: float) -> float:
+    """How often a running non-streaming job says so: well inside the gateway's silence
+    deadline (the job's idle timeout), at most every 15 s (traffic)."""
+    return min(15.0, max(0.05, idle_timeout / 4)) if idle_timeout > 0 else 15.0
+
+
+async def _with_progress(call: Awaitable[T], job: _Job, interval: float) -> T:
+    """Await ``call``, sending a ``progress`` event every ``interval`` seconds.
+
+    A non-streaming job sends nothing until its result; without these the gateway could
+    not tell a generation that runs for minutes from a daemon that died. The provider's
+    own first-token and idle deadlines still bound the provider's silence underneath.
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval)
+            if done:
+                return task.result()
+            job.send("progress")
+    finally:
+        if not task.done():
+            task.cancel()  # closes the provider connection: it stops generating
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _deadline(seconds: float) -> float | None:
@@ -261,7 +291,8 @@ class JobRunner:
                 outcome = f"{chunks} chunks"
             else:
                 request.pop("stream", None)
-                completion = await self.provider.chat(request)
+                completion = await _with_progress(self.provider.chat(request), job,
+                                                  _progress_interval(spec.idle_timeout))
                 if self._log_prompts:
                     log.info("job %s completion: %s", spec.job_id, completion.get("choices"))
                 job.send("result", data=completion)

@@ -166,8 +166,8 @@ class CancelNotice:
 
 # ------------------------------------------------------------------------- results
 
-EventKind = Literal["chunk", "result", "error", "end"]
-_EVENT_KINDS = ("chunk", "result", "error", "end")
+EventKind = Literal["chunk", "result", "error", "end", "progress"]
+_EVENT_KINDS = ("chunk", "result", "error", "end", "progress")
 FINAL_KINDS = frozenset({"result", "error", "end"})
 
 
@@ -178,7 +178,10 @@ class ResultEvent:
     * ``chunk``: ``data`` is one OpenAI ``chat.completion.chunk`` (streaming jobs);
     * ``result``: ``data`` is the OpenAI ``chat.completion`` (non-streaming jobs);
     * ``end``: the stream finished normally;
-    * ``error``: the job failed; ``code`` is an ErrorCode value, ``message`` says why.
+    * ``error``: the job failed; ``code`` is an ErrorCode value, ``message`` says why;
+    * ``progress``: a non-streaming job is still running (the daemon keeps the
+      provider's silence deadlines itself), so a long generation is not taken for a
+      dead daemon.
 
     ``seq`` starts at 0 and increases by one per event of a job; ``result``, ``end`` and
     ``error`` are final.

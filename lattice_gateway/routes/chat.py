@@ -270,6 +270,8 @@ class _RelayedJob:
             event = self._open(item)
             if isinstance(event, ResultEvent):
                 self.silence_deadline = time.monotonic() + self.idle_timeout
+                if event.kind == "progress":
+                    continue  # a long non-streaming generation is still running
             return event
 
     def _open(self, sealed: SealedEvent) -> ResultEvent | LatticeError:

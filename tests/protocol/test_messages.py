@@ -70,12 +70,13 @@ def test_unknown_version_has_its_own_reason() -> None:
         ResultEvent("chunk", "j", 0, data={"object": "chat.completion.chunk"}),
         ResultEvent("result", "j", 3, data={"object": "chat.completion"}),
         ResultEvent("end", "j", 9),
+        ResultEvent("progress", "j", 4),
         ResultEvent("error", "j", 1, code="provider_error", message="Ollama at x: boom"),
     ],
 )
 def test_event_round_trip(event: ResultEvent) -> None:
     assert parse_event(event.to_dict()) == event
-    assert event.final == (event.kind != "chunk")
+    assert event.final == (event.kind in ("result", "end", "error"))
 
 
 @pytest.mark.parametrize(
