@@ -24,6 +24,7 @@ __all__ = [
     "ProviderError",
     "ProviderHealth",
     "adetect_providers",
+    "check_url",
     "detect_providers",
     "make_provider",
 ]
@@ -61,22 +62,42 @@ def make_provider(
     url = url or DEFAULT_URLS.get(kind)
     if not url:
         raise ValueError(f"provider kind {kind!r} needs a URL (e.g. http://127.0.0.1:8000)")
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"provider URL must start with http:// or https://, got {url!r}")
+    check_url(url)
     return factory(url, first_token_timeout=first_token_timeout, idle_timeout=idle_timeout,
                    probe_timeout=probe_timeout, transport=transport, **options)
 
 
+def check_url(url: str) -> None:
+    """Raise ValueError (a message for people) unless ``url`` is a usable http(s) URL."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"provider URL must start with http:// or https://, got {url!r}")
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"provider URL {url!r} is not a valid URL ({exc})") from None
+    if not host:
+        raise ValueError(f"provider URL {url!r} names no host")
+
+
 async def adetect_providers(timeout: float = 0.5, urls: Mapping[str, str] | None = None
                             ) -> list[ProviderHealth]:
-    """Probe Ollama and LM Studio (default ports, or ``urls`` by kind) concurrently."""
+    """Probe Ollama and LM Studio (default ports, or ``urls`` by kind) concurrently.
+
+    Never raises: an unusable URL is reported as a failed probe saying why.
+    """
     targets = dict(urls if urls is not None else DEFAULT_URLS)
-    providers = [make_provider(kind, url, probe_timeout=timeout)
-                 for kind, url in targets.items()]
-    try:
-        return list(await asyncio.gather(*(p.health() for p in providers)))
-    finally:
-        await asyncio.gather(*(p.aclose() for p in providers))
+
+    async def probe(kind: str, url: str) -> ProviderHealth:
+        try:
+            provider = make_provider(kind, url, probe_timeout=timeout)
+        except ValueError as exc:
+            return ProviderHealth(False, str(exc), kind=kind, url=url)
+        try:
+            return await provider.health()
+        finally:
+            await provider.aclose()
+
+    return list(await asyncio.gather(*(probe(kind, url) for kind, url in targets.items())))
 
 
 def detect_providers(timeout: float = 0.5, urls: Mapping[str, str] | None = None

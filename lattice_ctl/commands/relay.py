@@ -167,6 +167,14 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
         token = check_token_shape(_read_token(token_option))
     except PairingError as exc:
         output.fail(str(exc), exit_code=2, data={"code": exc.code})
+    if provider_url:
+        from providers import check_url
+
+        try:
+            check_url(provider_url)
+        except ValueError as exc:
+            output.fail(f"--provider-url: {exc}", exit_code=2,
+                        data={"code": "invalid_provider_url"})
     try:
         config = load_config(paths)
     except ConfigError as exc:

@@ -189,6 +189,17 @@ def test_missing_token_and_malformed_token_fail_before_network(lattice_home: Pat
     assert "sk_not_a_bootstrap_token" not in done.stderr
 
 
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://", "localhost:11434"])
+def test_unusable_provider_url_fails_before_network(lattice_home: Path, url: str) -> None:
+    done = ctl(lattice_home, "relay", "connect", "--gateway", "http://127.0.0.1:9",
+               "--bootstrap-token", "plrt_v1_" + "C" * 43, "--provider-url", url)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: --provider-url: provider URL {url!r}"[:30])
+    assert "Traceback" not in done.stderr
+    assert not home_paths(lattice_home).config_file.exists()
+
+
 def test_unreachable_gateway_is_reported_with_proxy_hint(lattice_home: Path) -> None:
     token = "plrt_v1_" + "B" * 43
     url = f"http://127.0.0.1:{free_port()}"

@@ -132,6 +132,7 @@ def test_unusable_timing_setting_exits_with_config_code(paired: PairedRuntime, p
     ("provider", 'first_token_timeout = "5m"', "[provider] first_token_timeout must be a number"),
     ("provider", 'allowed_models = "llama3.2"', "[provider] allowed_models must be a list"),
     ("daemon", 'log_prompts = "false"', "[daemon] log_prompts must be true or false"),
+    ("provider", 'url = "http://[::1"', "[provider] provider URL 'http://[::1' is not a valid"),
 ])
 def test_a_setting_of_the_wrong_type_exits_with_config_code(
         paths: Paths, section: str, line: str, named: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from providers import ProviderError, make_provider
+from providers import ProviderError, detect_providers, make_provider
 from tests.providers.mock import (
     NAMES,
     URLS,
@@ -244,6 +244,16 @@ def test_make_provider_validates_kind_and_url() -> None:
         make_provider("ollama", "localhost:11434")
     assert make_provider("ollama").display_name == "Ollama at http://localhost:11434"
     assert make_provider("lmstudio").display_name == "LM Studio at http://localhost:1234"
+
+
+def test_an_unusable_url_is_a_value_error_and_a_failed_probe_not_a_crash() -> None:
+    with pytest.raises(ValueError, match="not a valid URL"):
+        make_provider("ollama", "http://[::1")  # was httpx.InvalidURL from deep inside
+    with pytest.raises(ValueError, match="names no host"):
+        make_provider("openai", "http://")
+    (health,) = detect_providers(timeout=0.5, urls={"ollama": "http://[::1"})
+    assert not health.ok and "not a valid URL" in health.detail
+    assert health.kind == "ollama" and health.url == "http://[::1"
 
 
 async def test_n_greater_than_one_is_rejected_before_sending() -> None:
