@@ -48,8 +48,14 @@ class Redeemed:
 
 
 def normalize_gateway(url: str) -> str:
+    import httpx
+
     url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
+    try:
+        host = httpx.URL(url).host if url.startswith(("http://", "https://")) else ""
+    except httpx.InvalidURL:  # e.g. "http://[::1": a typo, not a reason for a traceback
+        host = ""
+    if not host:
         raise PairingError(f"--gateway must be an http:// or https:// URL, got {url!r}",
                            "invalid_gateway")
     return url

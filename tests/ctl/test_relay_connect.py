@@ -190,6 +190,15 @@ def test_missing_token_and_malformed_token_fail_before_network(lattice_home: Pat
 
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "http://", "gateway.example:443"])
+def test_unusable_gateway_url_fails_before_network(lattice_home: Path, url: str) -> None:
+    done = ctl(lattice_home, "relay", "connect", "--gateway", url,
+               "--bootstrap-token", "plrt_v1_" + "D" * 43, *PROVIDER)
+    assert done.returncode == 2, done.stderr
+    assert "--gateway must be an http:// or https:// URL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("url", ["http://[::1", "http://", "localhost:11434"])
 def test_unusable_provider_url_fails_before_network(lattice_home: Path, url: str) -> None:
     done = ctl(lattice_home, "relay", "connect", "--gateway", "http://127.0.0.1:9",
