@@ -102,8 +102,13 @@ def validate(config: DaemonConfig) -> None:
         except SealError:
             raise ConfigError("[relay] gateway_public_key is not a valid public key; "
                               "run `lattice-ctl relay connect --replace`") from None
-        if not config.relay.relay_url.startswith(("http://", "https://")):
-            raise ConfigError("[relay] relay_url must start with https:// or http://")
+        try:  # every relay request is built on it: a bad one would be a traceback later
+            relay_host = httpx.URL(config.relay.relay_url).host
+        except httpx.InvalidURL:
+            relay_host = ""
+        if not (config.relay.relay_url.startswith(("http://", "https://")) and relay_host):
+            raise ConfigError("[relay] relay_url must be an https:// or http:// URL; "
+                              "run `lattice-ctl relay connect --replace`")
 
 
 class Daemon:

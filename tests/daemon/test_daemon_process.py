@@ -170,6 +170,17 @@ def test_readable_config_and_key_are_made_private_at_start_and_reload(
         assert_private()
 
 
+def test_a_malformed_relay_url_exits_with_config_code(paired: PairedRuntime,
+                                                     paths: Paths) -> None:
+    from dataclasses import replace
+
+    write_config(paths, relay=replace(paired.relay, relay_url="http://[::1"),
+                 provider_url="http://127.0.0.1:9")
+    result = run_once(timeout=10)
+    assert result.returncode == exitcodes.CONFIG, result.stderr
+    assert "[relay] relay_url must be an https:// or http:// URL" in result.stderr
+
+
 def test_second_instance_is_refused(paths: Paths) -> None:
     write_config(paths, provider_url="http://127.0.0.1:9")
     with DaemonProcess(paths).start() as first:
