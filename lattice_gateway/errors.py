@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -23,4 +24,6 @@ def error_response(
 
 
 def api_error_response(exc: LatticeError, headers: dict[str, Any] | None = None) -> JSONResponse:
+    if exc.retry_after is not None:
+        headers = {"retry-after": str(math.ceil(exc.retry_after)), **(headers or {})}
     return error_response(exc.code, exc.message, exc.param, headers)

@@ -32,6 +32,9 @@ class Settings:
 
     # Input bounds.
     max_body_bytes: int = 4 * 1024 * 1024
+    # Jobs waiting for a runtime's daemon; beyond it chat answers 429 rate_limited
+    # (bounds the memory one caller can hold; Ollama's own queue default is 512).
+    max_queued_jobs: int = 512
     bootstrap_ttl_default: int = 600
     bootstrap_ttl_min: int = 60
     bootstrap_ttl_max: int = 3600

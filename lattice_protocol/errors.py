@@ -97,11 +97,13 @@ def error_body(code: ErrorCode, message: str, param: str | None = None) -> dict[
 class LatticeError(Exception):
     """An error that maps to the contract's envelope. Messages never contain secrets."""
 
-    def __init__(self, code: ErrorCode, message: str, param: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, param: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.param = param
+        self.retry_after = retry_after  # seconds, for the Retry-After header
 
     @property
     def status(self) -> int:

@@ -33,6 +33,7 @@ def create_broker(settings: Settings) -> RelayBroker:
             poll_window_seconds=poll_window(settings),
             presence_window_seconds=settings.presence_window_seconds,
             pickup_timeout_seconds=settings.pickup_timeout_seconds,
+            max_queued_jobs=settings.max_queued_jobs,
             key_prefix=(settings.extra.get("redis_prefix")
                         or os.environ.get("LATTICE_GATEWAY_REDIS_PREFIX") or "lattice:relay:"),
         )
@@ -40,4 +41,5 @@ def create_broker(settings: Settings) -> RelayBroker:
         poll_window_seconds=poll_window(settings),
         presence_window_seconds=settings.presence_window_seconds,
         pickup_timeout_seconds=settings.pickup_timeout_seconds,
+        max_queued_jobs=settings.max_queued_jobs,
     )

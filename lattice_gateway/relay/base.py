@@ -16,6 +16,21 @@ from typing import Any, Protocol
 
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
+SESSION_LIMIT_RETRY_AFTER = 5.0  # seconds: a restarting daemon's old session lapses
+QUEUE_FULL_RETRY_AFTER = 1.0
+
+
+def too_many_sessions() -> LatticeError:
+    return LatticeError(ErrorCode.RATE_LIMITED, "too many relay sessions for this runtime",
+                        retry_after=SESSION_LIMIT_RETRY_AFTER)
+
+
+def queue_full(limit: int) -> LatticeError:
+    return LatticeError(ErrorCode.RATE_LIMITED,
+                        f"too many requests are waiting for this personal runtime ({limit} "
+                        "queued); retry shortly", retry_after=QUEUE_FULL_RETRY_AFTER)
+
+
 # An ASGI ``receive`` callable: the poll watches it to notice a daemon that went away.
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
-from .base import EventInbox, EventsResult, PollResult, Receive, Refusal, SessionNotFound
+from .base import (
+    EventInbox,
+    EventsResult,
+    PollResult,
+    Receive,
+    Refusal,
+    SessionNotFound,
+    queue_full,
+    too_many_sessions,
+)
 
 MAX_SESSIONS_PER_RUNTIME = 32  # a daemon token cannot grow the broker without bound
 
@@ -115,8 +124,9 @@ class MemoryBroker:
 
     def __init__(self, *, poll_window_seconds: float = 25.0,
                  presence_window_seconds: float = 15.0,
-                 pickup_timeout_seconds: float = 30.0) -> None:
+                 pickup_timeout_seconds: float = 30.0, max_queued_jobs: int = 512) -> None:
         self.poll_window_seconds = poll_window_seconds
+        self.max_queued_jobs = max_queued_jobs
         self.presence_window_seconds = presence_window_seconds
         self.pickup_timeout_seconds = pickup_timeout_seconds
         self._runtimes: dict[str, _Runtime] = {}
@@ -211,8 +221,7 @@ class MemoryBroker:
                     self._end_session(old, None)
                     break
             else:
-                raise LatticeError(ErrorCode.RATE_LIMITED,
-                                   "too many relay sessions for this runtime")
+                raise too_many_sessions()
         session_id = "rs_" + secrets.token_hex(12)
         session = _Session(session_id, lattice_id, max_concurrency, time.monotonic(),
                            daemon_key=daemon_key)
@@ -371,6 +380,11 @@ class MemoryBroker:
             ticket.push(LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked"))
             return ticket
         rt = self._runtimes.setdefault(lattice_id, _Runtime())
+        # Cancelled tickets leave the queue lazily: count only live ones, and only when
+        # the cheap length says the bound might be reached.
+        if len(rt.queue) >= self.max_queued_jobs and sum(
+                t.state is _State.QUEUED for t in rt.queue) >= self.max_queued_jobs:
+            raise queue_full(self.max_queued_jobs)
         rt.queue.append(ticket)
         self._pickup_deadlines.append(ticket)
         if rt.waiting and not rt.flush_scheduled:

@@ -29,7 +29,17 @@ import redis.asyncio as aioredis
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
 from . import redis_scripts as lua
-from .base import EventInbox, EventsResult, PollResult, Receive, Refusal, SessionNotFound, resolve
+from .base import (
+    EventInbox,
+    EventsResult,
+    PollResult,
+    Receive,
+    Refusal,
+    SessionNotFound,
+    queue_full,
+    resolve,
+    too_many_sessions,
+)
 from .memory import MAX_SESSIONS_PER_RUNTIME
 
 log = logging.getLogger("lattice_gateway.relay")
@@ -101,8 +111,9 @@ class _Parked:
 class RedisBroker:
     def __init__(self, url: str, *, poll_window_seconds: float = 25.0,
                  presence_window_seconds: float = 15.0, pickup_timeout_seconds: float = 30.0,
-                 key_prefix: str = "lattice:relay:") -> None:
+                 key_prefix: str = "lattice:relay:", max_queued_jobs: int = 512) -> None:
         self.poll_window_seconds = poll_window_seconds
+        self.max_queued_jobs = max_queued_jobs
         self.presence_window_seconds = presence_window_seconds
         self.pickup_timeout_seconds = pickup_timeout_seconds
         self._prefix = key_prefix
@@ -278,7 +289,7 @@ class RedisBroker:
         if outcome == 0:
             raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
         if outcome == -1:
-            raise LatticeError(ErrorCode.RATE_LIMITED, "too many relay sessions for this runtime")
+            raise too_many_sessions()
         return session_id
 
     async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:
@@ -415,7 +426,10 @@ class RedisBroker:
         self._tickets[envelope.job_id] = ticket
         queued = await self._script("submit", lattice_id, envelope.job_id,
                                     orjson.dumps(envelope.to_dict()), self._replica,
-                                    _JOB_TTL_SECONDS)
+                                    _JOB_TTL_SECONDS, self.max_queued_jobs)
+        if queued == -1:
+            self._forget(ticket)
+            raise queue_full(self.max_queued_jobs)
         if not queued:
             self._forget(ticket)
             ticket.done = True

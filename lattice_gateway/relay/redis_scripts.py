@@ -28,6 +28,7 @@ return out
 SUBMIT = """
 local P, rt, id = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
+if redis.call('LLEN', P..'q:'..rt) >= tonumber(ARGV[7]) then return -1 end
 local jk = P..'job:'..id
 redis.call('HSET', jk, 'state', 'queued', 'env', ARGV[4], 'owner', ARGV[5], 'rt', rt)
 redis.call('EXPIRE', jk, tonumber(ARGV[6]))

@@ -22,7 +22,6 @@ from ..http import json_response, read_json_body
 from ..relay import RelayBroker, poll_window
 from ..services import Services
 
-RETRY_AFTER_SECONDS = 5  # when a runtime has too many live sessions
 MAX_CONCURRENCY = 1024  # bounds capacity and maxConcurrency
 MAX_EVENTS_PER_REQUEST = 4096
 MAX_MODELS = 1024
@@ -43,8 +42,6 @@ def _envelope_errors(endpoint: Endpoint) -> Endpoint:
         try:
             return await endpoint(request)
         except LatticeError as exc:
-            if exc.code is ErrorCode.RATE_LIMITED:
-                return api_error_response(exc, {"retry-after": str(RETRY_AFTER_SECONDS)})
             return api_error_response(exc)
 
     wrapped.__name__ = endpoint.__name__

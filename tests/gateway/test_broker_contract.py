@@ -357,3 +357,29 @@ async def test_a_new_pairing_ends_the_old_pairings_sessions_before_its_daemon_re
     assert (await broker.reachable([RUNTIME]))[RUNTIME]
     await broker.submit(RUNTIME, envelope(1))
     assert [j.job_id for j in (await broker.poll(RUNTIME, new, 1)).jobs] == ["job_1"]
+
+
+async def test_a_full_queue_refuses_new_jobs_until_places_free_up(make_broker: Maker) -> None:
+    broker = make_broker(max_queued_jobs=2)
+    first = await broker.submit(RUNTIME, envelope(0))
+    await broker.submit(RUNTIME, envelope(1))
+    with pytest.raises(LatticeError) as full:
+        await broker.submit(RUNTIME, envelope(2))
+    assert full.value.code is ErrorCode.RATE_LIMITED
+    assert full.value.retry_after == 1.0
+
+    first.cancel()  # a cancelled job gives its place back
+
+    async def accepted() -> bool:
+        try:
+            await broker.submit(RUNTIME, envelope(3))
+        except LatticeError:
+            return False
+        return True
+
+    await async_wait_until(accepted, timeout=2, what="a place in the queue")
+    # Leased jobs are not waiting any more: a poll makes room.
+    session = await broker.register_session(RUNTIME, 4)
+    assert {j.job_id for j in (await broker.poll(RUNTIME, session, 4)).jobs} == {
+        "job_1", "job_3"}
+    await broker.submit(RUNTIME, envelope(4))

@@ -295,3 +295,38 @@ def test_sync_openai_client_with_the_threaded_fake_daemon(
         client.close()
     finally:
         daemon.stop()
+
+
+
+async def test_a_runtime_with_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
+    """Jobs beyond max_queued_jobs for one runtime are refused, not held in memory."""
+    with run_gateway(tmp_path, max_queued_jobs=1, presence_window_seconds=1,
+                     pickup_timeout_seconds=2, poll_window_seconds=2) as gateway:
+        key = gateway.create_key("acme")
+        daemon = await paired_daemon(gateway.url, key, reply=Reply(never=True), capacity=1)
+        body = {"model": f"lattice:personal:{daemon.lattice_id}",
+                "messages": [{"role": "user", "content": "hi"}]}
+        async with httpx.AsyncClient(base_url=gateway.url, trust_env=False, timeout=15,
+                                     headers={"authorization": f"Bearer {key}"}) as client:
+            first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+
+            async def leased() -> bool:
+                return len(daemon.jobs) == 1
+
+            await async_wait_until(leased, what="the first job at the daemon (never answered)")
+            # The daemon is busy: of three more, one waits in the queue, two are refused.
+            more = [asyncio.create_task(client.post("/v1/chat/completions", json=body))
+                    for _ in range(3)]
+            async def two_refused() -> bool:
+                return sum(t.done() for t in more) >= 2
+
+            await async_wait_until(two_refused, what="two answers")
+            refused = [t.result() for t in more if t.done()]
+            assert [r.status_code for r in refused] == [429, 429]
+            for response in refused:
+                assert response.json()["error"]["code"] == "rate_limited"
+                assert response.headers["retry-after"] == "1"
+                assert response.headers["x-should-retry"] == "true"
+            await daemon.kill()  # the held requests end too, never hang
+            for task in [first, *(t for t in more if not t.done())]:
+                assert (await task).status_code in (503, 504)
