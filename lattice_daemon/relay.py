@@ -341,6 +341,10 @@ class RelayClient:
             except RelayError as exc:
                 self._failed(exc)
                 await asyncio.sleep(self._backoff.next_delay(exc.retry_after))
+            except Exception as exc:  # a bug must not end polling while status says fine
+                log.exception("unexpected error in the relay loop; retrying")
+                self._failed(RelayError(f"internal error: {type(exc).__name__}"))
+                await asyncio.sleep(self._backoff.next_delay())
 
     async def _poll_once(self, capacity: int) -> None:
         session = self.session
@@ -403,6 +407,8 @@ class RelayClient:
             self._sending = True
             try:
                 await self._post(batch)
+            except Exception:  # drop this batch, but keep sending: a dead sender loses all
+                log.exception("unexpected error posting %d events; dropped them", len(batch))
             finally:
                 self._sending = False
 

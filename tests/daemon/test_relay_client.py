@@ -310,6 +310,31 @@ async def test_revoked_runtime_mid_session_means_repair_required(setup: Setup) -
     assert setup.relay.count("poll") == polls
 
 
+async def test_an_unexpected_error_in_the_poll_loop_is_retried(setup: Setup) -> None:
+    setup.client.start()
+    await setup.state(RelayState.CONNECTED)
+    polls = setup.relay.count("poll")
+    setup.relay.scripted["poll"].append(RuntimeError("a bug below the relay client"))
+    await setup.state(RelayState.RECONNECTING)
+    assert setup.status.last_error == "internal error: RuntimeError"
+    await setup.state(RelayState.CONNECTED)  # polling went on instead of dying silently
+    await async_wait_until(_async(lambda: setup.relay.count("poll") >= polls + 2), timeout=3)
+
+
+async def test_an_unexpected_error_posting_events_does_not_stop_the_sender(
+        setup: Setup) -> None:
+    setup.relay.scripted["events"].append(RuntimeError("a bug below the relay client"))
+    first = setup.harness.spec(stream=False)
+    setup.relay.add_job(setup.harness.envelope(first).to_dict())
+    setup.client.start()
+    await async_wait_until(_async(lambda: setup.relay.count("events") >= 1), timeout=3)
+    second = setup.harness.spec(stream=False)
+    setup.relay.add_job(setup.harness.envelope(second).to_dict())
+    await async_wait_until(
+        _async(lambda: any(e.job_id == second.job_id for e in setup.opened_events())),
+        timeout=3, what="the next job's result")
+
+
 async def test_lost_session_registers_again(setup: Setup) -> None:
     setup.client.start()
     await setup.state(RelayState.CONNECTED)
