@@ -10,8 +10,12 @@ from lattice_ctl import output
 from lattice_ctl.daemon_link import client_for, try_ask
 
 
-def _configured() -> Any | None:
-    """The configured ProviderConfig, or None when there is no config file yet."""
+def _configured(*, required: bool = True) -> Any | None:
+    """The configured ProviderConfig, or None when there is no config file yet.
+
+    An unusable config fails the command when ``required``, else it is a warning (the
+    usual ports can be probed without it: that helps most when the config is broken).
+    """
     from lattice_daemon.config import ConfigError, load_config
     from lattice_daemon.paths import get_paths
 
@@ -21,7 +25,10 @@ def _configured() -> Any | None:
     try:
         return load_config(paths).provider
     except ConfigError as exc:
-        output.fail(str(exc))
+        if required:
+            output.fail(str(exc))
+        output.warn(f"{exc}; probing the usual ports only")
+        return None
 
 
 def _providers_text(data: dict[str, Any]) -> str:
@@ -45,7 +52,7 @@ def providers(timeout: float) -> None:
     from providers import DEFAULT_URLS, detect_providers
 
     targets: list[tuple[str, str]] = list(DEFAULT_URLS.items())
-    configured = _configured()
+    configured = _configured(required=False)
     configured_key = None
     if configured is not None:
         url = configured.url or DEFAULT_URLS.get(configured.kind)

@@ -38,6 +38,21 @@ def test_providers_lists_the_configured_one_with_models(run_ctl: RunCtl) -> None
     assert configured[0]["ok"] is True and configured[0]["models"] == ["m-a", "m-b"]
 
 
+def test_providers_still_probes_the_usual_ports_with_a_broken_config(
+        run_ctl: RunCtl, lattice_home: Path) -> None:
+    from lattice_daemon.paths import get_paths
+
+    config = get_paths().config_file
+    config.parent.mkdir(parents=True, mode=0o700)
+    config.write_text("not = = toml\n")
+    config.chmod(0o600)
+    result = run_ctl("--json", "providers", "--timeout", "0.5")
+    assert result.exit_code == 0, result.stderr
+    assert [item["kind"] for item in stdout_json(result)["providers"]] == ["ollama", "lmstudio"]
+    assert "cannot read" in result.stderr and "probing the usual ports only" in result.stderr
+    assert run_ctl("models").exit_code == 1  # models needs the configured provider
+
+
 def test_providers_human_output_marks_unreachable(run_ctl: RunCtl) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     _configure("ollama", url)
