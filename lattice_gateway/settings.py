@@ -48,14 +48,18 @@ class Settings:
         for f in fields(cls):
             if f.name == "extra":
                 continue
-            raw = os.environ.get("LATTICE_GATEWAY_" + f.name.upper())
+            variable = "LATTICE_GATEWAY_" + f.name.upper()
+            raw = os.environ.get(variable)
             if raw is None:
                 continue
-            if f.type in ("float", float):
-                values[f.name] = float(raw)
-            elif f.type in ("int", int):
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = raw
+            try:
+                if f.type in ("float", float):
+                    values[f.name] = float(raw)
+                elif f.type in ("int", int):
+                    values[f.name] = int(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise ValueError(f"{variable} must be a number, got {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)

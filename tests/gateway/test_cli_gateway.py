@@ -76,6 +76,15 @@ def test_database_from_environment(tmp_path: Path, lattice_home: Path,
     assert run_coroutine_blocking(_lookup(str(database), json.loads(result.stdout)["apiKey"]))
 
 
+def test_serve_names_a_malformed_setting_variable(tmp_path: Path, lattice_home: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_GATEWAY_POLL_WINDOW_SECONDS", "abc")
+    result = CliRunner().invoke(main, ["serve", "--database", str(tmp_path / "gw.db")])
+    assert result.exit_code != 0
+    assert "LATTICE_GATEWAY_POLL_WINDOW_SECONDS must be a number, got 'abc'" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_tokens_create_json(tmp_path: Path, lattice_home: Path) -> None:
     database = str(tmp_path / "gw.db")
     before = time.time()
