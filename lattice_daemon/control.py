@@ -46,6 +46,10 @@ class SocketInUse(Exception):
     """Another live process answers on the socket path."""
 
 
+class SocketPathUnusable(Exception):
+    """The socket path holds something else, or cannot be checked: a person must fix it."""
+
+
 class ControlBackend(Protocol):
     """What the daemon exposes through the socket; every method returns a JSON object."""
 
@@ -274,15 +278,16 @@ def _remove_stale_socket(path: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise SocketInUse(f"{path} exists and is not a socket; remove it or set "
-                          "LATTICE_SOCKET to another path")
+        raise SocketPathUnusable(f"{path} exists and is not a socket; remove it or set "
+                                 "LATTICE_SOCKET to another path")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(0.5)
     try:
         probe.connect(str(path))
     except OSError as exc:
         if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise SocketInUse(f"cannot check the socket {path}: {exc.strerror}") from None
+            raise SocketPathUnusable(f"cannot check the socket {path}: {exc.strerror}"
+                                     ) from None
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # nobody listens: a crashed daemon's leftover
         return

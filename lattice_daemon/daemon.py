@@ -33,7 +33,7 @@ from . import exitcodes
 from .backoff import Backoff
 from .clock import iso_utc
 from .config import ConfigError, DaemonConfig, load_config, load_or_create_keypair
-from .control import ControlError, ControlServer, SocketInUse
+from .control import ControlError, ControlServer, SocketInUse, SocketPathUnusable
 from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
 from .paths import Paths
@@ -146,10 +146,13 @@ class Daemon:
         loop.set_exception_handler(_log_loop_error)
         try:
             await self.control.start()
-        except (SocketInUse, OSError) as exc:
+        except (SocketInUse, SocketPathUnusable, OSError) as exc:
             log.error("cannot serve the control socket: %s", exc)
             print(f"lattice-daemon: {exc}", file=sys.stderr)
-            return exitcodes.ALREADY_RUNNING if isinstance(exc, SocketInUse) \
+            if isinstance(exc, SocketInUse):
+                return exitcodes.ALREADY_RUNNING
+            # Not "already running" (lattice-ctl would say so): a path a person must fix.
+            return exitcodes.CONFIG if isinstance(exc, SocketPathUnusable) \
                 else exitcodes.FAILURE
         log.info("lattice-daemon %s started (pid %d)", __version__, os.getpid())
         self._start_pairing()

@@ -166,6 +166,18 @@ def test_daemon_start_reports_an_immediate_exit(lattice_home: Path) -> None:
     assert os.environ.get("LATTICE_HOME") == str(lattice_home)
 
 
+def test_daemon_start_on_a_socket_path_that_is_a_file_says_so(lattice_home: Path) -> None:
+    not_a_socket = lattice_home / "not-a-socket"
+    not_a_socket.write_text("")
+    env = {**ctl_env(lattice_home), "LATTICE_SOCKET": str(not_a_socket)}
+    done = subprocess.run([CTL, "daemon", "start", "--timeout", "15"], capture_output=True,
+                          text=True, env=env, timeout=30)
+    assert done.returncode == 1
+    assert f"{not_a_socket} exists and is not a socket" in done.stderr
+    assert "already runs" not in done.stderr  # no daemon runs: that would mislead
+    assert not_a_socket.read_text() == ""  # left alone
+
+
 _WEDGED = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
