@@ -21,7 +21,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -395,6 +395,9 @@ class Daemon:
                 log.info("disconnected from the relay on request")
             self.relay_status = RelayStatus(RelayState.NOT_PAIRED, time.time(),
                                       last_error="disconnected on request")
+            # The pairing is forgotten here too (the CLI removes it from the file), so the
+            # status stops naming the runtime and a reload of the new file is a no-op.
+            self.config = replace(self.config, relay=None)
             return {"ok": True}
 
     async def shutdown(self) -> dict[str, Any]:

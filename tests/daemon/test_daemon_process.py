@@ -348,6 +348,8 @@ def test_relay_disconnect_deregisters_at_once(gateway: GatewayProcess, paired: P
         assert relay_state(paths) == "not_paired"
         assert runtime_status(gateway, paired) == "offline"
         assert daemon.process.poll() is None
+        # "Not paired" with the forgotten runtime still listed would contradict itself
+        assert control_request(paths.socket, "GET", "/v1/status").body["runtime"] is None
 
 
 def test_sighup_reloads(gateway: GatewayProcess, ollama: Any, paths: Paths) -> None:
