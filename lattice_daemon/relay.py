@@ -40,6 +40,7 @@ DEFAULT_POLL_WINDOW = 25.0
 MAX_POLL_WINDOW = 50.0  # docs/protocol.md: the announced window is bounded 1..50 s
 SPACE_FOR_EVENTS = 256  # at most this many events in one post
 EVENTS_GIVE_UP = 30.0  # seconds of failed event posts after which results are dropped
+PROVIDER_CHECK_SECONDS = 30.0  # how often the registered models are compared with the provider's
 
 
 class RelayState(str, enum.Enum):
@@ -265,6 +266,9 @@ class RelayClient:
         self._heartbeat: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._send_task: asyncio.Task[None] | None = None
+        self._check_task: asyncio.Task[None] | None = None
+        self._registered_provider: dict[str, Any] | None = None
+        self._registration_stale = False
         self._sending = False
         self._lost_in_a_row = 0
         self.polls = 0
@@ -275,10 +279,11 @@ class RelayClient:
         loop = asyncio.get_running_loop()
         self._poll_task = loop.create_task(self._poll_loop(), name="relay-poll")
         self._send_task = loop.create_task(self._send_loop(), name="relay-send")
+        self._check_task = loop.create_task(self._check_provider_loop(), name="relay-check")
 
     async def stop_polling(self) -> None:
         """Take no more jobs (the first step of a graceful stop)."""
-        for task in (self._poll_task, self._heartbeat):
+        for task in (self._poll_task, self._heartbeat, self._check_task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RelayError):
@@ -325,6 +330,8 @@ class RelayClient:
             try:
                 if self.session is None:
                     await self._register()
+                elif self._registration_stale and not self.runner.in_flight:
+                    await self._register_again()
                 free = self.runner.free_slots
                 if free:
                     await self._poll_once(free)
@@ -388,12 +395,47 @@ class RelayClient:
         body = {"daemonVersion": __version__, "provider": provider,
                 "maxConcurrency": self.runner.max_concurrency}
         self.session = await self.api.register(body)
+        self._registered_provider, self._registration_stale = provider, False
         log.info("relay session %s registered (poll window %g s)", self.session.session_id,
                  self.session.poll_window)
         if self.status.state == RelayState.RECONNECTING:
             log.info("reconnected to the gateway")
         self.status.last_poll_at = time.time()
         self.status.set(RelayState.CONNECTED)
+
+    async def check_provider(self) -> None:
+        """Mark the session for a new registration when the provider's models changed
+        since it registered (the gateway shows and uses what was registered: a daemon that
+        started before Ollama would otherwise list no models until it restarts)."""
+        if self.session is None or self._registered_provider is None:
+            return
+        if await self._describe_provider() != self._registered_provider:
+            self._registration_stale = True
+
+    async def _check_provider_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROVIDER_CHECK_SECONDS)
+            try:
+                await self.check_provider()
+            except Exception:  # never fatal: the check only keeps a listing fresh
+                log.exception("checking the provider's models failed")
+
+    async def _register_again(self) -> None:
+        """Register a new session with the current models, then end the old one. Only
+        while no job runs: events go out under the current session, and jobs leased to
+        the old one would lose their leases."""
+        old = self.session
+        assert old is not None
+        await self._register()
+        if self._heartbeat is not None:  # a capacity-0 poll still held on the old session
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        log.info("the provider's models changed: re-registered (was session %s)",
+                 old.session_id)
+        try:
+            await self.api.deregister(old)
+        except RelayError as exc:
+            log.warning("could not end the previous relay session: %s", exc.message)
 
     async def _send_loop(self) -> None:
         while True:

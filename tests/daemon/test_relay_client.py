@@ -335,6 +335,40 @@ async def test_an_unexpected_error_posting_events_does_not_stop_the_sender(
         timeout=3, what="the next job's result")
 
 
+async def test_changed_provider_models_are_registered_again_once_idle() -> None:
+    # e.g. the daemon started at login before Ollama: it registered no models
+    models: list[str] = []
+    setup = Setup()
+
+    async def describe() -> dict[str, Any]:
+        return {"kind": "ollama", "models": list(models),
+                "defaultModel": models[0] if models else None}
+
+    setup.client._describe_provider = describe
+    try:
+        setup.client.start()
+        await setup.state(RelayState.CONNECTED)
+        await setup.client.check_provider()
+        assert not setup.client._registration_stale  # nothing changed: no new session
+        models.append("llama3.2:latest")
+        await setup.client.check_provider()
+        await async_wait_until(_async(lambda: setup.relay.count("deregister") == 1),
+                               timeout=3, what="the old session ended")
+        registers = [body for kind, _, body in setup.relay.log if kind == "register"]
+        assert len(registers) == 2
+        assert registers[1]["provider"]["models"] == ["llama3.2:latest"]
+        assert setup.client.session is not None
+        assert setup.client.session.session_id == "s2"
+        assert setup.status.state == RelayState.CONNECTED
+        # and it keeps serving on the new session
+        spec = setup.harness.spec(stream=True)
+        setup.relay.add_job(setup.harness.envelope(spec).to_dict())
+        await async_wait_until(
+            _async(lambda: any(e.kind == "end" for e in setup.opened_events())), timeout=3)
+    finally:
+        await setup.client.close(deregister=False)
+
+
 async def test_lost_session_registers_again(setup: Setup) -> None:
     setup.client.start()
     await setup.state(RelayState.CONNECTED)
