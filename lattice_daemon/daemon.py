@@ -38,7 +38,7 @@ from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
 from .paths import Paths
 from .relay import RelayApi, RelayClient, RelayState, RelayStatus
-from .runner import JobRunner, default_model_among
+from .runner import JobRunner, default_model_among, model_allowed
 from .transports import provider_transport
 
 log = logging.getLogger("lattice_daemon")
@@ -292,7 +292,7 @@ class Daemon:
         models = list(health.models) if health else []
         allowed = self.config.provider.allowed_models
         if allowed:
-            models = [m for m in models if m in allowed] or list(allowed)
+            models = [m for m in models if model_allowed(m, allowed)] or list(allowed)
         return {"kind": self.config.provider.kind, "models": models,
                 "defaultModel": self.default_model()}
 

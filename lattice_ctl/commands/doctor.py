@@ -371,27 +371,21 @@ def _where(kind: str, url: str, detail: str) -> str:
     return detail if url in detail else f"{kind} at {url}: {detail}"
 
 
-def _same_model(wanted: str, available: str) -> bool:
-    def plain(name: str) -> str:
-        return name.removesuffix(":latest")
-
-    return plain(wanted) == plain(available)
-
-
 def check_model(config: DaemonConfig | None, models: list[str] | None) -> Check:
+    from lattice_daemon.runner import default_model_among, same_model
+
     if config is None or models is None:
         return Check("model", "Default model", SKIP, "the provider did not answer")
     kind = config.provider.kind
     allowed = config.provider.allowed_models
     wanted = config.provider.default_model
     if wanted:
-        if any(_same_model(wanted, m) for m in models):
+        if any(same_model(wanted, m) for m in models):
             return Check("model", "Default model", PASS, f"{wanted} is available")
         return Check("model", "Default model", FAIL,
                      f"the default model {wanted} is not on the provider "
                      f"(it has: {', '.join(models) or 'none'})",
                      _GET_MODEL.get(kind, "install {model}").format(model=wanted))
-    from lattice_daemon.runner import default_model_among
 
     chosen = default_model_among(models, allowed)
     if chosen:

@@ -233,6 +233,22 @@ def test_default_model_among_prefers_allowed_chat_models() -> None:
         == "qwen3-8b"
     assert default_model_among(["only-embed"], []) == "only-embed"  # better than nothing
     assert default_model_among(["a-embed", "b", "c"], ["c"]) == "c"
+    # Ollama: a name without a tag is ":latest", in allowed_models too
+    assert default_model_among(["llama3.2:latest"], ["llama3.2"]) == "llama3.2:latest"
+
+
+async def test_an_allowed_model_matches_with_or_without_latest() -> None:
+    h = Harness(FakeProvider(models=["llama3.2:latest"]),
+                ProviderConfig(allowed_models=["llama3.2"]))
+    for requested in (None, "llama3.2:latest", "llama3.2"):
+        spec = h.spec(model=requested)
+        h.runner.start(h.envelope(spec))
+        (event,) = await h.finished(spec.job_id)
+        assert event.kind == "result", event.message
+    spec = h.spec(model="qwen3:latest")
+    h.runner.start(h.envelope(spec))
+    (event,) = await h.finished(spec.job_id)
+    assert event.code == "invalid_request" and "not allowed" in (event.message or "")
     assert default_model_among([], []) is None
 
 
