@@ -261,9 +261,10 @@ def bind_private_socket(path: Path, *, private_dir: bool = True) -> socket.socke
     old_umask = os.umask(0o177)  # the socket is created 0600, never wider even briefly
     try:
         sock.bind(str(path))
-    except OSError:
+    except OSError as exc:  # e.g. "AF_UNIX path too long" (about 107 bytes): say where
         sock.close()
-        raise
+        raise OSError(f"cannot listen on {path}: {exc.strerror or exc}; set LATTICE_SOCKET "
+                      "to another (shorter) path") from None
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)

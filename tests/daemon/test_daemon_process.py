@@ -181,6 +181,17 @@ def test_a_malformed_relay_url_exits_with_config_code(paired: PairedRuntime,
     assert "[relay] relay_url must be an https:// or http:// URL" in result.stderr
 
 
+def test_a_socket_path_too_long_for_unix_sockets_is_named_with_the_fix(
+        paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config(paths, provider_url="http://127.0.0.1:9")
+    too_long = paths.runtime_dir / ("s" * 120 + ".sock")
+    monkeypatch.setenv("LATTICE_SOCKET", str(too_long))
+    result = run_once()
+    assert result.returncode == exitcodes.FAILURE
+    assert f"cannot listen on {too_long}" in result.stderr
+    assert "set LATTICE_SOCKET to another (shorter) path" in result.stderr
+
+
 def test_second_instance_is_refused(paths: Paths) -> None:
     write_config(paths, provider_url="http://127.0.0.1:9")
     with DaemonProcess(paths).start() as first:
