@@ -25,7 +25,14 @@ from typing import Any
 
 import httpx
 
-from lattice_protocol import CancelNotice, JobEnvelope, ProtocolError, SealedEvent, __version__
+from lattice_protocol import (
+    MAX_EVENTS_POST_BYTES,
+    CancelNotice,
+    JobEnvelope,
+    ProtocolError,
+    SealedEvent,
+    __version__,
+)
 
 from .backoff import Backoff, parse_retry_after
 from .clock import iso_utc
@@ -441,7 +448,8 @@ class RelayClient:
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
-            batch, self._outbox = self._outbox[:SPACE_FOR_EVENTS], self._outbox[SPACE_FOR_EVENTS:]
+            taken = _batch_length(self._outbox)
+            batch, self._outbox = self._outbox[:taken], self._outbox[taken:]
             if self._outbox:
                 self._outbox_ready.set()
             if not batch:
@@ -528,3 +536,19 @@ class RelayClient:
             self._heartbeat.cancel()
         if self._poll_task is not None and self._poll_task is not asyncio.current_task():
             self._poll_task.cancel()
+
+
+def _batch_length(outbox: list[SealedEvent]) -> int:
+    """How many events from the front of ``outbox`` fit in one post: at most
+    SPACE_FOR_EVENTS, and within the gateway's body bound (at least one event: the
+    runner never seals one larger than MAX_SEALED_EVENT_BYTES)."""
+    size = 0
+    for count, event in enumerate(outbox[:SPACE_FOR_EVENTS]):
+        size += len(event.sealed) + len(event.job_id) + _EVENT_FRAMING
+        if count and size > MAX_EVENTS_POST_BYTES - _POST_FRAMING:
+            return count
+    return min(len(outbox), SPACE_FOR_EVENTS)
+
+
+_EVENT_FRAMING = 64  # JSON keys, quotes and the seq of one event
+_POST_FRAMING = 1024

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lattice_protocol import (
+    MAX_SEALED_EVENT_BYTES,
     ErrorCode,
     JobEnvelope,
     JobSpec,
@@ -81,7 +82,19 @@ class _Job:
              message: str | None = None) -> None:
         event = ResultEvent(kind=kind, job_id=self.job_id, seq=self.seq, data=data,  # type: ignore[arg-type]
                             code=code, message=message)
-        self._emit(SealedEvent(self.job_id, self.seq, self._sealer.seal_json(event.to_dict())))
+        sealed = self._sealer.seal_json(event.to_dict())
+        if len(sealed) > MAX_SEALED_EVENT_BYTES:
+            # The relay would refuse the post and hold every other job's results behind
+            # it: the app gets a clear error instead of an answer that cannot travel.
+            log.warning("job %s: a %s event of %.1f MB is too large to relay", self.job_id,
+                        kind, len(sealed) / 1e6)
+            event = ResultEvent(
+                kind="error", job_id=self.job_id, seq=self.seq,
+                code=ErrorCode.PROVIDER_ERROR.value,
+                message=f"the local provider's answer ({len(sealed) / 1e6:.1f} MB sealed) is "
+                        f"larger than the relay carries ({MAX_SEALED_EVENT_BYTES / 1e6:.1f} MB)")
+            sealed = self._sealer.seal_json(event.to_dict())
+        self._emit(SealedEvent(self.job_id, self.seq, sealed))
         self.seq += 1
 
     def error(self, code: ErrorCode | str, message: str) -> None:

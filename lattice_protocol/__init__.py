@@ -7,6 +7,8 @@ re-exported here; the modules behind it are implementation detail.
 from ._version import __version__
 from .errors import ErrorCode, LatticeError, error_body
 from .messages import (
+    MAX_EVENTS_POST_BYTES,
+    MAX_SEALED_EVENT_BYTES,
     PROTOCOL_VERSION,
     CancelNotice,
     JobEnvelope,
@@ -32,6 +34,8 @@ from .tokens import (
 )
 
 __all__ = [
+    "MAX_EVENTS_POST_BYTES",
+    "MAX_SEALED_EVENT_BYTES",
     "PROTOCOL_VERSION",
     "CancelNotice",
     "ErrorCode",

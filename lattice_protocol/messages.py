@@ -22,6 +22,12 @@ from typing import Any, Literal
 PROTOCOL_VERSION = 1
 _MAX_ID = 128
 
+# Sizes the relay carries (docs/protocol.md §4): the gateway accepts event posts up to
+# MAX_EVENTS_POST_BYTES; the daemon never seals one event beyond MAX_SEALED_EVENT_BYTES
+# (it sends an error for that job instead) and splits batches to fit a post.
+MAX_EVENTS_POST_BYTES = 16 * 1024 * 1024
+MAX_SEALED_EVENT_BYTES = 8 * 1024 * 1024
+
 
 class ProtocolError(ValueError):
     """A message that does not fit the protocol. ``reason`` is a short machine tag."""

@@ -14,7 +14,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lattice_protocol import ErrorCode, LatticeError, ProtocolError, SealedEvent
+from lattice_protocol import (
+    MAX_EVENTS_POST_BYTES,
+    ErrorCode,
+    LatticeError,
+    ProtocolError,
+    SealedEvent,
+)
 
 from ..auth import authenticate_daemon
 from ..errors import api_error_response
@@ -122,7 +128,10 @@ async def poll(request: Request) -> Response:
 async def post_events(request: Request) -> Response:
     services, broker = _services(request)
     runtime = await authenticate_daemon(request)
-    body = await read_json_body(request, services.settings.max_body_bytes)
+    # Results can outgrow the request that asked for them (sealed, base64): the relay's
+    # own bound, which the daemon batches to (docs/protocol.md §4).
+    body = await read_json_body(request, max(services.settings.max_body_bytes,
+                                             MAX_EVENTS_POST_BYTES))
     raw_events = body.get("events")
     if not isinstance(raw_events, list) or len(raw_events) > MAX_EVENTS_PER_REQUEST:
         raise _invalid(f"field 'events' must be a list of at most {MAX_EVENTS_PER_REQUEST} "

@@ -353,3 +353,20 @@ async def test_cancel_aborts_the_real_provider_connection() -> None:
             assert server.stats()["completed"] == 0
         finally:
             await provider.aclose()
+
+
+async def test_an_answer_too_large_to_relay_becomes_an_error_for_that_job_only() -> None:
+    from lattice_protocol import MAX_SEALED_EVENT_BYTES
+
+    huge = "x" * (MAX_SEALED_EVENT_BYTES // 2 + 1)  # sealed + base64 is ~4/3 of the JSON
+    h = Harness(FakeProvider(pieces=[huge, huge]))
+    spec = h.spec()
+    h.runner.start(h.envelope(spec))
+    (event,) = await h.finished(spec.job_id)
+    assert event.kind == "error" and event.code == "provider_error"
+    assert "larger than the relay carries" in (event.message or "")
+    assert all(len(e.sealed) <= MAX_SEALED_EVENT_BYTES for e in h.sent)
+    h.provider.pieces = ["ok"]
+    small = h.spec()  # the runner keeps serving
+    h.runner.start(h.envelope(small))
+    assert [e.kind for e in await h.finished(small.job_id)] == ["result"]

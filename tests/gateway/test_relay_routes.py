@@ -442,3 +442,20 @@ async def _repairing_ends_the_old_daemons_sessions_at_redeem(
     shown = await gateway.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
                                      headers={"x-api-key": paired.key})
     assert shown.json()["runtime"]["status"] == "offline"
+
+
+async def test_event_posts_larger_than_a_request_body_are_accepted_up_to_the_relay_bound(
+        gateway: InProcessGateway) -> None:
+    """A result can outgrow the request that asked for it: the relay takes 16 MiB posts."""
+    paired = await pair(gateway)
+    session = await register(gateway, paired)
+    large = {"events": [{"jobId": "job_x", "seq": 0, "sealed": "v1." + "a" * (6 << 20)}]}
+    accepted = await gateway.client.post(f"/v1/relay/sessions/{session}/events",
+                                         headers=paired.headers, json=large)
+    assert accepted.status_code == 200  # judged per job (not leased here), not refused whole
+    assert accepted.json()["refused"][0]["code"] == "lease_not_held"
+    too_large = {"events": [{"jobId": "job_x", "seq": 0, "sealed": "v1." + "a" * (17 << 20)}]}
+    refused = await gateway.client.post(f"/v1/relay/sessions/{session}/events",
+                                        headers=paired.headers, json=too_large)
+    assert refused.status_code == 413
+    assert refused.json()["error"]["code"] == "request_too_large"
