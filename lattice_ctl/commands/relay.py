@@ -99,6 +99,7 @@ def _kind_at(url: str) -> str:
 
 def _warn_about_provider(provider: Any) -> None:
     """Pairing does not need the provider up, but say so now rather than at the first job."""
+    from lattice_daemon.runner import same_model
     from providers import DEFAULT_URLS, detect_providers
 
     url = provider.url or DEFAULT_URLS.get(provider.kind)
@@ -107,7 +108,8 @@ def _warn_about_provider(provider: Any) -> None:
     health = detect_providers(timeout=1.0, urls={provider.kind: url})[0]
     if not health.ok:
         output.warn(f"{health.detail} Pairing anyway; requests will fail until it runs.")
-    elif provider.default_model and health.models and provider.default_model not in health.models:
+    elif provider.default_model and health.models and not any(
+            same_model(provider.default_model, m) for m in health.models):
         output.warn(f"{provider.kind} at {url} has no model {provider.default_model!r} "
                     f"(it has: {', '.join(health.models)})")
 

@@ -331,3 +331,18 @@ def test_provider_down_is_warned_but_pairing_proceeds(lattice_home: Path,
     done = _connect(lattice_home, gateway, minted["bootstrapToken"])  # provider on port 9
     assert done.returncode == 0, done.stderr
     assert "warning:" in done.stderr and "Pairing anyway" in done.stderr
+
+
+def test_model_is_checked_the_way_ollama_names_it(lattice_home: Path, gateway: GatewayProcess,
+                                                  key: str) -> None:
+    """'llama3.2' is Ollama's 'llama3.2:latest': no warning; a missing model is named."""
+    from tests.servers import run_ollama_server
+
+    with run_ollama_server(models=["llama3.2:latest"]) as server:
+        for model, warned in (("llama3.2", False), ("qwen2.5:7b", True)):
+            _, minted = _token(gateway, key)
+            done = ctl(lattice_home, "relay", "connect", "--gateway", gateway.url,
+                       "--bootstrap-token", minted["bootstrapToken"], "--provider", "ollama",
+                       "--provider-url", server.url, "--model", model, "--replace")
+            assert done.returncode == 0, done.stderr
+            assert ("has no model" in done.stderr) is warned, done.stderr
