@@ -147,8 +147,7 @@ class Daemon:
         try:
             await self.control.start()
         except (SocketInUse, SocketPathUnusable, OSError) as exc:
-            log.error("cannot serve the control socket: %s", exc)
-            print(f"lattice-daemon: {exc}", file=sys.stderr)
+            _fatal(f"cannot serve the control socket: {exc}")
             if isinstance(exc, SocketInUse):
                 return exitcodes.ALREADY_RUNNING
             # Not "already running" (lattice-ctl would say so): a path a person must fix.
@@ -452,6 +451,13 @@ def make_secrets_private(paths: Paths) -> None:
                     path, mode, private)
 
 
+def _fatal(message: str) -> None:
+    """Why the daemon cannot run: in its log, and on stderr for whoever started it
+    (`lattice-ctl daemon start` shows daemon.stderr.log; systemd keeps it in the journal)."""
+    log.error("%s", message)
+    print(f"lattice-daemon: {message}", file=sys.stderr)
+
+
 def load_startup(paths: Paths) -> tuple[DaemonConfig, KeyPair]:
     """Config and key for a start or a reload; ConfigError says what is wrong in one line."""
     make_secrets_private(paths)
@@ -465,28 +471,23 @@ def run_daemon(paths: Paths, *, provider_factory: ProviderFactory = make_provide
     try:
         config, keys = load_startup(paths)
     except ConfigError as exc:
-        log.error("config error: %s", exc)
-        print(f"lattice-daemon: config error: {exc}", file=sys.stderr)
+        _fatal(f"config error: {exc}")
         return exitcodes.CONFIG
     lock = InstanceLock(paths.lock_file)
     try:
         lock.acquire()
     except AlreadyRunning as exc:
-        log.error("%s", exc)
-        print(f"lattice-daemon: {exc}", file=sys.stderr)
+        _fatal(str(exc))
         return exitcodes.ALREADY_RUNNING
     except OSError as exc:  # e.g. the runtime dir is not writable: a restart won't help
-        log.error("cannot create the lock file %s: %s", paths.lock_file, exc.strerror)
-        print(f"lattice-daemon: cannot create the lock file {paths.lock_file}: "
-              f"{exc.strerror}", file=sys.stderr)
+        _fatal(f"cannot create the lock file {paths.lock_file}: {exc.strerror}")
         return exitcodes.CONFIG
     try:
         async def main() -> int:
             try:
                 daemon = Daemon(paths, config, keys, provider_factory=provider_factory)
             except ConfigError as exc:
-                log.error("config error: %s", exc)
-                print(f"lattice-daemon: config error: {exc}", file=sys.stderr)
+                _fatal(f"config error: {exc}")
                 return exitcodes.CONFIG
             return await daemon.serve()
 
