@@ -56,6 +56,13 @@ class ProviderConfig:
     allowed_models: list[str] = field(default_factory=list)  # empty: every local model
     first_token_timeout: float = 300.0  # model loading is not a timeout
     idle_timeout: float = 120.0
+    # Sent as "Authorization: Bearer" to an OpenAI-compatible server that requires one
+    # (LM Studio's "Require Authentication"); this file is 0600. Never in a repr.
+    api_key: str | None = field(default=None, repr=False)
+
+    def adapter_options(self) -> dict[str, str]:
+        """Extra ``make_provider`` options: only what is set (Ollama takes no API key)."""
+        return {"api_key": self.api_key} if self.api_key else {}
 
 
 @dataclass

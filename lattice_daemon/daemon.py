@@ -32,7 +32,12 @@ from providers import DEFAULT_URLS, Provider, ProviderHealth, make_provider
 from . import exitcodes
 from .backoff import Backoff
 from .clock import iso_utc
-from .config import ConfigError, DaemonConfig, load_config, load_or_create_keypair
+from .config import (
+    ConfigError,
+    DaemonConfig,
+    load_config,
+    load_or_create_keypair,
+)
 from .control import ControlError, ControlServer, SocketInUse, SocketPathUnusable
 from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
@@ -74,13 +79,16 @@ def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provide
     p = config.provider
     if p.first_token_timeout <= 0 or p.idle_timeout <= 0:
         raise ConfigError("[provider] first_token_timeout and idle_timeout must be > 0")
+    if p.api_key and p.kind == "ollama":
+        raise ConfigError("[provider] api_key is for OpenAI-compatible servers "
+                          "(kind lmstudio or openai); Ollama takes none")
     url = p.url or DEFAULT_URLS.get(p.kind)
     if transport is None and url:
         transport = provider_transport(url, config.daemon.max_concurrency)
     try:
         return factory(p.kind, p.url, first_token_timeout=p.first_token_timeout,
                        idle_timeout=p.idle_timeout, probe_timeout=PROBE_TIMEOUT,
-                       transport=transport)
+                       transport=transport, **p.adapter_options())
     except ValueError as exc:
         raise ConfigError(f"[provider] {exc}") from None
 

@@ -79,17 +79,18 @@ def check_url(url: str) -> None:
         raise ValueError(f"provider URL {url!r} names no host")
 
 
-async def adetect_providers(timeout: float = 0.5, urls: Mapping[str, str] | None = None
-                            ) -> list[ProviderHealth]:
+async def adetect_providers(timeout: float = 0.5, urls: Mapping[str, str] | None = None,
+                            **options: Any) -> list[ProviderHealth]:
     """Probe Ollama and LM Studio (default ports, or ``urls`` by kind) concurrently.
 
-    Never raises: an unusable URL is reported as a failed probe saying why.
+    ``options`` go to the adapters (``api_key``). Never raises: an unusable URL is
+    reported as a failed probe saying why.
     """
     targets = dict(urls if urls is not None else DEFAULT_URLS)
 
     async def probe(kind: str, url: str) -> ProviderHealth:
         try:
-            provider = make_provider(kind, url, probe_timeout=timeout)
+            provider = make_provider(kind, url, probe_timeout=timeout, **options)
         except ValueError as exc:
             return ProviderHealth(False, str(exc), kind=kind, url=url)
         try:
@@ -100,16 +101,16 @@ async def adetect_providers(timeout: float = 0.5, urls: Mapping[str, str] | None
     return list(await asyncio.gather(*(probe(kind, url) for kind, url in targets.items())))
 
 
-def detect_providers(timeout: float = 0.5, urls: Mapping[str, str] | None = None
-                     ) -> list[ProviderHealth]:
+def detect_providers(timeout: float = 0.5, urls: Mapping[str, str] | None = None,
+                     **options: Any) -> list[ProviderHealth]:
     """Blocking :func:`adetect_providers` for the CLI; safe to call inside a running loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(adetect_providers(timeout, urls))
+        return asyncio.run(adetect_providers(timeout, urls, **options))
     results: list[list[ProviderHealth]] = []
     thread = threading.Thread(
-        target=lambda: results.append(asyncio.run(adetect_providers(timeout, urls))))
+        target=lambda: results.append(asyncio.run(adetect_providers(timeout, urls, **options))))
     thread.start()
     thread.join()
     return results[0]

@@ -336,7 +336,7 @@ def probe_provider(config: DaemonConfig, timeout: float) -> tuple[bool, str, lis
 
     async def probe() -> tuple[bool, str, list[str], str]:
         provider = make_provider(config.provider.kind, config.provider.url,
-                                 probe_timeout=timeout)
+                                 probe_timeout=timeout, **config.provider.adapter_options())
         try:
             health = await provider.health()
             return health.ok, health.detail, list(health.models), health.url or ""

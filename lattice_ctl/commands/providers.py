@@ -62,9 +62,11 @@ def providers(timeout: float) -> None:
                 targets.append(configured_key)
     results = []
     for kind, url in targets:  # one kind per probe call: detect_providers maps kind -> url
-        for health in detect_providers(timeout=timeout, urls={kind: url}):
+        is_configured = (kind, url.rstrip("/")) == configured_key
+        options = configured.adapter_options() if configured and is_configured else {}
+        for health in detect_providers(timeout=timeout, urls={kind: url}, **options):
             item = health.to_dict()
-            item["configured"] = (kind, url.rstrip("/")) == configured_key
+            item["configured"] = is_configured
             results.append(item)
     output.emit({"providers": results}, _providers_text, markup=True)
 
@@ -95,7 +97,8 @@ def models() -> None:
     url = configured.url or DEFAULT_URLS.get(configured.kind)
     if not url:
         output.fail(f"the {configured.kind} provider has no URL in the config")
-    health = detect_providers(timeout=3.0, urls={configured.kind: url})[0]
+    health = detect_providers(timeout=3.0, urls={configured.kind: url},
+                              **configured.adapter_options())[0]
     if not health.ok:
         output.fail(health.detail, data={"kind": configured.kind, "url": url})
     output.emit({"kind": configured.kind, "url": health.url, "models": health.models,

@@ -105,7 +105,8 @@ def _warn_about_provider(provider: Any) -> None:
     url = provider.url or DEFAULT_URLS.get(provider.kind)
     if not url:
         return
-    health = detect_providers(timeout=1.0, urls={provider.kind: url})[0]
+    health = detect_providers(timeout=1.0, urls={provider.kind: url},
+                              **provider.adapter_options())[0]
     if not health.ok:
         output.warn(f"{health.detail} Pairing anyway; requests will fail until it runs.")
     elif provider.default_model and health.models and not any(
@@ -189,6 +190,14 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
                     "to replace that pairing", data={"code": "already_paired"})
     existing_provider = config.provider if paths.config_file.exists() else None
     config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
+    api_key = os.environ.get("LATTICE_PROVIDER_API_KEY")
+    if api_key:  # from the environment only: never in argv (ps) or shell history
+        if config.provider.kind == "ollama":
+            output.fail("LATTICE_PROVIDER_API_KEY is for OpenAI-compatible servers "
+                        "(--provider lmstudio or openai); Ollama takes none", exit_code=2)
+        from dataclasses import replace as replaced
+
+        config.provider = replaced(config.provider, api_key=api_key.strip())
     _warn_about_provider(config.provider)
     # A new key for every pairing: a key that served a revoked or replaced pairing (or
     # leaked with a backup) cannot open the new pairing's jobs. It is saved only once the

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "models": ["qwen2.5-7b-instruct", "openai/gpt-oss-20b"],
     "sse_comments": False,
     "error_shape": None,
+    "api_key": None,  # LM Studio's "Require Authentication": Bearer <key> or 401
 }
 
 _DEFAULT_ERRORS = {
@@ -55,6 +56,11 @@ def _envelope(message: str, status: int, param: str | None = None,
 
 async def handle(request: Request, response: Response, state: ServerState) -> None:
     route = (request.method, request.path)
+    required = state.behaviour["api_key"]
+    if required and request.headers.get("authorization") != f"Bearer {required}":
+        response.send_json(401, _envelope("Invalid or missing API token", 401,
+                                          code="invalid_api_key"))
+        return
     if route == ("GET", "/v1/models"):
         response.send_json(200, {"data": [{"id": m, "object": "model",
                                            "owned_by": "organization_owner"}
