@@ -7,6 +7,7 @@ broker: a paired runtime is ``reachable`` while a daemon session of it is live, 
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from starlette.requests import Request
@@ -79,6 +80,10 @@ def _display_name(body: dict[str, Any]) -> str:
         raise LatticeError(ErrorCode.INVALID_REQUEST,
                            f"displayName must be at most {DISPLAY_NAME_MAX} characters",
                            "displayName")
+    # Shown in terminals (lattice-ctl) and UIs: escape sequences must not ride along.
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise LatticeError(ErrorCode.INVALID_REQUEST,
+                           "displayName must not contain control characters", "displayName")
     return value.strip()
 
 

@@ -65,6 +65,8 @@ async def test_list_is_per_account_in_creation_order(gateway: InProcessGateway) 
     ({"displayName": "   ", "executionBackend": "local-model"}, "displayName"),
     ({"displayName": 42, "executionBackend": "local-model"}, "displayName"),
     ({"displayName": "x" * 201, "executionBackend": "local-model"}, "displayName"),
+    ({"displayName": "Mac\x1b[2J", "executionBackend": "local-model"}, "displayName"),
+    ({"displayName": "two\nlines", "executionBackend": "local-model"}, "displayName"),
     ({"displayName": "Mac"}, "executionBackend"),
     ({"displayName": "Mac", "executionBackend": "gpu-farm"}, "executionBackend"),
     ({"displayName": "Mac", "executionBackend": ["local-model"]}, "executionBackend"),
