@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from ._closing import AsyncClosing, Closing
 from ._config import resolve_base_url, resolve_credential
 from ._errors import LatticeAPIError
 from ._http import AsyncHTTP, SyncHTTP
@@ -101,7 +101,7 @@ class AsyncPersonalRuntimes:
         return _bootstrap_from(await self._http.request("POST", path, _token_body(ttl_seconds)))
 
 
-class LatticeCloudClient:
+class LatticeCloudClient(Closing):
     """Management client: ``client.personal_runtimes.create / list / get / revoke /
     create_bootstrap_token``."""
 
@@ -128,17 +128,8 @@ class LatticeCloudClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> LatticeCloudClient:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncLatticeCloudClient:
+class AsyncLatticeCloudClient(AsyncClosing):
     def __init__(
         self,
         *,
@@ -161,15 +152,6 @@ class AsyncLatticeCloudClient:
 
     async def close(self) -> None:
         await self._http.close()
-
-    async def __aenter__(self) -> AsyncLatticeCloudClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def create_lattice_cloud_client(

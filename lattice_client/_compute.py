@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from ._closing import AsyncClosing, Closing
 from ._config import resolve_base_url, resolve_credential
 from ._errors import LatticeAPIError, LatticeConfigurationError
 from ._http import AsyncHTTP, SyncHTTP
@@ -53,7 +53,7 @@ def models_from(payload: Any) -> list[dict[str, Any]]:
     return list(payload["data"])
 
 
-class ComputeClient:
+class ComputeClient(Closing):
     """Synchronous client for app backends. Use as a context manager or call ``close()``."""
 
     def __init__(
@@ -103,17 +103,8 @@ class ComputeClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> ComputeClient:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncComputeClient:
+class AsyncComputeClient(AsyncClosing):
     """The asyncio twin of :class:`ComputeClient`."""
 
     def __init__(
@@ -158,12 +149,3 @@ class AsyncComputeClient:
 
     async def close(self) -> None:
         await self._http.close()
-
-    async def __aenter__(self) -> AsyncComputeClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from types import TracebackType
 
 import httpx
 
+from ._closing import AsyncClosing, Closing
 from ._http import connection_error
 from ._sse import aiter_chunks, iter_chunks
 from ._types import ChatCompletionChunk
 
 
-class ChatStream:
+class ChatStream(Closing):
     """Iterate for chunks; leaving the loop early or ``close()`` ends the request.
 
     A connection that breaks or times out mid-stream raises ``LatticeConnectionError`` /
@@ -35,17 +35,8 @@ class ChatStream:
     def close(self) -> None:
         self.response.close()
 
-    def __enter__(self) -> ChatStream:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncChatStream:
+class AsyncChatStream(AsyncClosing):
     """``ChatStream`` for ``async for``."""
 
     def __init__(self, response: httpx.Response, base_url: str) -> None:
@@ -64,12 +55,3 @@ class AsyncChatStream:
 
     async def close(self) -> None:
         await self.response.aclose()
-
-    async def __aenter__(self) -> AsyncChatStream:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
