@@ -8,6 +8,7 @@ instead of passing a partial answer off as a whole one.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -39,10 +40,6 @@ class SSEDecoder:
             self._data.append(value)
         # "event", "id" and "retry" carry nothing a chat stream needs.
         return None
-
-    def flush(self) -> str | None:
-        """The last event when the stream ended without a blank line."""
-        return self.feed("")
 
 
 class StreamProtocolError(LatticeAPIError):
@@ -77,17 +74,12 @@ def cut_short() -> StreamProtocolError:
 
 
 def iter_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    # The final "" ends an event whose stream closed without a blank line after it.
     decoder = SSEDecoder()
-    for line in lines:
+    for line in itertools.chain(lines, ("",)):
         data = decoder.feed(line)
         if data is None:
             continue
-        chunk = decode_event(data)
-        if chunk is None:
-            return
-        yield chunk
-    data = decoder.flush()
-    if data is not None:
         chunk = decode_event(data)
         if chunk is None:
             return
@@ -96,17 +88,16 @@ def iter_chunks(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
 
 
 async def aiter_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    async def then_end() -> AsyncIterator[str]:
+        async for line in lines:
+            yield line
+        yield ""  # as in iter_chunks
+
     decoder = SSEDecoder()
-    async for line in lines:
+    async for line in then_end():
         data = decoder.feed(line)
         if data is None:
             continue
-        chunk = decode_event(data)
-        if chunk is None:
-            return
-        yield chunk
-    data = decoder.flush()
-    if data is not None:
         chunk = decode_event(data)
         if chunk is None:
             return
