@@ -15,7 +15,6 @@ Two layers:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -244,10 +243,21 @@ def _parse_list(value: Any, parse: Callable[[Any], Any], what: str) -> list[Any]
 # -------------------------------------------------------------------- the client
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     """Mark a background poll's outcome as seen; the main loop meets any error again."""
     if not task.cancelled():
         task.exception()
+
+
+async def _stop(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again while it runs: a
+    library that turns a cancellation into an error (CPython 3.11's asyncio.timeout racing
+    its own deadline) leaves a retrying loop running, and a stop must not wait forever."""
+    while task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if task is not None:
+        _retrieve(task)
 
 
 class RelayClient:
@@ -277,6 +287,7 @@ class RelayClient:
         self._registered_provider: dict[str, Any] | None = None
         self._registration_stale = False
         self._sending = False
+        self._stopping = False
         self._lost_in_a_row = 0
         self.polls = 0
 
@@ -290,11 +301,9 @@ class RelayClient:
 
     async def stop_polling(self) -> None:
         """Take no more jobs (the first step of a graceful stop)."""
+        self._stopping = True  # the loops end on their next turn even if a cancel is lost
         for task in (self._poll_task, self._heartbeat, self._check_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RelayError):
-                    await task
+            await _stop(task)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every produced event was posted (or dropped); False on timeout."""
@@ -310,10 +319,7 @@ class RelayClient:
     async def close(self, *, deregister: bool, timeout: float = 5.0) -> None:
         """Stop everything; deregister the session so the runtime turns offline at once."""
         await self.stop_polling()
-        if self._send_task is not None:
-            self._send_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._send_task
+        await _stop(self._send_task)
         session, self.session = self.session, None
         if deregister and session is not None:
             try:
@@ -333,7 +339,7 @@ class RelayClient:
     # -- loops --------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if self.session is None:
                     await self._register()
@@ -420,7 +426,7 @@ class RelayClient:
             self._registration_stale = True
 
     async def _check_provider_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(PROVIDER_CHECK_SECONDS)
             try:
                 await self.check_provider()

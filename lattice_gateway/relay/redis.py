@@ -45,6 +45,7 @@ from .memory import MAX_SESSIONS_PER_RUNTIME
 log = logging.getLogger("lattice_gateway.relay")
 
 _JOB_TTL_SECONDS = 24 * 3600  # a safety net; finished jobs are deleted at once
+_CLOSE_SECONDS = 2.0  # bound on waiting for background tasks at close
 
 
 def _text(value: Any) -> str:
@@ -186,11 +187,16 @@ class RedisBroker:
         self._closed = True
         for parked in list(self._parked_by_session.values()):
             parked.end()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        if tasks:
+            # redis-py can turn a cancellation into a connection error, which the loops
+            # below survive by design: they also stop when they see _closed, within a turn.
+            done, _ = await asyncio.wait(tasks, timeout=_CLOSE_SECONDS)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: errors of a closing broker are moot
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
@@ -198,7 +204,7 @@ class RedisBroker:
 
     async def _read_messages(self) -> None:
         wake_channel = (self._prefix + "wake").encode()
-        while True:
+        while not self._closed:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (ConnectionError, OSError, aioredis.RedisError):
@@ -442,7 +448,7 @@ class RedisBroker:
 
     async def _sweep_forever(self) -> None:
         last_refresh = 0.0
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._tick)
             now = time.monotonic()
             try:

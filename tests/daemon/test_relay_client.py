@@ -71,6 +71,8 @@ class ScriptedRelay:
             answer = self.scripted[kind].popleft()
             if isinstance(answer, Exception):
                 raise answer
+            if callable(answer):
+                return await answer(request)  # type: ignore[no-any-return]
             return answer  # type: ignore[no-any-return]
         if kind == "register":
             self.sessions += 1
@@ -405,6 +407,27 @@ async def test_deregister_on_close(setup: Setup) -> None:
     await setup.state(RelayState.CONNECTED)
     await setup.client.close(deregister=True)
     assert setup.relay.count("deregister") == 1
+
+
+async def test_stop_ends_even_when_the_http_layer_turns_a_cancel_into_an_error(
+        setup: Setup) -> None:
+    # A library may turn a cancellation that lands mid-request into an error (CPython
+    # 3.11's asyncio.timeout racing its deadline); the retrying loop must still end.
+    polling = asyncio.Event()
+
+    async def swallowing(request: httpx.Request) -> httpx.Response:
+        polling.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise httpx.ReadTimeout("cancelled mid-read", request=request) from None
+        raise AssertionError("the poll was never cancelled")
+
+    setup.relay.scripted["poll"].extend([swallowing] * 100)  # every poll does it
+    setup.client.start()
+    await asyncio.wait_for(polling.wait(), 3)
+    await asyncio.wait_for(setup.client.stop_polling(), 3)
+    assert setup.client._poll_task is not None and setup.client._poll_task.done()
 
 
 def test_backoff_grows_jittered_and_capped() -> None:

@@ -383,3 +383,27 @@ async def test_a_full_queue_refuses_new_jobs_until_places_free_up(make_broker: M
     assert {j.job_id for j in (await broker.poll(RUNTIME, session, 4)).jobs} == {
         "job_1", "job_3"}
     await broker.submit(RUNTIME, envelope(4))
+
+
+@pytest.mark.redis
+async def test_redis_broker_close_ends_even_when_a_loop_loses_its_cancellation() -> None:
+    # redis-py may turn a cancellation that lands mid-command into a ConnectionError,
+    # which the sweeper survives by design; close() once waited for it forever (CI hung).
+    broker = RedisBroker(REDIS_URL, key_prefix=f"lattice-test:{secrets.token_hex(6)}:",
+                         poll_window_seconds=0.3, presence_window_seconds=0.3)
+    sweeping = asyncio.Event()
+
+    async def sweep_that_swallows_cancel(now: float, refresh: bool) -> None:
+        sweeping.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection lost while cancelling") from None
+
+    broker._sweep = sweep_that_swallows_cancel  # type: ignore[method-assign]
+    await broker.reachable([RUNTIME])  # starts the loops; writes nothing to Redis
+    await asyncio.wait_for(sweeping.wait(), 2)
+    started = time.monotonic()
+    await asyncio.wait_for(broker.close(), 5)
+    assert time.monotonic() - started < 1.0
+    assert not broker._tasks or all(task.done() for task in broker._tasks)
