@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from lattice_ctl.control_client import NOT_RUNNING_MESSAGE
@@ -16,14 +15,23 @@ from tests.ctl.conftest import RunCtl, stdout_json
 CTL = [str(Path(sys.executable).parent / "lattice-ctl")]
 
 
-def test_version_prints_the_package_version_quickly(lattice_home: Path) -> None:
-    timings = []
-    for _ in range(3):  # best of three: the machine is shared
-        started = time.perf_counter()
-        done = subprocess.run([*CTL, "--version"], capture_output=True, text=True, check=True)
-        timings.append(time.perf_counter() - started)
-    assert done.stdout.strip() == f"lattice-ctl {__version__}"
-    assert min(timings) < 0.3, timings  # budget 100 ms; generous for a loaded CI box
+def test_version_prints_the_package_version(lattice_home: Path) -> None:
+    # How fast: benchmarks/ctl_latency.py (SPEC §7 budget 100 ms); what keeps it fast is
+    # checked below (what it imports).
+    done = subprocess.run([*CTL, "--version"], capture_output=True, text=True, check=True)
+    assert done.stdout == f"lattice-ctl {__version__}\n"
+    via_click = subprocess.run([*CTL, "--json", "--version"], capture_output=True, text=True,
+                               check=True)
+    assert via_click.stdout == done.stdout  # the fast path says what click says
+
+
+def test_bare_version_is_answered_before_click_loads(lattice_home: Path) -> None:
+    code = ("import sys\nsys.argv = ['lattice-ctl', '--version']\nimport lattice_ctl\n"
+            "lattice_ctl.main()\nprint('LOADED=' + ','.join(m for m in ('click', "
+            "'lattice_ctl.cli', 'lattice_protocol') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines() == [f"lattice-ctl {__version__}", "LOADED="]
 
 
 def test_version_does_not_import_httpx_rich_or_nacl(lattice_home: Path) -> None:

