@@ -36,6 +36,16 @@ def fake_daemon(lattice_home: Path) -> Iterator[FakeControlServer]:
         yield server
 
 
+def write_config_text(text: str) -> None:
+    """This test's daemon.toml, as the daemon keeps it (0600 in a 0700 directory)."""
+    from lattice_daemon.paths import get_paths
+
+    config = get_paths().config_file
+    config.parent.mkdir(parents=True, mode=0o700)
+    config.write_text(text)
+    config.chmod(0o600)
+
+
 def stdout_json(result: Result) -> Any:
     """stdout must be exactly one JSON document (nothing else on it under --json)."""
     return json.loads(result.stdout)

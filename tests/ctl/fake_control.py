@@ -37,6 +37,12 @@ def ping_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+def troubled_relay(state: str, last_error: str) -> dict[str, Any]:
+    """The ``relay`` part of a ping for a relay that is not connected: no poll, an error."""
+    return {"state": state, "since": "2026-01-01T00:00:01.000Z",
+            "gateway": "http://127.0.0.1:9", "lastPollAt": None, "lastError": last_error}
+
+
 def status_body(**overrides: Any) -> dict[str, Any]:
     body = ping_body()
     body.update({

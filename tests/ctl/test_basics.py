@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lattice_ctl.control_client import NOT_RUNNING_MESSAGE
 from lattice_protocol._version import __version__
-from tests.ctl.conftest import RunCtl, stdout_json
+from tests.ctl.conftest import RunCtl, stdout_json, write_config_text
 
 CTL = [str(Path(sys.executable).parent / "lattice-ctl")]
 
@@ -138,12 +138,7 @@ def test_json_flag_after_the_subcommand_works_like_the_global_one(run_ctl: RunCt
 def test_bracketed_words_in_messages_are_printed_not_taken_for_markup(
         run_ctl: RunCtl, lattice_home: Path) -> None:
     # rich ate "[provider]" as a style tag: "error:  url must be a string"
-    from lattice_daemon.paths import get_paths
-
-    config = get_paths().config_file
-    config.parent.mkdir(parents=True, mode=0o700)
-    config.write_text("[provider]\nurl = 5\n")
-    config.chmod(0o600)
+    write_config_text("[provider]\nurl = 5\n")
     result = run_ctl("status")
     assert result.exit_code == 1
     assert "error: [provider] url must be a string" in result.stderr

@@ -17,7 +17,7 @@ from lattice_ctl.control_client import (
     parse_answer,
 )
 from tests.ctl.conftest import RunCtl, stdout_json
-from tests.ctl.fake_control import FakeControlServer, ping_body, status_body
+from tests.ctl.fake_control import FakeControlServer, ping_body, status_body, troubled_relay
 
 
 def test_ping_prints_version_uptime_relay_and_provider(run_ctl: RunCtl,
@@ -34,10 +34,8 @@ def test_ping_prints_version_uptime_relay_and_provider(run_ctl: RunCtl,
 
 def test_ping_names_the_gateway_of_a_runtime_that_needs_re_pairing(
         run_ctl: RunCtl, fake_daemon: FakeControlServer) -> None:
-    fake_daemon.answer("GET /v1/ping", 200, ping_body(relay={
-        "state": "repair_required", "since": "2026-01-01T00:00:01.000Z",
-        "gateway": "http://127.0.0.1:9", "lastPollAt": None,
-        "lastError": "runtime revoked: re-pair required"}))
+    fake_daemon.answer("GET /v1/ping", 200, ping_body(relay=troubled_relay(
+        "repair_required", "runtime revoked: re-pair required")))
     result = run_ctl("ping")
     assert result.exit_code == 0, result.stderr
     assert ("Relay: Re-pair required (gateway http://127.0.0.1:9) - runtime revoked"
@@ -184,10 +182,8 @@ def test_socket_option_and_environment_pick_the_daemon(run_ctl: RunCtl, lattice_
 
 def test_bracketed_words_from_the_daemon_are_printed_as_they_are(
         run_ctl: RunCtl, fake_daemon: FakeControlServer) -> None:
-    fake_daemon.answer("GET /v1/ping", 200, ping_body(relay={
-        "state": "reconnecting", "since": "2026-01-01T00:00:01.000Z",
-        "gateway": "http://127.0.0.1:9", "lastPollAt": None,
-        "lastError": "gateway answered HTTP 400: [daemon] bad [b]field[/b]"}))
+    fake_daemon.answer("GET /v1/ping", 200, ping_body(relay=troubled_relay(
+        "reconnecting", "gateway answered HTTP 400: [daemon] bad [b]field[/b]")))
     result = run_ctl("ping")
     assert result.exit_code == 0, result.stderr
     assert "gateway answered HTTP 400: [daemon] bad [b]field[/b]" in result.stdout

@@ -13,7 +13,7 @@ import pytest
 
 from lattice_daemon.config import DaemonConfig, ProviderConfig, save_config
 from lattice_daemon.paths import get_paths
-from tests.ctl.conftest import RunCtl, stdout_json
+from tests.ctl.conftest import RunCtl, stdout_json, write_config_text
 from tests.ctl.fake_control import FakeControlServer, ping_body
 from tests.e2e.harness import CTL, ctl_env
 from tests.servers import run_ollama_server, run_openai_server
@@ -40,12 +40,7 @@ def test_providers_lists_the_configured_one_with_models(run_ctl: RunCtl) -> None
 
 def test_providers_still_probes_the_usual_ports_with_a_broken_config(
         run_ctl: RunCtl, lattice_home: Path) -> None:
-    from lattice_daemon.paths import get_paths
-
-    config = get_paths().config_file
-    config.parent.mkdir(parents=True, mode=0o700)
-    config.write_text("not = = toml\n")
-    config.chmod(0o600)
+    write_config_text("not = = toml\n")
     result = run_ctl("--json", "providers", "--timeout", "0.5")
     assert result.exit_code == 0, result.stderr
     assert [item["kind"] for item in stdout_json(result)["providers"]] == ["ollama", "lmstudio"]

@@ -317,14 +317,21 @@ async def test_release_polls_answers_held_polls_at_once_for_shutdown(
     assert time.monotonic() - started < 0.5
 
 
-async def test_registering_under_a_new_pairing_ends_the_old_pairings_sessions(
-        make_broker: Maker) -> None:
-    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30)
+async def old_pairing_busy_and_polling(broker: Any, held_capacity: int
+                                       ) -> tuple[str, Any, asyncio.Task[Any]]:
+    """A session of daemon key "old-key" with a leased job and a poll parked after it."""
     old = await broker.register_session(RUNTIME, 1, daemon_key="old-key")
     ticket = await broker.submit(RUNTIME, envelope())
     assert (await broker.poll(RUNTIME, old, 1)).jobs
-    held = asyncio.create_task(broker.poll(RUNTIME, old, 0))
+    held = asyncio.create_task(broker.poll(RUNTIME, old, held_capacity))
     await parked(broker)
+    return old, ticket, held
+
+
+async def test_registering_under_a_new_pairing_ends_the_old_pairings_sessions(
+        make_broker: Maker) -> None:
+    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30)
+    old, ticket, held = await old_pairing_busy_and_polling(broker, held_capacity=0)
     new = await broker.register_session(RUNTIME, 1, daemon_key="new-key")
     assert (await asyncio.wait_for(held, 1.0)).jobs == []  # the old poll ends at once
     failure = await ticket.next_event(1.0)
@@ -340,11 +347,7 @@ async def test_a_new_pairing_ends_the_old_pairings_sessions_before_its_daemon_re
     # Redeem: the old daemon's token is dead and it cannot open jobs sealed to the new
     # key, so its sessions must not stay reachable or take jobs until the new one comes.
     broker = make_broker(poll_window_seconds=30, presence_window_seconds=30)
-    old = await broker.register_session(RUNTIME, 1, daemon_key="old-key")
-    ticket = await broker.submit(RUNTIME, envelope())
-    assert (await broker.poll(RUNTIME, old, 1)).jobs
-    held = asyncio.create_task(broker.poll(RUNTIME, old, 1))
-    await parked(broker)
+    old, ticket, held = await old_pairing_busy_and_polling(broker, held_capacity=1)
     await broker.end_other_pairings(RUNTIME, "new-key")
     assert (await asyncio.wait_for(held, 1.0)).jobs == []
     failure = await ticket.next_event(1.0)

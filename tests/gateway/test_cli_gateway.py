@@ -16,6 +16,7 @@ from lattice_gateway.cli import main
 from lattice_gateway.services import SCOPE_INFERENCE, SCOPE_MANAGE
 from lattice_gateway.store import SqlStore
 from lattice_protocol import KeyPair, TokenKind, __version__, token_kind
+from tests.e2e.harness import create_runtime, mint_bootstrap, runtime_status
 from tests.support.gateway import run_coroutine_blocking, run_gateway
 from tests.support.net import wait_until
 
@@ -122,12 +123,9 @@ def test_serve_restart_keeps_records_and_keys_and_logs_no_secrets(tmp_path: Path
     with run_gateway(tmp_path, poll_window_seconds=2) as gw:
         key = gw.create_key("acme")
         token = gw.create_token("acme", [SCOPE_INFERENCE])
-        headers = {"x-api-key": key}
         with httpx.Client(base_url=gw.url, timeout=10) as client:
-            runtime = client.post("/v1/personal-runtimes", headers=headers, json={
-                "displayName": "Mac", "executionBackend": "local-model"}).json()["runtime"]
-            minted = client.post(f"/v1/personal-runtimes/{runtime['latticeId']}/bootstrap-tokens",
-                                 headers=headers, json={}).json()
+            runtime = create_runtime(gw.url, key, "Mac")
+            minted = mint_bootstrap(gw.url, key, runtime["latticeId"])
             assert minted["command"] == (f"lattice-ctl relay connect --gateway '{gw.url}' "
                                          f"--bootstrap-token '{minted['bootstrapToken']}'")
             redeemed = client.post("/v1/relay/redeem", json={
@@ -143,8 +141,7 @@ def test_serve_restart_keeps_records_and_keys_and_logs_no_secrets(tmp_path: Path
             assert [r["latticeId"] for r in listed["runtimes"]] == [runtime["latticeId"]]
             assert listed["runtimes"][0]["status"] == "offline"
             # The gateway keypair survives restarts: paired daemons keep working.
-            minted = client.post(f"/v1/personal-runtimes/{runtime['latticeId']}/bootstrap-tokens",
-                                 headers=headers, json={}).json()
+            minted = mint_bootstrap(gw.url, key, runtime["latticeId"])
             again = client.post("/v1/relay/redeem", json={
                 "bootstrapToken": minted["bootstrapToken"],
                 "daemonPublicKey": KeyPair.generate().public_text()}).json()
@@ -196,25 +193,20 @@ def test_sigterm_answers_held_polls_instead_of_waiting_them_out(tmp_path: Path,
 
     with run_gateway(tmp_path, poll_window_seconds=45, shutdown_timeout=40) as gw:
         key = gw.create_key("acme")
-        headers = {"x-api-key": key}
-        with httpx.Client(base_url=gw.url, timeout=10) as client:
-            runtime = client.post("/v1/personal-runtimes", headers=headers, json={
-                "displayName": "Mac", "executionBackend": "local-model"}).json()["runtime"]
-            minted = client.post(f"/v1/personal-runtimes/{runtime['latticeId']}/bootstrap-tokens",
-                                 headers=headers, json={}).json()
-            daemon = ThreadedFakeDaemon(gw.url)
-            try:
-                daemon.redeem(minted["bootstrapToken"])
-                daemon.start()
-                wait_until(lambda: client.get(
-                    f"/v1/personal-runtimes/{runtime['latticeId']}", headers=headers,
-                ).json()["runtime"]["status"] == "reachable", what="daemon holding a poll")
-                started = time.monotonic()
-                assert gw.stop(timeout=60) == 0
-                # Without releasing held polls this takes the 40 s shutdown timeout.
-                assert time.monotonic() - started < 15
-            finally:
-                daemon.kill()
+        runtime = create_runtime(gw.url, key, "Mac")
+        minted = mint_bootstrap(gw.url, key, runtime["latticeId"])
+        daemon = ThreadedFakeDaemon(gw.url)
+        try:
+            daemon.redeem(minted["bootstrapToken"])
+            daemon.start()
+            wait_until(lambda: runtime_status(gw.url, key, runtime["latticeId"])
+                       == "reachable", what="daemon holding a poll")
+            started = time.monotonic()
+            assert gw.stop(timeout=60) == 0
+            # Without releasing held polls this takes the 40 s shutdown timeout.
+            assert time.monotonic() - started < 15
+        finally:
+            daemon.kill()
 
 
 def test_commands_with_a_database_that_refuses_fail_with_one_line(

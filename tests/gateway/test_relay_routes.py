@@ -65,6 +65,13 @@ async def register(gw: InProcessGateway, paired: Paired) -> str:
     return str(response.json()["sessionId"])
 
 
+async def shown_status(gw: InProcessGateway, paired: Paired) -> str:
+    """The runtime's status as the app sees it (GET /v1/personal-runtimes/{id})."""
+    shown = await gw.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
+                                headers={"x-api-key": paired.key})
+    return str(shown.json()["runtime"]["status"])
+
+
 async def test_register_answers_windows_and_records_models(gateway: InProcessGateway) -> None:
     paired = await pair(gateway)
     response = await gateway.client.post("/v1/relay/sessions", headers=paired.headers,
@@ -224,9 +231,7 @@ async def test_deregister_is_final_for_the_session_and_turns_offline(
     again = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
                                       headers=paired.headers, json={"capacity": 1})
     assert again.status_code == 404
-    runtime = await gateway.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
-                                       headers={"x-api-key": paired.key})
-    assert runtime.json()["runtime"]["status"] == "offline"
+    assert await shown_status(gateway, paired) == "offline"
 
 
 async def test_revoke_ends_a_parked_poll_and_the_next_request_is_403(
@@ -439,9 +444,7 @@ async def _repairing_ends_the_old_daemons_sessions_at_redeem(
         "/v1/chat/completions", headers={"x-api-key": paired.key},
         json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES})
     assert chat.status_code == 503 and chat.json()["error"]["code"] == "runtime_unreachable"
-    shown = await gateway.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
-                                     headers={"x-api-key": paired.key})
-    assert shown.json()["runtime"]["status"] == "offline"
+    assert await shown_status(gateway, paired) == "offline"
 
 
 async def test_event_posts_larger_than_a_request_body_are_accepted_up_to_the_relay_bound(
