@@ -10,6 +10,29 @@ revoked) and ``P ev:<replica>`` (events and failures for the replica holding the
 request). A single Redis (not Cluster): scripts touch keys they compute.
 """
 
+# Shared by the scripts that end sessions or fail jobs (prepended to their text: a
+# script cannot call another).
+_ENDING = """
+local function fail_job(P, id, code, message)
+  local jk = P..'job:'..id
+  local owner = redis.call('HGET', jk, 'owner')
+  if owner then
+    redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = code, m = message}))
+  end
+  redis.call('DEL', jk)
+end
+
+local function end_session(P, rt, sid, code, message)
+  local jobs = redis.call('SMEMBERS', P..'sj:'..sid)
+  for _, id in ipairs(jobs) do fail_job(P, id, code, message) end
+  redis.call('SREM', P..'rs:'..rt, sid)
+  redis.call('ZREM', P..'sessions', sid)
+  redis.call('DEL', P..'s:'..sid, P..'sj:'..sid, P..'sc:'..sid)
+  redis.call('PUBLISH', P..'wake', 'd '..sid)
+  return jobs
+end
+"""
+
 # For each runtime in ARGV[3..]: 1 if one of its sessions was active after ARGV[2].
 REACHABLE = """
 local P, cutoff = ARGV[1], tonumber(ARGV[2])
@@ -39,29 +62,18 @@ return 1
 
 # Sessions of runtime ARGV[2] under another daemon key than ARGV[3] (an older pairing)
 # end, their leased jobs failing with ARGV[4]/ARGV[5] at their owners.
-END_OTHER_PAIRINGS = """
+END_OTHER_PAIRINGS = _ENDING + """
 local P, rt, key = ARGV[1], ARGV[2], ARGV[3]
 for _, other in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
   if (redis.call('HGET', P..'s:'..other, 'key') or '') ~= key then
-    for _, id in ipairs(redis.call('SMEMBERS', P..'sj:'..other)) do
-      local jk = P..'job:'..id
-      local owner = redis.call('HGET', jk, 'owner')
-      if owner then
-        redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = ARGV[4], m = ARGV[5]}))
-      end
-      redis.call('DEL', jk)
-    end
-    redis.call('SREM', P..'rs:'..rt, other)
-    redis.call('ZREM', P..'sessions', other)
-    redis.call('DEL', P..'s:'..other, P..'sj:'..other, P..'sc:'..other)
-    redis.call('PUBLISH', P..'wake', 'd '..other)
+    end_session(P, rt, other, ARGV[4], ARGV[5])
   end
 end
 return 1
 """
 
 # A new session (ARGV[6]: its daemon key; the caller ended other pairings' sessions).
-REGISTER = """
+REGISTER = _ENDING + """
 local P, rt, sid, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = ARGV[6]
 if redis.call('EXISTS', P..'revoked:'..rt) == 1 then return 0 end
@@ -76,10 +88,7 @@ if redis.call('SCARD', P..'rs:'..rt) >= max then
     end
   end
   if not oldest then return -1 end
-  redis.call('SREM', P..'rs:'..rt, oldest)
-  redis.call('ZREM', P..'sessions', oldest)
-  redis.call('DEL', P..'s:'..oldest, P..'sj:'..oldest, P..'sc:'..oldest)
-  redis.call('PUBLISH', P..'wake', 'd '..oldest)
+  end_session(P, rt, oldest, '', '')  -- it holds no jobs: nothing fails
 end
 redis.call('HSET', P..'s:'..sid, 'rt', rt, 'key', key)
 redis.call('SADD', P..'rs:'..rt, sid)
@@ -195,51 +204,31 @@ return 1
 
 # End a session (deregister, or reaped when silent past ARGV[3]); its leased jobs fail
 # with ARGV[5]/ARGV[6] at their owners. ARGV[4] (if set) must be the session's runtime.
-END_SESSION = """
+END_SESSION = _ENDING + """
 local P, sid, cutoff, want_rt = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local sk = P..'s:'..sid
-local rt = redis.call('HGET', sk, 'rt')
+local rt = redis.call('HGET', P..'s:'..sid, 'rt')
 if want_rt ~= '' and rt ~= want_rt then return false end
 if cutoff ~= '' then
   local score = redis.call('ZSCORE', P..'sessions', sid)
   if score and tonumber(score) > tonumber(cutoff) then return {} end
 end
-redis.call('ZREM', P..'sessions', sid)
-if not rt then return {} end
-redis.call('SREM', P..'rs:'..rt, sid)
-local jobs = redis.call('SMEMBERS', P..'sj:'..sid)
-for _, id in ipairs(jobs) do
-  local jk = P..'job:'..id
-  local owner = redis.call('HGET', jk, 'owner')
-  if owner then
-    redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = ARGV[5], m = ARGV[6]}))
-  end
-  redis.call('DEL', jk)
+if not rt then
+  redis.call('ZREM', P..'sessions', sid)
+  return {}
 end
-redis.call('DEL', sk, P..'sj:'..sid, P..'sc:'..sid)
-redis.call('PUBLISH', P..'wake', 'd '..sid)
-return jobs
+return end_session(P, rt, sid, ARGV[5], ARGV[6])
 """
 
-REVOKE = """
+REVOKE = _ENDING + """
 local P, rt, code, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 redis.call('SET', P..'revoked:'..rt, '1')
-local function fail(id)
-  local jk = P..'job:'..id
-  local owner = redis.call('HGET', jk, 'owner')
-  if owner then
-    redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = code, m = message}))
-  end
-  redis.call('DEL', jk)
+for _, id in ipairs(redis.call('LRANGE', P..'q:'..rt, 0, -1)) do
+  fail_job(P, id, code, message)
 end
-for _, id in ipairs(redis.call('LRANGE', P..'q:'..rt, 0, -1)) do fail(id) end
 redis.call('DEL', P..'q:'..rt)
 for _, sid in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
-  for _, id in ipairs(redis.call('SMEMBERS', P..'sj:'..sid)) do fail(id) end
-  redis.call('DEL', P..'s:'..sid, P..'sj:'..sid, P..'sc:'..sid)
-  redis.call('ZREM', P..'sessions', sid)
+  end_session(P, rt, sid, code, message)
 end
-redis.call('DEL', P..'rs:'..rt)
 redis.call('PUBLISH', P..'wake', 'r '..rt)
 return 1
 """

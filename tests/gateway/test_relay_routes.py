@@ -65,6 +65,18 @@ async def register(gw: InProcessGateway, paired: Paired) -> str:
     return str(response.json()["sessionId"])
 
 
+async def chat_and_lease(gw: InProcessGateway, paired: Paired, session: str,
+                         stream: bool = False) -> tuple[asyncio.Task[Any], str]:
+    """An app's chat request, still waiting, whose job this session has just leased."""
+    chat = asyncio.create_task(gw.client.post(
+        "/v1/chat/completions", headers={"x-api-key": paired.key},
+        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES,
+              "stream": stream}))
+    polled = await gw.client.post(f"/v1/relay/sessions/{session}/poll",
+                                  headers=paired.headers, json={"capacity": 1})
+    return chat, str(polled.json()["jobs"][0]["jobId"])
+
+
 async def shown_status(gw: InProcessGateway, paired: Paired) -> str:
     """The runtime's status as the app sees it (GET /v1/personal-runtimes/{id})."""
     shown = await gw.client.get(f"/v1/personal-runtimes/{paired.lattice_id}",
@@ -196,12 +208,7 @@ async def test_job_poll_events_result_and_lease_refusal(gateway: InProcessGatewa
 async def test_tampered_result_is_a_502_not_a_crash(gateway: InProcessGateway) -> None:
     paired = await pair(gateway)
     session = await register(gateway, paired)
-    chat = asyncio.create_task(gateway.client.post(
-        "/v1/chat/completions", headers={"x-api-key": paired.key},
-        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES}))
-    polled = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
-                                       headers=paired.headers, json={"capacity": 1})
-    job_id = polled.json()["jobs"][0]["jobId"]
+    chat, job_id = await chat_and_lease(gateway, paired, session)
     forged = Sealer(KeyPair.generate(), KeyPair.generate().public).seal_json({"v": 1})
     await gateway.client.post(f"/v1/relay/sessions/{session}/events", headers=paired.headers,
                               json={"events": [{"jobId": job_id, "seq": 0, "sealed": forged}]})
@@ -324,12 +331,7 @@ async def test_unrepresentable_result_is_a_502_not_a_crash(gateway: InProcessGat
                                                            data_json: bytes) -> None:
     paired = await pair(gateway)
     session = await register(gateway, paired)
-    chat = asyncio.create_task(gateway.client.post(
-        "/v1/chat/completions", headers={"x-api-key": paired.key},
-        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES}))
-    polled = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
-                                       headers=paired.headers, json={"capacity": 1})
-    job_id = polled.json()["jobs"][0]["jobId"]
+    chat, job_id = await chat_and_lease(gateway, paired, session)
     sealed = paired.sealer.seal(_result_payload(job_id, data_json))
     await gateway.client.post(f"/v1/relay/sessions/{session}/events", headers=paired.headers,
                               json={"events": [{"jobId": job_id, "seq": 0, "sealed": sealed}]})
@@ -343,13 +345,7 @@ async def test_unrepresentable_chunk_mid_stream_ends_with_an_error_event(
         gateway: InProcessGateway) -> None:
     paired = await pair(gateway)
     session = await register(gateway, paired)
-    chat = asyncio.create_task(gateway.client.post(
-        "/v1/chat/completions", headers={"x-api-key": paired.key},
-        json={"model": f"lattice:personal:{paired.lattice_id}", "messages": MESSAGES,
-              "stream": True}))
-    polled = await gateway.client.post(f"/v1/relay/sessions/{session}/poll",
-                                       headers=paired.headers, json={"capacity": 1})
-    job_id = polled.json()["jobs"][0]["jobId"]
+    chat, job_id = await chat_and_lease(gateway, paired, session, stream=True)
     good = ResultEvent("chunk", job_id, 0, data={
         "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "x",
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"},
