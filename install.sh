@@ -10,13 +10,15 @@
 #   LATTICE_INSTALL_DIR  the virtualenv (default: <user data dir>/lattice/venv)
 #   LATTICE_BIN_DIR      where the commands are linked (default: ~/.local/bin)
 #   LATTICE_PACKAGE      what pip installs: a version (==0.1.0), a wheel file or a URL
-#                        (default: the published package lattice-runtimes)
+#                        (default: the published package lattice-runtimes); the daemon
+#                        extra is added unless it names its extras, e.g. pkg[daemon]
 #   LATTICE_PIP_ARGS     extra pip arguments, e.g. "--no-index --find-links DIR"
 #
 # Everything happens in main(), called on the very last line: a download cut short
 # defines functions at most and runs nothing.
 
 PACKAGE_NAME="lattice-runtimes"
+EXTRA="daemon" # lattice-ctl and lattice-daemon need it; the package alone is the SDK
 MARKER_FILE=".lattice-install"  # marks a virtualenv this script created (safe to remove)
 
 say() {
@@ -111,11 +113,24 @@ find_python() {
 }
 
 package_spec() {
+    # The package with its `daemon` extra: lattice-ctl's and the daemon's dependencies
+    # (the package alone is the Python SDK's, for app backends).
     spec="${LATTICE_PACKAGE:-$PACKAGE_NAME}"
     case "$spec" in
+        *\[*) ;; # names its extras itself
         # a bare version constraint applies to the published package
-        ==* | \>=* | \<=* | ~=* | !=*) spec="$PACKAGE_NAME$spec" ;;
+        ==* | \>=* | \<=* | ~=* | !=*) spec="${PACKAGE_NAME}[$EXTRA]$spec" ;;
+        *" @ "*) with_extra_after_name ;; # name @ URL
+        *://*) spec="${PACKAGE_NAME}[$EXTRA] @ $spec" ;;
+        # a wheel, an sdist or a source directory: pip's PATH[extra] form
+        */* | *.whl | *.tar.gz | *.zip) spec="${spec}[$EXTRA]" ;;
+        *) with_extra_after_name ;; # name, maybe with a version constraint
     esac
+}
+
+with_extra_after_name() {
+    name="${spec%%[<>=!~;@ ]*}"
+    spec="${name}[$EXTRA]${spec#"$name"}"
 }
 
 installed_version() {

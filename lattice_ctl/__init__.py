@@ -8,10 +8,13 @@ def main() -> None:
     (~40 ms of imports): scripts and installers run it to check what is installed, and
     SPEC §7 gives it 100 ms, process start included."""
     if sys.argv[1:] == ["--version"]:
-        from lattice_ctl._version import __version__
+        from lattice_protocol import __version__  # the package init loads nothing else
 
         print(f"lattice-ctl {__version__}")
         return
-    from lattice_ctl.cli import main as run_cli
+    from lattice_protocol._extras import exit_if_extra_missing
 
-    run_cli()
+    with exit_if_extra_missing("lattice-ctl", "daemon"):
+        from lattice_ctl.cli import main as run_cli
+
+        run_cli()

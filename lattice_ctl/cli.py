@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from lattice_ctl._version import __version__
+from lattice_protocol import __version__
 
 # command name -> "module:attribute" (one module per command group)
 COMMANDS: dict[str, str] = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lattice_ctl._version import __version__ as CLI_VERSION
+from lattice_protocol import __version__ as CLI_VERSION
 
 START_HINT = "lattice-ctl daemon start"
 NOT_RUNNING_MESSAGE = f"The Lattice daemon is not running. Start it with: {START_HINT}"

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from lattice_daemon.config import RelayConfig
-from lattice_protocol._version import __version__
+from lattice_protocol import __version__
 
 BOOTSTRAP_PREFIX = "plrt_v1"
 

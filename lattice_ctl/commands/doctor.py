@@ -161,7 +161,7 @@ def check_daemon(answer: dict[str, Any] | None, why: str) -> Check:
     if answer is None:
         return Check("daemon", "Daemon", FAIL, f"the daemon is not running ({why})",
                      _start_hint())
-    from lattice_protocol._version import __version__
+    from lattice_protocol import __version__
 
     version = answer.get("daemonVersion") or "?"
     detail = f"running (pid {answer.get('pid', '?')}, version {version})"

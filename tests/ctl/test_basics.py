@@ -26,12 +26,15 @@ def test_version_prints_the_package_version(lattice_home: Path) -> None:
 
 
 def test_bare_version_is_answered_before_click_loads(lattice_home: Path) -> None:
+    # lattice_protocol's package init is light: the version alone, no schema or PyNaCl.
     code = ("import sys\nsys.argv = ['lattice-ctl', '--version']\nimport lattice_ctl\n"
-            "lattice_ctl.main()\nprint('LOADED=' + ','.join(m for m in ('click', "
-            "'lattice_ctl.cli', 'lattice_protocol') if m in sys.modules))")
+            "lattice_ctl.main()\nprint('LOADED=' + ','.join(sorted(m for m in sys.modules if "
+            "m in ('click', 'nacl', 'typing') or m.startswith(('lattice_', 'providers')))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
-    assert done.stdout.splitlines() == [f"lattice-ctl {__version__}", "LOADED="]
+    assert done.stdout.splitlines() == [
+        f"lattice-ctl {__version__}",
+        "LOADED=lattice_ctl,lattice_protocol,lattice_protocol._version"]
 
 
 def test_version_does_not_import_httpx_rich_or_nacl(lattice_home: Path) -> None:

@@ -143,7 +143,8 @@ ALLOWED_IMPORTS = {
 }
 
 
-def imported_packages(package: str) -> set[str]:
+def imported_modules(package: str) -> set[str]:
+    """The top-level name of every module the package's code imports (ours or not)."""
     found: set[str] = set()
     for source in (REPO / package).rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
@@ -151,7 +152,11 @@ def imported_packages(package: str) -> set[str]:
                 found.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
-    return (found & set(ALLOWED_IMPORTS)) - {package}
+    return found
+
+
+def imported_packages(package: str) -> set[str]:
+    return (imported_modules(package) & set(ALLOWED_IMPORTS)) - {package}
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))

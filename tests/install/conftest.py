@@ -70,7 +70,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
     # offline, which is also how LATTICE_PIP_ARGS is meant for air-gapped machines.
     wheelhouse = base / "wheelhouse"
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                    "--disable-pip-version-check", "--dest", str(wheelhouse), str(current)],
+                    "--disable-pip-version-check", "--dest", str(wheelhouse), f"{current}[daemon]"],
                    check=True, timeout=300)
     # The wheelhouse plays the package index: both versions of lattice-runtimes are in it,
     # so the default package name and a "==VERSION" constraint resolve as they would on PyPI.

@@ -144,6 +144,10 @@ def test_install_service_upgrade_uninstall_purge(wheels: Wheels, clean_home: Pat
         assert "is not on your PATH" not in reinstalled.stdout
         assert Path(os.readlink(custom_bin / "lattice-ctl")) == custom_venv / "bin/lattice-ctl"
         assert version_of(custom_bin / "lattice-ctl") == f"lattice-ctl {UPGRADE_VERSION}"
+        # A wheel file gets the daemon extra too: the click commands run (no daemon now).
+        ping = subprocess.run([str(custom_bin / "lattice-ctl"), "--json", "ping"],
+                              capture_output=True, text=True, timeout=60, env=custom)
+        assert json.loads(ping.stdout)["code"] == "daemon_not_running", ping.stderr
         log = home / ".local" / "state" / "lattice" / "log" / "daemon.log"
         assert log.exists()  # written by the service's daemon above
         purged = run_installer(custom, "--uninstall", "--purge")
@@ -231,6 +235,26 @@ def test_a_truncated_download_runs_nothing(clean_home: Path, tmp_path: Path) -> 
         done = run_installer(env, script=partial, timeout=30)
         assert "lattice:" not in done.stdout + done.stderr, fraction
     assert files_under(clean_home) == set()
+
+
+@pytest.mark.parametrize(("package", "spec"), [
+    (None, "lattice-runtimes[daemon]"),
+    ("==0.2.0", "lattice-runtimes[daemon]==0.2.0"),
+    ("lattice-runtimes>=0.2", "lattice-runtimes[daemon]>=0.2"),
+    ("/w/lattice_runtimes-0.2.0-py3-none-any.whl",
+     "/w/lattice_runtimes-0.2.0-py3-none-any.whl[daemon]"),
+    ("https://x.test/l.whl", "lattice-runtimes[daemon] @ https://x.test/l.whl"),
+    ("lattice-runtimes @ https://x.test/l.whl", "lattice-runtimes[daemon] @ https://x.test/l.whl"),
+    ("lattice-runtimes[daemon,gateway]==0.2", "lattice-runtimes[daemon,gateway]==0.2"),
+])
+def test_what_pip_is_asked_for_carries_the_daemon_extra(package: str | None, spec: str,
+                                                        clean_home: Path) -> None:
+    # install.sh's functions without its last line (main), then package_spec alone.
+    functions = INSTALL_SH.read_text().rstrip().rsplit("\n", 1)[0]
+    env = installer_env(clean_home, **({"LATTICE_PACKAGE": package} if package else {}))
+    done = subprocess.run(["/bin/sh", "-c", f'{functions}\npackage_spec\nprintf %s "$spec"'],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, spec), done.stderr
 
 
 def test_install_sh_is_shellcheck_clean() -> None:
