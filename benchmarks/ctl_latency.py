@@ -10,7 +10,7 @@ baseline, measured in the same run, is the same interpreter starting and doing n
 
 Two installations are timed: this dev virtualenv (an editable install, whose import hook
 costs every process ~25 ms at start) and a regular install made for the run in a temporary
-virtualenv (``pip install .``, what install.sh does; ~20 s, from the pip cache).
+virtualenv (``pip install '.[daemon]'``, what install.sh does; ~20 s, from the pip cache).
 
 `relay connect` is timed on a fresh LATTICE_HOME with its daemon already running
 (unpaired), against a real gateway process and the Ollama test server: the command
@@ -64,10 +64,10 @@ def line(name: str, timings: list[float]) -> str:
 
 
 def regular_install(where: Path) -> Path:
-    """``pip install .`` into a new virtualenv; its bin directory."""
+    """``pip install '.[daemon]'`` into a new virtualenv; its bin directory."""
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
     subprocess.run([str(where / "bin" / "python"), "-m", "pip", "install", "-q",
-                    "--disable-pip-version-check", str(ROOT)], check=True)
+                    "--disable-pip-version-check", f"{ROOT}[daemon]"], check=True)
     return where / "bin"
 
 
@@ -127,7 +127,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="ctl-install-"))
     try:
         installs = {"dev virtualenv (editable)": Path(sys.executable).parent,
-                    "regular install (pip install .)": regular_install(scratch / "venv")}
+                    "regular install (pip install '.[daemon]')": regular_install(scratch / "venv")}
         measured = {label: measure(bin_dir, args.runs, args.connects)
                     for label, bin_dir in installs.items()}
     finally:

@@ -85,7 +85,8 @@ class ComputeClient(Closing):
     ) -> ChatCompletion:
         """Run a chat on the runtime; ``model`` names a local model (default: the runtime's)."""
         body = chat_body(runtime, request, model, stream=False)
-        return self._http.request("POST", "/v1/chat/completions", body)
+        completion: ChatCompletion = self._http.request("POST", "/v1/chat/completions", body)
+        return completion
 
     def stream_chat_for_personal_runtime(
         self, runtime: PersonalRuntime | str, request: ChatRequest, model: str | None = None
@@ -135,7 +136,9 @@ class AsyncComputeClient(AsyncClosing):
         self, runtime: PersonalRuntime | str, request: ChatRequest, model: str | None = None
     ) -> ChatCompletion:
         body = chat_body(runtime, request, model, stream=False)
-        return await self._http.request("POST", "/v1/chat/completions", body)
+        completion: ChatCompletion = await self._http.request("POST", "/v1/chat/completions",
+                                                              body)
+        return completion
 
     async def stream_chat_for_personal_runtime(
         self, runtime: PersonalRuntime | str, request: ChatRequest, model: str | None = None

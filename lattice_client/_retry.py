@@ -39,7 +39,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter on the upper half: 0.25-0.5 s, 0.5-1 s, ..."""
-        ceiling = min(self.max_delay, self.base_delay * (2**attempt))
+        ceiling = min(self.max_delay, self.base_delay * 2.0**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def delay_after_exception(self, exc: Exception, method: str, attempt: int) -> float | None:

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from lattice_protocol import KeyPair, SealError
 
@@ -48,6 +48,12 @@ class RelayConfig:
         return f"RelayConfig(lattice_id={self.lattice_id!r}, gateway={self.gateway!r})"
 
 
+class AdapterOptions(TypedDict, total=False):
+    """The ``make_provider`` options a provider kind takes beyond the common ones."""
+
+    api_key: str
+
+
 @dataclass
 class ProviderConfig:
     kind: str = "ollama"  # ollama | lmstudio | openai
@@ -60,7 +66,7 @@ class ProviderConfig:
     # (LM Studio's "Require Authentication"); this file is 0600. Never in a repr.
     api_key: str | None = field(default=None, repr=False)
 
-    def adapter_options(self) -> dict[str, str]:
+    def adapter_options(self) -> AdapterOptions:
         """Extra ``make_provider`` options: only what is set (Ollama takes no API key)."""
         return {"api_key": self.api_key} if self.api_key else {}
 

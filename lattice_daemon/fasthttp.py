@@ -42,7 +42,8 @@ class _Connection:
     @property
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing()
-                    or bool(self.reader._buffer))  # stray bytes: not reusable
+                    # stray bytes: not reusable (asyncio has no public view of them)
+                    or bool(self.reader._buffer))  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.writer.close()
@@ -151,10 +152,11 @@ class FastHTTPTransport(httpx.AsyncBaseTransport):
             connection.close()
         timeout = _timeouts(request).get("connect")
         scheme, host, port = key
-        tls = {"ssl": self._ssl, "server_hostname": host} if scheme == "https" else {}
+        tls = scheme == "https"
         try:
             reader, writer = await within(
-                asyncio.open_connection(host, port, limit=MAX_HEAD, **tls), timeout)
+                asyncio.open_connection(host, port, limit=MAX_HEAD, ssl=self._ssl if tls else None,
+                                        server_hostname=host if tls else None), timeout)
         except asyncio.TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within "
                                        f"{timeout:g} s", request=request) from None

@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import sys
 import time
+from io import TextIOWrapper
 from pathlib import Path
 
 from .config import ensure_private_dir
@@ -26,7 +27,7 @@ BACKUPS = 3
 class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """Creates every log file (first and rotated) with mode 0600."""
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
         return os.fdopen(fd, "a", encoding=self.encoding)

@@ -117,7 +117,7 @@ def default_model_among(models: list[str], allowed: list[str]) -> str | None:
     (most recently pulled), but cannot answer a chat request."""
     candidates = [m for m in models if model_allowed(m, allowed)]
     chat_models = [m for m in candidates if "embed" not in m.lower()]
-    return (chat_models or candidates or [None])[0]
+    return next(iter(chat_models or candidates), None)
 
 
 def _progress_interval(idle_timeout: float) -> float:
@@ -238,7 +238,7 @@ class JobRunner:
         task = asyncio.get_running_loop().create_task(self._run(spec, job),
                                                        name=f"job-{spec.job_id}")
         self._tasks[spec.job_id] = task
-        task.add_done_callback(lambda _t, job_id=spec.job_id: self._finished(job_id))
+        task.add_done_callback(lambda _task: self._finished(spec.job_id))
         return True
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> bool:

@@ -97,7 +97,9 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     config = uvicorn.Config(
         app, host=host, port=port, loop="auto", http="auto",
         lifespan="on", access_log=access_log, log_level=log_level, server_header=False,
-        timeout_graceful_shutdown=shutdown_timeout, log_config=None,
+        # typed int by uvicorn, which waits for it with asyncio: fractions of a second work
+        timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
+        log_config=None,
     )
     # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
     # the shutdown timeout), then run the lifespan shutdown (close broker and store).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 
 def _env_float(name: str, default: float) -> float:
@@ -44,7 +45,7 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Defaults <- LATTICE_GATEWAY_<FIELD> variables <- explicit overrides (non-None)."""
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each field's own type, converted below
         for f in fields(cls):
             if f.name == "extra":
                 continue

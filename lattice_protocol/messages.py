@@ -56,7 +56,7 @@ def _field(d: dict[str, Any], name: str, kind: type | tuple[type, ...], what: st
 
 
 def _id(d: dict[str, Any], name: str, what: str) -> str:
-    value = _field(d, name, str, what)
+    value: str = _field(d, name, str, what)
     if not value or len(value) > _MAX_ID:
         raise ProtocolError(f"{what}: field {name!r} must be 1 to {_MAX_ID} characters")
     return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -119,7 +119,7 @@ class HttpProvider:
         return self._chunks(request, include_usage=wants_usage(request))
 
     def _chunks(self, request: dict[str, Any], *, include_usage: bool
-                ) -> AsyncIterator[dict[str, Any]]:
+                ) -> AsyncGenerator[dict[str, Any], None]:
         """OpenAI chunks in contract order; each adapter speaks its own wire format."""
         raise NotImplementedError
 
@@ -181,7 +181,7 @@ class HttpProvider:
             raise self.error("internal", f"GET {path} did not return a JSON object")
         return data
 
-    async def stream_lines(self, path: str, body: bytes) -> AsyncIterator[bytes]:
+    async def stream_lines(self, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
         """POST ``body`` and yield the non-empty lines of the response as they arrive.
 
         Raises ProviderError for error statuses (with the provider's message), timeouts by

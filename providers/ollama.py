@@ -8,7 +8,7 @@ cannot carry ``num_ctx`` / ``keep_alive``, and forces temperature/top_p to 1.0
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -26,8 +26,9 @@ class OllamaProvider(HttpProvider):
 
     async def models(self) -> list[str]:
         data = await self.get_json("/api/tags", self.probe_timeout)
-        return [m.get("name") or m.get("model") for m in data.get("models") or ()
-                if isinstance(m, dict)]
+        named = (m.get("name") or m.get("model") for m in data.get("models") or ()
+                 if isinstance(m, dict))
+        return [name for name in named if isinstance(name, str)]
 
     async def health(self) -> ProviderHealth:
         try:
@@ -40,7 +41,7 @@ class OllamaProvider(HttpProvider):
                               ver, models, kind=self.kind, url=self.base_url)
 
     async def _chunks(self, request: dict[str, Any], *, include_usage: bool
-                      ) -> AsyncIterator[dict[str, Any]]:
+                      ) -> AsyncGenerator[dict[str, Any], None]:
         body = _json.dumps(to_ollama_request(request, stream=True,
                                              provider=self.display_name))
         maker: ChunkMaker | None = None

@@ -8,7 +8,7 @@ usage chunk with ``choices: []`` iff the caller asked for it; same id/created th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -46,7 +46,7 @@ class OpenAICompatProvider(HttpProvider):
                               None, models, kind=self.kind, url=self.base_url)
 
     async def _chunks(self, request: dict[str, Any], *, include_usage: bool
-                      ) -> AsyncIterator[dict[str, Any]]:
+                      ) -> AsyncGenerator[dict[str, Any], None]:
         n = request.get("n")
         if n is not None and n != 1:
             # One choice per stream is what callers (and the relay) handle.

@@ -220,7 +220,9 @@ def _redacted(url: str) -> str:
 def proxy_for(url: str) -> tuple[str, str] | None:
     """(variable name, proxy URL without credentials) that applies to ``url``, if any."""
     parts = urlsplit(url)
-    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+    # real but undocumented, so typeshed has no stub for it
+    if urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+            parts.hostname or ""):
         return None
     names = (["HTTPS_PROXY", "https_proxy"] if parts.scheme == "https"
              else ["HTTP_PROXY", "http_proxy"]) + ["ALL_PROXY", "all_proxy"]

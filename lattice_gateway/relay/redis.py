@@ -223,9 +223,9 @@ class RedisBroker:
     def _on_wake(self, data: str) -> None:
         kind, _, target = data.partition(" ")
         if kind == "j":
-            for parked in list(self._parked_by_runtime.get(target, ())):
-                if parked.capacity > 0:
-                    self._attempt(parked)
+            for waiting in list(self._parked_by_runtime.get(target, ())):
+                if waiting.capacity > 0:
+                    self._attempt(waiting)
         elif kind == "c":
             parked = self._parked_by_session.get(target)
             if parked is not None:

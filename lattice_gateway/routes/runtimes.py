@@ -26,7 +26,8 @@ READ_SCOPES = (SCOPE_INFERENCE, SCOPE_MANAGE)
 
 
 def services_of(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    services: Services = request.app.state.services
+    return services
 
 
 def _iso_from_epoch(seconds: float) -> str:
