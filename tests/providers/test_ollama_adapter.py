@@ -213,14 +213,16 @@ async def test_models_and_health_from_tags_and_version() -> None:
         if request.url.path == "/api/version":
             return httpx.Response(200, json={"version": "0.5.1"})
         assert request.url.path == "/api/tags"
+        # an entry may carry only "model"; one with no name at all is not a model
         return httpx.Response(200, json={"models": [{"name": "llama3.2:latest",
                                                      "model": "llama3.2:latest"},
-                                                    {"name": "qwen2.5:7b"}]})
+                                                    {"name": "qwen2.5:7b"},
+                                                    {"model": "phi3:mini"}, {"size": 1}]})
     provider = mock_provider("ollama", handler)
-    assert await provider.models() == ["llama3.2:latest", "qwen2.5:7b"]
+    assert await provider.models() == ["llama3.2:latest", "qwen2.5:7b", "phi3:mini"]
     health = await provider.health()
     assert health.ok and health.version == "0.5.1"
-    assert health.models == ["llama3.2:latest", "qwen2.5:7b"]
+    assert health.models == ["llama3.2:latest", "qwen2.5:7b", "phi3:mini"]
     assert health.kind == "ollama" and NAME in health.detail
 
 
