@@ -68,7 +68,9 @@ async def test_openai_compatible_usage_is_what_the_server_reports_for_the_same_r
     openai_server.configure(stream_usage=False, prompt_tokens=34, reply="one two three")
     request = {"model": "qwen2.5-7b-instruct",
                "messages": [{"role": "user", "content": "hi"}]}
-    direct = httpx.post(f"{openai_server.url}/v1/chat/completions", json=request).json()
+    async with httpx.AsyncClient(trust_env=False) as client:
+        direct = (await client.post(f"{openai_server.url}/v1/chat/completions",
+                                    json=request)).json()
     provider = make_provider("lmstudio", openai_server.url)
     completion = await provider.chat(request)
     assert completion["usage"] == direct["usage"] == {
