@@ -94,12 +94,14 @@ def spinner(message: str) -> Iterator[None]:
 
 def size_text(size: int) -> str:
     """Bytes for people, in decimal units as disk tools show them: "138.1 MB"."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    if size < 1000:
+        return f"{size} B"
+    value = size / 1000
+    for unit in ("kB", "MB"):
+        if round(value, 1) < 1000:
+            return f"{value:.1f} {unit}"
         value /= 1000
-    raise AssertionError("unreachable")
+    return f"{value:.1f} GB"
 
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None
