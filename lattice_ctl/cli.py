@@ -20,7 +20,7 @@ COMMANDS: dict[str, str] = {
     "status": "lattice_ctl.commands.status:status",
     "relay": "lattice_ctl.commands.relay:relay",
     "providers": "lattice_ctl.commands.providers:providers",
-    "models": "lattice_ctl.commands.providers:models",
+    "models": "lattice_ctl.commands.models:models",
     "service": "lattice_ctl.commands.service:service",
     "doctor": "lattice_ctl.commands.doctor:doctor",
 }
@@ -31,7 +31,7 @@ _HELP = {
     "status": "One-line state of this machine's runtime, and details.",
     "relay": "Pair with a gateway (connect), show or forget the pairing.",
     "providers": "Detect local model servers (Ollama, LM Studio).",
-    "models": "List the models of the configured provider.",
+    "models": "List the provider's models and the GGUF files here; pull a GGUF model.",
     "service": "Install the daemon as a launchd/systemd user service.",
     "doctor": "Run the troubleshooting checks and print a fix for each failure.",
 }
@@ -51,7 +51,8 @@ def _accept_json_after_subcommand(command: click.Command) -> None:
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             _accept_json_after_subcommand(sub)
-        return
+        if not command.invoke_without_command:  # a group that is a command itself
+            return
     if any(param.name == "json_flag" for param in command.params):
         return
     command.params.append(click.Option(

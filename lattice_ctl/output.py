@@ -35,13 +35,14 @@ def _console(stderr: bool = False):  # -> rich.console.Console (imported lazily:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def emit(data: Any, human: Callable[[Any], str | None] | None = None, *,
+def emit(data: Any, human: Callable[[Any], Any] | None = None, *,
          markup: bool = False) -> None:
     """Print ``data``: JSON under --json, otherwise ``human(data)``.
 
     The human text is plain unless ``markup`` says it carries rich markup (whose
     callers escape the data in it): rich would otherwise eat text such as
-    "[provider]" from a config error, taking it for a style tag.
+    "[provider]" from a config error, taking it for a style tag. ``human`` may also
+    return a rich renderable (a table), printed as such.
     """
     if _json_mode():
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
@@ -49,7 +50,7 @@ def emit(data: Any, human: Callable[[Any], str | None] | None = None, *,
     text = human(data) if human else json.dumps(data, indent=2, default=str)
     if not text:
         return
-    if not markup:  # plain text: no rich import either (~25 ms of `ping`'s budget)
+    if not markup and isinstance(text, str):  # plain: no rich import (`ping`'s budget)
         sys.stdout.write(text + "\n")
         return
     _console().print(text)
@@ -89,3 +90,68 @@ def spinner(message: str) -> Iterator[None]:
         return
     with _console(stderr=True).status(message):
         yield
+
+
+def size_text(size: int) -> str:
+    """Bytes for people, in decimal units as disk tools show them: "138.1 MB"."""
+    if size < 1000:
+        return f"{size} B"
+    value = size / 1000
+    for unit in ("kB", "MB"):
+        if round(value, 1) < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def table(columns: list[str], rows: list[list[str]], title: str | None = None
+          ) -> Any:  # -> rich.table.Table
+    """A table for emit()'s human output; cells are shown as given (no markup)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(*columns, title=title, title_justify="left", box=None, pad_edge=False)
+    for row in rows:
+        grid.add_row(*(Text(cell) for cell in row))
+    return grid
+
+
+class _PlainProgress:
+    """Progress as lines on stderr, one per tenth of the total (not a terminal, --json)."""
+
+    def __init__(self, label: str, total: int | None, done: int) -> None:
+        self._label = label
+        self._total = total
+        self._done = done
+        self._shown = -1
+
+    def advance(self, count: int) -> None:
+        self._done += count
+        if self._total:
+            tenth = self._done * 10 // self._total
+            if tenth > self._shown:
+                self._shown = tenth
+                sys.stderr.write(f"{self._label}: {self._done * 100 // self._total}% "
+                                 f"({size_text(self._done)} of {size_text(self._total)})\n")
+                sys.stderr.flush()
+
+
+@contextmanager
+def progress(label: str, total: int | None, done: int = 0) -> Iterator[Callable[[int], None]]:
+    """Show a transfer of ``total`` bytes (None: unknown) that has ``done`` already;
+    yields ``advance(count)``. A rich bar at a terminal, else plain lines on stderr."""
+    if _json_mode() or not sys.stderr.isatty():
+        yield _PlainProgress(label, total, done).advance
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=_console(stderr=True)) as bar:
+        task = bar.add_task(_escape(label), total=total, completed=done)
+        yield lambda count: bar.advance(task, count)

@@ -35,6 +35,11 @@ class Paths:
         return Path(override) if override else self.runtime_dir / "daemon.sock"
 
     @property
+    def models_dir(self) -> Path:
+        """GGUF models that `lattice-ctl models pull` downloads (found by discovery)."""
+        return self.data_dir / "models"
+
+    @property
     def lock_file(self) -> Path:
         return self.runtime_dir / "daemon.lock"
 

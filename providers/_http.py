@@ -163,11 +163,31 @@ class HttpProvider:
 
     async def get_json(self, path: str, timeout: float) -> dict[str, Any]:
         """A short control-plane GET (models, version) with one overall deadline."""
+        return await self._exchange_json("GET", path, None, timeout,
+                                         f"GET {path} got no answer within {timeout:g} s")
+
+    async def post_json(self, path: str, body: bytes) -> dict[str, Any]:
+        """POST ``body`` and return the JSON answer, which the server sends whole.
+
+        Such an answer is silent until the generation ends, so there is no silence
+        between outputs to time: the first-token timeout bounds the whole wait (loading
+        plus the generation). Cancelling closes the connection.
+        """
+        timeout = self.first_token_timeout
+        return await self._exchange_json(
+            "POST", path, body, timeout,
+            f"no answer within {timeout:g} s (first-token timeout; a non-streaming answer "
+            "arrives whole, after loading and the entire generation) - stream the request, "
+            "or raise the first-token timeout")
+
+    async def _exchange_json(self, method: str, path: str, body: bytes | None,
+                             timeout: float, timeout_text: str) -> dict[str, Any]:
+        headers = {"content-type": "application/json"} if body is not None else None
         try:
-            response = await within(self._client.get(path), timeout)
+            response = await within(
+                self._client.request(method, path, content=body, headers=headers), timeout)
         except TimeoutError:
-            raise self.error("timeout", f"GET {path} got no answer within {timeout:g} s"
-                             ) from None
+            raise self.error("timeout", timeout_text) from None
         except httpx.TransportError as exc:
             raise self._transport_error(exc, started=False) from None
         if response.status_code >= 400:
@@ -178,7 +198,7 @@ class HttpProvider:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise self.error("internal", f"GET {path} did not return a JSON object")
+            raise self.error("internal", f"{method} {path} did not return a JSON object")
         return data
 
     async def stream_lines(self, path: str, body: bytes) -> AsyncGenerator[bytes, None]:

@@ -1,9 +1,13 @@
 """Building OpenAI ``chat.completion.chunk`` dicts, and folding them into a completion.
 
-Every adapter streams from its provider, even for ``chat()``: only a stream lets the
-deadlines be about silence (a non-streaming reply is silent until the very end), and it
-lets a cancelled caller close the connection mid-generation. ``chat()`` then folds the
-chunks into one ``chat.completion`` with :func:`aggregate`.
+Ollama is streamed from even for ``chat()``: a stream lets the deadlines be about
+silence (a non-streaming reply is silent until the very end), and Ollama reports usage
+in every stream. ``chat()`` then folds the chunks into one ``chat.completion`` with
+:func:`aggregate`. (OpenAI-compatible servers are asked without streaming for
+``chat()``: some report usage only then; see providers/openai_compat.py.)
+
+Usage is what the provider reported, or ``None`` when it reported none: never zeros
+made up in its place (apps bill on it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,17 @@ def new_tool_call_id() -> str:
 def wants_usage(request: dict[str, Any]) -> bool:
     options = request.get("stream_options")
     return bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def reported_usage(value: Any) -> dict[str, Any] | None:
+    """The provider's own ``usage`` object as it sent it (extra detail fields kept), or
+    None when it sent none or something without the two counts."""
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return {"total_tokens": prompt + completion, **value}
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -65,7 +80,9 @@ class ChunkMaker:
     def finish(self, finish_reason: str) -> dict[str, Any]:
         return self.chunk({}, finish_reason)
 
-    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+    def usage(self, usage: dict[str, Any] | None) -> dict[str, Any]:
+        """The last chunk of a stream that asked for usage; ``usage`` None says the
+        provider reported none."""
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.model, "choices": [], "usage": usage}
 
@@ -78,7 +95,7 @@ async def aggregate(chunks: AsyncIterable[dict[str, Any]]) -> dict[str, Any]:
     tool_calls: dict[int, dict[str, Any]] = {}
     logprobs: list[Any] = []
     finish_reason: str | None = None
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
     fingerprint: Any = None
     async for chunk in chunks:
         if first is None:
@@ -118,7 +135,7 @@ async def aggregate(chunks: AsyncIterable[dict[str, Any]]) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message,
                      "finish_reason": finish_reason or "stop",
                      "logprobs": {"content": logprobs} if logprobs else None}],
-        "usage": usage or usage_dict(0, 0),
+        "usage": usage,
     }
 
 

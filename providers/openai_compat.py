@@ -1,13 +1,23 @@
 """LM Studio and any OpenAI-compatible server (llama.cpp server, vLLM, LocalAI).
 
-The request is already OpenAI-shaped and passes through; we always stream from the
-server (``stream: true`` with usage) and normalise what comes back to the order our
-callers rely on: role chunk, content chunks, a finish chunk with an empty delta, then a
-usage chunk with ``choices: []`` iff the caller asked for it; same id/created throughout.
+The request is already OpenAI-shaped and passes through, streaming as the caller asked:
+
+* ``chat()`` sends ``stream: false`` and returns the server's ``chat.completion`` with
+  the usage the server reported for it. Streaming underneath would be blind to usage on
+  servers that report none in streams (llama-cpp-python's server, even with
+  ``stream_options.include_usage``), so the answer would differ from the same request
+  sent straight to the server. The answer comes whole: the first-token timeout bounds
+  the wait (see ``HttpProvider.post_json``); the daemon tells the gateway the job is
+  alive meanwhile, and cancelling closes the connection.
+* ``stream()`` normalises what comes back to the order our callers rely on: role chunk,
+  content chunks, a finish chunk with an empty delta, then a usage chunk with
+  ``choices: []`` iff the caller asked for it (``usage: null`` when the server reported
+  none); same id/created throughout.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
@@ -15,7 +25,7 @@ from typing import Any
 from providers import _json
 from providers._http import HttpProvider, error_text_from_value
 from providers.base import ProviderError, ProviderHealth
-from providers.chunks import ChunkMaker, usage_dict
+from providers.chunks import ChunkMaker, new_completion_id, reported_usage
 
 _DONE = b"[DONE]"
 
@@ -45,20 +55,48 @@ class OpenAICompatProvider(HttpProvider):
         return ProviderHealth(True, f"{self.display_name}: running, {len(models)} model(s)",
                               None, models, kind=self.kind, url=self.base_url)
 
-    async def _chunks(self, request: dict[str, Any], *, include_usage: bool
-                      ) -> AsyncGenerator[dict[str, Any], None]:
+    async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._check_choices(request)
+        body = dict(request)
+        body["stream"] = False
+        body.pop("stream_options", None)  # only allowed with stream: true
+        answer = await self.post_json("/v1/chat/completions", _json.dumps(body))
+        if answer.get("error"):
+            raise self.error("internal", error_text_from_value(answer))
+        choices = answer.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(choice, dict) or not isinstance(message, dict):
+            raise self.error("internal", "answered without a message in 'choices'")
+        message = {**message, "role": "assistant"}
+        finish = choice.get("finish_reason") or "stop"
+        if message.get("tool_calls") and finish == "stop":
+            finish = "tool_calls"
+        return {
+            "id": answer.get("id") or new_completion_id(),
+            "object": "chat.completion",
+            "created": answer.get("created") or int(time.time()),
+            "model": answer.get("model") or request.get("model") or "",
+            "system_fingerprint": answer.get("system_fingerprint"),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                         "logprobs": choice.get("logprobs")}],
+            "usage": reported_usage(answer.get("usage")),
+        }
+
+    def _check_choices(self, request: dict[str, Any]) -> None:
         n = request.get("n")
         if n is not None and n != 1:
-            # One choice per stream is what callers (and the relay) handle.
+            # One choice per answer is what callers (and the relay) handle.
             raise self.error("unsupported", f"n={n} is not supported; send n=1 or omit it")
+
+    async def _chunks(self, request: dict[str, Any], *, include_usage: bool
+                      ) -> AsyncGenerator[dict[str, Any], None]:
+        self._check_choices(request)
         body = dict(request)
         body["stream"] = True
-        # Always ask for usage (chat() needs it); drop it below unless the caller asked.
-        body["stream_options"] = {**(request.get("stream_options") or {}),
-                                  "include_usage": True}
         maker: ChunkMaker | None = None
         finish: str | None = None
-        usage: dict[str, int] | None = None
+        usage: Any = None
         saw_tool_call = False
         done = False
         async with aclosing(self.stream_lines("/v1/chat/completions",
@@ -111,8 +149,7 @@ class OpenAICompatProvider(HttpProvider):
             finish = "tool_calls" if saw_tool_call else "stop"
         yield maker.finish(finish)
         if include_usage:
-            yield maker.usage(usage_dict(int((usage or {}).get("prompt_tokens") or 0),
-                                         int((usage or {}).get("completion_tokens") or 0)))
+            yield maker.usage(reported_usage(usage))
 
 
 class LMStudioProvider(OpenAICompatProvider):

@@ -1,4 +1,4 @@
-"""`lattice-ctl providers` and `lattice-ctl models` (SPEC §4, §5)."""
+"""`lattice-ctl providers` (SPEC §4, §5)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from typing import Any
 import click
 
 from lattice_ctl import output
-from lattice_ctl.daemon_link import client_for, try_ask
 
 
-def _configured(*, required: bool = True) -> Any | None:
+def configured_provider(*, required: bool = True) -> Any | None:
     """The configured ProviderConfig, or None when there is no config file yet.
 
     An unusable config fails the command when ``required``, else it is a warning (the
@@ -52,7 +51,7 @@ def providers(timeout: float) -> None:
     from providers import DEFAULT_URLS, detect_providers
 
     targets: list[tuple[str, str]] = list(DEFAULT_URLS.items())
-    configured = _configured(required=False)
+    configured = configured_provider(required=False)
     configured_key = None
     if configured is not None:
         url = configured.url or DEFAULT_URLS.get(configured.kind)
@@ -69,37 +68,3 @@ def providers(timeout: float) -> None:
             item["configured"] = is_configured
             results.append(item)
     output.emit({"providers": results}, _providers_text, markup=True)
-
-
-def _models_text(data: dict[str, Any]) -> str:
-    if not data["models"]:
-        return f"{data['kind']} at {data['url']} has no models."
-    default = data.get("defaultModel")
-    return "\n".join(f"{m}{'  (default)' if m == default else ''}" for m in data["models"])
-
-
-@click.command()
-def models() -> None:
-    """The configured provider's models (through the daemon when it runs)."""
-    answer = try_ask(client_for().ping)
-    if answer is not None:
-        provider = answer.body.get("provider") or {}
-        if provider.get("ok"):
-            output.emit({"kind": provider.get("kind"), "url": provider.get("url"),
-                         "models": list(provider.get("models") or []),
-                         "defaultModel": provider.get("defaultModel"), "via": "daemon"},
-                        _models_text)
-            return
-    from lattice_daemon.config import ProviderConfig
-    from providers import DEFAULT_URLS, detect_providers
-
-    configured = _configured() or ProviderConfig()
-    url = configured.url or DEFAULT_URLS.get(configured.kind)
-    if not url:
-        output.fail(f"the {configured.kind} provider has no URL in the config")
-    health = detect_providers(timeout=3.0, urls={configured.kind: url},
-                              **configured.adapter_options())[0]
-    if not health.ok:
-        output.fail(health.detail, data={"kind": configured.kind, "url": url})
-    output.emit({"kind": configured.kind, "url": health.url, "models": health.models,
-                 "defaultModel": configured.default_model, "via": "provider"}, _models_text)

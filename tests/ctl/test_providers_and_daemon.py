@@ -77,9 +77,10 @@ def test_models_unreachable_provider_fails_naming_it(run_ctl: RunCtl) -> None:
 def test_models_through_the_daemon_when_it_runs(run_ctl: RunCtl,
                                                fake_daemon: FakeControlServer) -> None:
     data = stdout_json(run_ctl("--json", "models"))
+    data.pop("gguf")  # the files on this machine: tests/ctl/test_models.py
     assert data == {"kind": "ollama", "url": "http://localhost:11434",
                     "models": ["llama3.2", "qwen3"], "defaultModel": "llama3.2",
-                    "via": "daemon"}
+                    "via": "daemon", "modelsDir": str(get_paths().models_dir)}
 
 
 def test_daemon_status_running_shows_pid_and_uptime(run_ctl: RunCtl,

@@ -1,10 +1,13 @@
 """Deadlines by silence: a loading model is not a timeout, a stalled one is, and a long
-generation that keeps producing is never cut off. Both adapters, simulated pace."""
+generation that keeps producing is never cut off. Both adapters' streams, simulated pace;
+and the one deadline of an answer that comes whole (OpenAI-compatible ``chat()``)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -42,6 +45,10 @@ def request(kind: str) -> dict[str, object]:
     return {"model": model_name(kind), "messages": [{"role": "user", "content": "hi"}]}
 
 
+def text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+
+
 def headers_after(delay: float, body: bytes):
     """A provider that withholds its response headers for ``delay`` (model loading)."""
     async def handler(_: httpx.Request) -> httpx.Response:
@@ -55,8 +62,7 @@ async def test_slow_first_byte_within_first_token_timeout_succeeds(kind: str) ->
     # Loading takes 0.3 s: longer than the idle timeout, shorter than the first-token one.
     provider = mock_provider(kind, headers_after(0.3, piece(kind, "ready") + ending(kind)),
                              first_token_timeout=2.0, idle_timeout=0.1)
-    completion = await provider.chat(request(kind))
-    assert completion["choices"][0]["message"]["content"] == "ready"
+    assert text_of(await collect(provider, request(kind))) == "ready"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -65,7 +71,7 @@ async def test_first_byte_past_first_token_timeout_fails_saying_loading(kind: st
                              first_token_timeout=0.2, idle_timeout=10.0)
     started = time.monotonic()
     with pytest.raises(ProviderError) as info:
-        await provider.chat(request(kind))
+        await collect(provider, request(kind))
     assert time.monotonic() - started < 2.0
     assert info.value.reason == "timeout"
     assert "load" in info.value.message and "0.2 s" in info.value.message
@@ -79,7 +85,7 @@ async def test_headers_then_no_first_token_also_counts_against_first_token_timeo
         return httpx.Response(200, content=paced([(5.0, ending(kind))]))
     provider = mock_provider(kind, handler, first_token_timeout=0.2, idle_timeout=10.0)
     with pytest.raises(ProviderError) as info:
-        await provider.chat(request(kind))
+        await collect(provider, request(kind))
     assert info.value.reason == "timeout" and "load" in info.value.message
 
 
@@ -113,6 +119,34 @@ async def test_generation_longer_than_both_timeouts_is_never_cut_off(kind: str) 
     started = time.monotonic()
     chunks = await collect(provider, request(kind))
     assert time.monotonic() - started >= 0.6
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == "".join(f"t{i} " for i in range(12))
+    assert text_of(chunks) == "".join(f"t{i} " for i in range(12))
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def whole_answer(text: str) -> bytes:
+    return json.dumps({"id": "chatcmpl-w", "object": "chat.completion", "created": 1,
+                       "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant",
+                                                              "content": text}}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1,
+                                 "total_tokens": 4}}).encode()
+
+
+async def test_a_whole_answer_slower_than_the_idle_timeout_is_not_cut_off() -> None:
+    # A non-streaming answer is silent until the end: only the first-token timeout applies.
+    provider = mock_provider("lmstudio", headers_after(0.3, whole_answer("done")),
+                             first_token_timeout=2.0, idle_timeout=0.1)
+    completion = await provider.chat(request("lmstudio"))
+    assert completion["choices"][0]["message"]["content"] == "done"
+
+
+async def test_a_whole_answer_past_the_first_token_timeout_fails_saying_so() -> None:
+    provider = mock_provider("lmstudio", headers_after(5.0, whole_answer("late")),
+                             first_token_timeout=0.2, idle_timeout=10.0)
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as info:
+        await provider.chat(request("lmstudio"))
+    assert time.monotonic() - started < 2.0
+    assert info.value.reason == "timeout"
+    assert "no answer within 0.2 s (first-token timeout" in info.value.message
+    assert "stream the request" in info.value.message

@@ -59,6 +59,33 @@ async def test_chat_returns_the_reply_with_usage_over_one_kept_alive_connection(
     assert stats["connections_opened"] == 1  # keep-alive: no per-request connection
 
 
+async def test_openai_compatible_usage_is_what_the_server_reports_for_the_same_request(
+        openai_server: ServerHandle) -> None:
+    """A server without usage in streams (llama-cpp-python's): chat() still carries the
+    usage the server gives a non-streaming request; a stream says null, not zeros."""
+    import httpx
+
+    openai_server.configure(stream_usage=False, prompt_tokens=34, reply="one two three")
+    request = {"model": "qwen2.5-7b-instruct",
+               "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(trust_env=False) as client:
+        direct = (await client.post(f"{openai_server.url}/v1/chat/completions",
+                                    json=request)).json()
+    provider = make_provider("lmstudio", openai_server.url)
+    completion = await provider.chat(request)
+    assert completion["usage"] == direct["usage"] == {
+        "prompt_tokens": 34, "completion_tokens": 3, "total_tokens": 37}
+    assert openai_server.last_request()["body"]["stream"] is False
+    chunks = [c async for c in provider.stream(
+        {**request, "stream_options": {"include_usage": True}})]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] is None
+    openai_server.configure(stream_usage=True)
+    chunks = [c async for c in provider.stream(
+        {**request, "stream_options": {"include_usage": True}})]
+    assert chunks[-1]["usage"] == direct["usage"]
+    await provider.aclose()
+
+
 async def test_ollama_receives_the_mapped_native_request(ollama_server: ServerHandle
                                                          ) -> None:
     provider = make_provider("ollama", ollama_server.url)

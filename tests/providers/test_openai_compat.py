@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
 
-from providers import ProviderError, detect_providers, make_provider
+from providers import Provider, ProviderError, detect_providers, make_provider
+from providers.chunks import aggregate
 from tests.providers.mock import (
     NAMES,
     URLS,
@@ -33,6 +35,11 @@ CANONICAL = sse(
 )
 
 
+async def folded(provider: Provider) -> dict[str, Any]:
+    """The streamed answer to REQUEST, folded into one completion."""
+    return await aggregate(provider.stream(REQUEST))
+
+
 def answering(body: bytes, status: int = 200, seen: list[httpx.Request] | None = None):
     def handler(request: httpx.Request) -> httpx.Response:
         if seen is not None:
@@ -41,22 +48,84 @@ def answering(body: bytes, status: int = 200, seen: list[httpx.Request] | None =
     return handler
 
 
-async def test_request_passes_through_with_stream_and_usage_forced() -> None:
+def completion_body(usage: dict[str, Any] | None, **message: Any) -> bytes:
+    answer: dict[str, Any] = {
+        "id": "chatcmpl-xyz", "object": "chat.completion", "created": 1694268190,
+        "model": "qwen2.5-7b-instruct", "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": "Hello there", **message}}]}
+    if usage is not None:
+        answer["usage"] = usage
+    return json.dumps(answer).encode()
+
+
+async def test_chat_is_sent_non_streaming_and_keeps_the_servers_usage() -> None:
     seen: list[httpx.Request] = []
-    provider = mock_provider("lmstudio", answering(CANONICAL, seen=seen))
+    usage = {"prompt_tokens": 34, "completion_tokens": 12, "total_tokens": 46,
+             "prompt_tokens_details": {"cached_tokens": 30}}
+    provider = mock_provider("lmstudio", answering(completion_body(usage), seen=seen))
     request = {**REQUEST, "stream": False, "tool_choice": "auto", "max_tokens": 5,
                "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
                "stream_options": {"include_obfuscation": False}}
     completion = await provider.chat(request)
     sent = request_json(seen[0])
     assert seen[0].url.path == "/v1/chat/completions"
-    assert sent == {**request, "stream": True,
-                    "stream_options": {"include_obfuscation": False, "include_usage": True}}
-    assert completion["choices"][0]["message"] == {"role": "assistant",
-                                                   "content": "Hello there"}
-    assert completion["usage"] == {"prompt_tokens": 24, "completion_tokens": 2,
-                                   "total_tokens": 26}
-    assert completion["id"] == "chatcmpl-abc" and completion["created"] == 1694268190
+    stripped = {k: v for k, v in request.items() if k != "stream_options"}
+    assert sent == {**stripped, "stream": False}
+    assert completion == {
+        "id": "chatcmpl-xyz", "object": "chat.completion", "created": 1694268190,
+        "model": "qwen2.5-7b-instruct", "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": "Hello there"}}],
+        "usage": usage}
+
+
+async def test_chat_without_usage_from_the_server_says_null_not_zeros() -> None:
+    provider = mock_provider("openai", answering(completion_body(None)))
+    assert (await provider.chat(REQUEST))["usage"] is None
+    partial = {"completion_tokens": 3}  # no prompt count: not a usage anyone can bill on
+    provider = mock_provider("openai", answering(completion_body(partial)))
+    assert (await provider.chat(REQUEST))["usage"] is None
+    provider = mock_provider("openai", answering(completion_body(
+        {"prompt_tokens": 2, "completion_tokens": 3})))
+    assert (await provider.chat(REQUEST))["usage"] == {"prompt_tokens": 2,
+                                                       "completion_tokens": 3,
+                                                       "total_tokens": 5}
+
+
+async def test_chat_answer_with_tool_calls_and_finish_stop_reports_tool_calls() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    provider = mock_provider("openai", answering(completion_body(None, content=None,
+                                                                 tool_calls=[call])))
+    choice = (await provider.chat(REQUEST))["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["tool_calls"] == [call]
+
+
+@pytest.mark.parametrize("body", [b'{"choices": []}', b'{"choices": [{"index": 0}]}',
+                                  b'{"error": {"message": "model crashed"}}'])
+async def test_chat_answer_without_a_message_is_an_internal_error(body: bytes) -> None:
+    with pytest.raises(ProviderError) as info:
+        await mock_provider("openai", answering(body)).chat(REQUEST)
+    assert info.value.reason == "internal"
+
+
+async def test_stream_passes_the_request_through_with_stream_true() -> None:
+    seen: list[httpx.Request] = []
+    provider = mock_provider("openai", answering(CANONICAL, seen=seen))
+    request = {**REQUEST, "max_tokens": 5, "stream_options": {"include_usage": True}}
+    await collect(provider, request)
+    assert request_json(seen[0]) == {**request, "stream": True}
+    await collect(provider, REQUEST)
+    assert "stream_options" not in request_json(seen[1])
+
+
+async def test_stream_asking_for_usage_from_a_server_that_sends_none_ends_with_null() -> None:
+    body = sse(openai_chunk({"role": "assistant", "content": ""}),
+               openai_chunk({"content": "Hi"}), openai_chunk({}, "stop"))
+    chunks = await collect(mock_provider("openai", answering(body)),
+                           {**REQUEST, "stream_options": {"include_usage": True}})
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] is None
+    assert len(chunks) == 4
 
 
 async def test_stream_order_and_usage_chunk_only_when_asked() -> None:
@@ -79,7 +148,7 @@ async def test_stream_order_and_usage_chunk_only_when_asked() -> None:
 async def test_comments_event_lines_and_blank_lines_are_ignored() -> None:
     body = sse(": keep-alive\n\n", "event: message\n", openai_chunk({"role": "assistant"}),
                ": ping\n\n", openai_chunk({"content": "ok"}), openai_chunk({}, "stop"))
-    completion = await mock_provider("openai", answering(body)).chat(REQUEST)
+    completion = await folded(mock_provider("openai", answering(body)))
     assert completion["choices"][0]["message"]["content"] == "ok"
 
 
@@ -109,7 +178,7 @@ async def test_incremental_tool_call_fragments_are_joined() -> None:
         openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
         openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Tokyo"}'}}]}),
         openai_chunk({}, "tool_calls"))
-    completion = await mock_provider("lmstudio", answering(body)).chat(REQUEST)
+    completion = await folded(mock_provider("lmstudio", answering(body)))
     choice = completion["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] is None
@@ -122,7 +191,7 @@ async def test_tool_calls_with_finish_stop_report_tool_calls() -> None:
     body = sse(openai_chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
                                              "function": {"name": "f", "arguments": "{}"}}]}),
                openai_chunk({}, "stop"))
-    completion = await mock_provider("openai", answering(body)).chat(REQUEST)
+    completion = await folded(mock_provider("openai", answering(body)))
     assert completion["choices"][0]["finish_reason"] == "tool_calls"
 
 
@@ -130,7 +199,7 @@ async def test_reasoning_deltas_are_kept() -> None:
     body = sse(openai_chunk({"role": "assistant"}),
                openai_chunk({"reasoning_content": "hmm"}), openai_chunk({"content": "4"}),
                openai_chunk({}, "stop"))
-    completion = await mock_provider("lmstudio", answering(body)).chat(REQUEST)
+    completion = await folded(mock_provider("lmstudio", answering(body)))
     assert completion["choices"][0]["message"]["reasoning_content"] == "hmm"
 
 
@@ -148,8 +217,6 @@ async def test_reasoning_deltas_are_kept() -> None:
 ])
 async def test_both_error_shapes_map_to_reason_and_keep_the_message(
         status: int, body: dict[str, Any], reason: str, text: str) -> None:
-    import json
-
     provider = mock_provider("lmstudio", answering(json.dumps(body).encode(), status))
     with pytest.raises(ProviderError) as info:
         await provider.chat({**REQUEST, "model": "x"})
@@ -181,7 +248,7 @@ async def test_stream_that_ends_without_finish_or_done_is_an_error() -> None:
     body = sse(openai_chunk({"role": "assistant"}), openai_chunk({"content": "x"}),
                done=False)
     with pytest.raises(ProviderError) as info:
-        await mock_provider("openai", answering(body)).chat(REQUEST)
+        await folded(mock_provider("openai", answering(body)))
     assert info.value.reason == "stream_error"
 
 
@@ -191,7 +258,7 @@ async def test_connection_dropped_mid_stream() -> None:
             [(0, sse(openai_chunk({"content": "a"}), done=False))],
             fail=httpx.ReadError("connection reset by peer")))
     with pytest.raises(ProviderError) as info:
-        await mock_provider("openai", handler).chat(REQUEST)
+        await folded(mock_provider("openai", handler))
     assert info.value.reason == "stream_error" and "connection reset" in info.value.message
 
 

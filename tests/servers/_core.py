@@ -23,7 +23,8 @@ import orjson
 
 MAX_RECORDED_REQUESTS = 100
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 206: "Partial Content", 302: "Found", 400: "Bad Request",
+            404: "Not Found", 405: "Method Not Allowed", 416: "Range Not Satisfiable",
             429: "Too Many Requests", 500: "Internal Server Error",
             503: "Service Unavailable"}
 
@@ -59,11 +60,19 @@ class Response:
                 f"content-type: {content_type}\r\nconnection: {connection}\r\n{extra}\r\n"
                 ).encode()
 
-    def send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def send(self, status: int, body: bytes, content_type: str = "application/json",
+             headers: dict[str, str] | None = None, cut_after: int | None = None) -> None:
+        """Send a complete response; ``cut_after``: close the connection after that
+        many bytes of the body (a transfer that breaks midway)."""
         self.finished = True
         if self.client_gone:
             return
-        head = self._head(status, content_type, f"content-length: {len(body)}\r\n")
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        head = self._head(status, content_type, f"content-length: {len(body)}\r\n{extra}")
+        if cut_after is not None:
+            self._transport.write(head + body[:cut_after])
+            self._transport.close()  # close, not abort: what was written still arrives
+            return
         self._transport.write(head if self.head_only else head + body)
         if not self._keep_alive:
             self._transport.close()
@@ -137,7 +146,8 @@ class ServerState:
             body: Any = orjson.loads(request.body) if request.body else None
         except orjson.JSONDecodeError:
             body = request.body.decode("utf-8", "replace")
-        self.requests.append({"method": request.method, "path": request.path, "body": body})
+        self.requests.append({"method": request.method, "path": request.path, "body": body,
+                              "headers": request.headers})
 
 
 async def _control(request: Request, response: Response, state: ServerState) -> None:

@@ -6,7 +6,9 @@ usage chunk when ``stream_options.include_usage``, ``data: [DONE]``). Errors in 
 shapes LM Studio uses: the OpenAI envelope (unknown model 404, busy, internal) and a bare
 string (400). In-stream error event and connection drops. Behaviour keys:
 tests/servers/behaviour.py, plus ``sse_comments`` (a ``: keep-alive`` comment before each
-event) and ``error_shape`` (``envelope`` / ``bare`` / None for LM Studio's per-error).
+event), ``error_shape`` (``envelope`` / ``bare`` / None for LM Studio's per-error) and
+``stream_usage`` (False: no usage in streams even with ``include_usage``, as
+llama-cpp-python's server; non-streaming answers still carry it).
 
 Run standalone: ``python -m tests.servers.openai_server --port N`` (prints a READY line).
 """
@@ -37,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "sse_comments": False,
     "error_shape": None,
     "api_key": None,  # LM Studio's "Require Authentication": Bearer <key> or 401
+    "stream_usage": True,
 }
 
 _DEFAULT_ERRORS = {
@@ -110,7 +113,8 @@ async def _chat(request: Request, response: Response, b: dict[str, Any]) -> None
                   for i, call in enumerate(b["tool_calls"] or ())]
     finish = "tool_calls" if tool_calls else b["done_reason"]
     if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")
+                             and b["stream_usage"])
         await _stream(response, b, base, pieces, tool_calls, finish,
                       usage if include_usage else None)
         return

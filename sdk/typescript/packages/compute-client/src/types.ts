@@ -63,7 +63,8 @@ export interface ChatCompletion {
     message: { role: "assistant"; content: string | null; tool_calls?: unknown[] };
     finish_reason: string | null;
   }>;
-  usage?: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+  /** What the local provider reported; null when it reported none. */
+  usage?: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | null;
   [extra: string]: unknown;
 }
 
