@@ -228,7 +228,7 @@ def keys_revoke(database: str | None) -> None:
 
 @main.group()
 def tokens() -> None:
-    """OAuth-style access tokens (lat_v1_...) for user accounts."""
+    """OAuth-style access tokens (loat_v1_...) for user accounts."""
 
 
 @tokens.command("create")

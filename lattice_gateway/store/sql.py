@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,6 +25,7 @@ from lattice_protocol import (
     TokenKind,
     hash_secret,
     new_access_token,
+    new_account_id,
     new_api_key,
     new_bootstrap_token,
     new_daemon_token,
@@ -164,7 +164,7 @@ class SqlStore:
             found = (await conn.execute(query)).scalar_one_or_none()
         if found is not None:
             return str(found)
-        account_id = "acct_" + secrets.token_hex(8)
+        account_id = new_account_id()
         try:
             async with self._writer.begin() as conn:
                 await conn.execute(sa.insert(t.accounts).values(

@@ -40,7 +40,7 @@ async def test_create_returns_the_contract_record(gateway: InProcessGateway) -> 
     assert runtime["executionBackend"] == "assistant-runtime"
     assert runtime["status"] == "unpaired"
     assert runtime["accountId"].startswith("acct_")
-    assert runtime["latticeId"].startswith("prt_")
+    assert runtime["latticeId"].startswith("lat_")
     assert ISO_MS_Z.match(runtime["createdAt"]) and ISO_MS_Z.match(runtime["updatedAt"])
     fetched = await gateway.client.get(f"/v1/personal-runtimes/{runtime['latticeId']}",
                                        headers=api_headers(key))
