@@ -287,13 +287,20 @@ class SqlStore:
         self._runtimes.put(lattice_id, runtime)
         return runtime
 
-    async def revoke_runtime(self, lattice_id: str) -> Runtime | None:
-        """Mark revoked (idempotent). The daemon token hash is kept so the daemon gets 403."""
+    async def revoke_runtime(self, lattice_id: str, *,
+                             last_seen_ms: int | None = None) -> Runtime | None:
+        """Mark revoked (idempotent). The daemon token hash is kept so the daemon gets 403.
+
+        ``last_seen_ms``: the daemon's last accepted contact (from the broker), kept as the
+        record's final ``lastSeenAt``.
+        """
         c = t.runtimes.c
+        values: dict[str, Any] = {"status": "revoked", "updated_ms": self._now_ms()}
+        if last_seen_ms is not None:
+            values["last_seen_ms"] = last_seen_ms
         async with self._writer.begin() as conn:
             await conn.execute(sa.update(t.runtimes).where(
-                c.lattice_id == lattice_id, c.status != "revoked").values(
-                status="revoked", updated_ms=self._now_ms()))
+                c.lattice_id == lattice_id, c.status != "revoked").values(**values))
             row = (await conn.execute(
                 sa.select(t.runtimes).where(c.lattice_id == lattice_id))).first()
         self._forget_runtime(lattice_id)

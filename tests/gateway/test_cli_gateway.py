@@ -139,7 +139,7 @@ def test_serve_restart_keeps_records_and_keys_and_logs_no_secrets(tmp_path: Path
             listed = client.get("/v1/personal-runtimes",
                                 headers={"authorization": f"Bearer {token}"}).json()
             assert [r["latticeId"] for r in listed["runtimes"]] == [runtime["latticeId"]]
-            assert listed["runtimes"][0]["status"] == "offline"
+            assert listed["runtimes"][0]["status"] == "unpaired"  # no daemon registered
             # The gateway keypair survives restarts: paired daemons keep working.
             minted = mint_bootstrap(gw.url, key, runtime["latticeId"])
             again = client.post("/v1/relay/redeem", json={
