@@ -29,7 +29,7 @@ from .routes import bootstrap, chat, meta, models, runtimes
 from .routes import relay as relay_routes
 from .services import Services
 from .settings import Settings
-from .store import SqlStore
+from .store import SqlStore, legacy_location_advice
 
 log = logging.getLogger("lattice_gateway")
 
@@ -117,6 +117,8 @@ def create_app(settings: Settings, *, store_clock: Any = None) -> Starlette:
                                           gateway_keys=keys)
             log.info("gateway ready: database %s, public url %s", store.target.display(),
                      settings.public_url)
+            if advice := legacy_location_advice(store.target):
+                log.warning("%s", advice)
             try:
                 yield
             finally:

@@ -90,6 +90,8 @@ class SqlStore:
         self._credentials: TtlCache[str, CredentialRecord | None] = TtlCache(cache_ttl)
         self._runtimes: TtlCache[str, Runtime | None] = TtlCache(cache_ttl)
         self._daemon_tokens: TtlCache[str, Runtime] = TtlCache(cache_ttl)
+        # Whether opening this store created the schema (a database nobody used before).
+        self.created_now = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class SqlStore:
                 schema = self.target.pg_schema
                 await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             ran = await conn.run_sync(migrate)
+        self.created_now = 1 in ran
         if ran:
             log.info("database %s migrated to version %s", self.target.display(), ran[-1])
 
@@ -151,6 +154,16 @@ class SqlStore:
             # Another replica created it first: use theirs.
             async with self._engine.connect() as conn:
                 return KeyPair.from_private_text((await conn.execute(query)).scalar_one())
+
+    async def served_by_a_gateway(self) -> bool:
+        """Whether a gateway has ever served this database.
+
+        The gateway keypair is made by the first gateway that starts on a database (its
+        lifespan), and by nothing else: the admin commands never create it.
+        """
+        query = sa.select(t.gateway_meta.c.key).where(t.gateway_meta.c.key == _GATEWAY_KEY)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
 
     # -- accounts and credentials ----------------------------------------------------------
 
