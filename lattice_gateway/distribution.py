@@ -32,6 +32,7 @@ class Wheel:
     data: bytes
 
 
+@lru_cache(maxsize=1)
 def wheel_filename() -> str:
     version = importlib.metadata.version(DISTRIBUTION)
     return f"{DISTRIBUTION.replace('-', '_')}-{version}-py3-none-any.whl"
