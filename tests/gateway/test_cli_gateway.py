@@ -17,7 +17,7 @@ from lattice_gateway.services import SCOPE_INFERENCE, SCOPE_MANAGE
 from lattice_gateway.store import SqlStore
 from lattice_protocol import KeyPair, TokenKind, __version__, token_kind
 from tests.e2e.harness import create_runtime, mint_bootstrap, runtime_status
-from tests.support.gateway import run_coroutine_blocking, run_gateway
+from tests.support.gateway import STARTUP_TIMEOUT, run_coroutine_blocking, run_gateway
 from tests.support.net import free_port, wait_until
 
 
@@ -298,7 +298,7 @@ def test_a_database_at_the_old_default_location_keeps_serving_with_advice(
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: runtime_status(url, key, lattice_id) == "unpaired",
-                   what="the gateway on its old default database")
+                   timeout=STARTUP_TIMEOUT, what="the gateway on its old default database")
         assert not (lattice_home / "gateway" / "gateway.db").exists()
         made = _gateway_cli("keys", "create", "--account", "acme", "--scope", SCOPE_MANAGE)
         assert f"stored in the database sqlite:///{old}" in made.stderr
