@@ -2,16 +2,22 @@
 # Lattice installer: puts lattice-ctl and lattice-daemon in a private virtualenv and
 # links them into ~/.local/bin. No root needed; never touches an existing config.
 #
-#   curl -fsSL https://lattice.example/install.sh | sh                 # install / upgrade
-#   curl -fsSL https://lattice.example/install.sh | sh -s -- --uninstall [--purge]
+#   curl -fsSL https://<gateway>/install.sh | sh                       # install / upgrade
+#   curl -fsSL https://<gateway>/install.sh | sh -s -- --uninstall [--purge]
+#   sh install.sh                                     # from a checkout: installs the checkout
+#
+# A gateway serves this script at /install.sh with SERVED_PACKAGE set to a wheel of its
+# own version, which it serves too: the daemon then matches the gateway it pairs with.
 #
 # Environment:
 #   LATTICE_PYTHON       the Python 3.10+ to use (default: the newest python3.x on PATH)
 #   LATTICE_INSTALL_DIR  the virtualenv (default: <user data dir>/lattice/venv)
 #   LATTICE_BIN_DIR      where the commands are linked (default: ~/.local/bin)
-#   LATTICE_PACKAGE      what pip installs: a version (==0.1.0), a wheel file or a URL
-#                        (default: the published package lattice-runtimes); the daemon
-#                        extra is added unless it names its extras, e.g. pkg[daemon]
+#   LATTICE_PACKAGE      what pip installs: a version (==0.1.0), a wheel file, a URL or a
+#                        source directory (default: the gateway's wheel when a gateway
+#                        served this script; the checkout when run from one; else the
+#                        package lattice-runtimes from the package index)
+#                        The daemon extra is added unless it names its extras, e.g. pkg[daemon]
 #   LATTICE_PIP_ARGS     extra pip arguments, e.g. "--no-index --find-links DIR"
 #
 # Everything happens in main(), called on the very last line: a download cut short
@@ -19,6 +25,8 @@
 
 PACKAGE_NAME="lattice-runtimes"
 EXTRA="daemon" # lattice-ctl and lattice-daemon need it; the package alone is the SDK
+# Set by the gateway that serves this script (GET /install.sh): its own wheel's URL.
+SERVED_PACKAGE=""
 MARKER_FILE=".lattice-install"  # marks a virtualenv this script created (safe to remove)
 
 say() {
@@ -41,7 +49,7 @@ Usage: install.sh [--uninstall [--purge]]
   (no option)   install Lattice, or upgrade an existing install in place
   --uninstall   remove the install, the command links and the user service;
                 config, keys and logs are kept
-  --purge       with --uninstall: also remove config, keys, logs and data
+  --purge       with --uninstall: also remove the daemon's config, keys, logs and data
 EOF
 }
 
@@ -112,10 +120,27 @@ find_python() {
     die "no Python 3.10+ found on PATH. $(python_help)"
 }
 
+checkout_dir() {
+    # The source checkout this script was run from (`sh install.sh`), if any. Piped
+    # (`curl ... | sh`), $0 is the shell and there is none.
+    case "$0" in
+        install.sh | */install.sh) ;;
+        *) return 0 ;;
+    esac
+    dir=$(cd "$(dirname "$0")" 2>/dev/null && pwd) || return 0
+    if [ -f "$dir/pyproject.toml" ] && grep -q "^name = \"$PACKAGE_NAME\"" "$dir/pyproject.toml"; then
+        printf '%s\n' "$dir"
+    fi
+}
+
 package_spec() {
     # The package with its `daemon` extra: lattice-ctl's and the daemon's dependencies
     # (the package alone is the Python SDK's, for app backends).
-    spec="${LATTICE_PACKAGE:-$PACKAGE_NAME}"
+    default_spec="$SERVED_PACKAGE"
+    if [ -z "$default_spec" ]; then
+        default_spec=$(checkout_dir)
+    fi
+    spec="${LATTICE_PACKAGE:-${default_spec:-$PACKAGE_NAME}}"
     case "$spec" in
         *\[*) ;; # names its extras itself
         # a bare version constraint applies to the published package
@@ -274,6 +299,20 @@ for d in (p.config_dir, p.data_dir, p.log_dir, p.runtime_dir):
     fi
 }
 
+purge_dir() {
+    # Earlier gateways kept their default database (gateway.db) in the daemon's data dir:
+    # a gateway's records are not the daemon's to delete.
+    if [ -e "$1/gateway.db" ]; then
+        find "$1" -mindepth 1 -maxdepth 1 ! -name gateway.db ! -name gateway.db-wal \
+            ! -name gateway.db-shm -exec rm -rf {} +
+        say "kept $1/gateway.db: a gateway's database, not the daemon's"
+        return
+    fi
+    rm -rf "$1"
+    say "removed $1"
+    rmdir "$(dirname "$1")" 2>/dev/null || true # e.g. ~/.local/state/lattice
+}
+
 do_uninstall() {
     ctl="$venv_dir/bin/lattice-ctl"
     purge_list=""
@@ -307,9 +346,7 @@ do_uninstall() {
     if [ "$purge" = 1 ]; then
         printf '%s\n' "$purge_list" | while IFS= read -r dir; do
             [ -n "$dir" ] && [ -e "$dir" ] || continue
-            rm -rf "$dir"
-            say "removed $dir"
-            rmdir "$(dirname "$dir")" 2>/dev/null || true # e.g. ~/.local/state/lattice
+            purge_dir "$dir"
         done
         say "Lattice is uninstalled; config, keys and logs are removed"
     else

@@ -25,11 +25,11 @@ from lattice_protocol import ErrorCode, LatticeError
 from . import relay as relay_broker
 from .auth import CredentialAuthenticator
 from .errors import api_error_response, error_response
-from .routes import bootstrap, chat, meta, models, runtimes
+from .routes import bootstrap, chat, install, meta, models, runtimes
 from .routes import relay as relay_routes
 from .services import Services
 from .settings import Settings
-from .store import SqlStore
+from .store import SqlStore, legacy_location_advice
 
 log = logging.getLogger("lattice_gateway")
 
@@ -117,6 +117,8 @@ def create_app(settings: Settings, *, store_clock: Any = None) -> Starlette:
                                           gateway_keys=keys)
             log.info("gateway ready: database %s, public url %s", store.target.display(),
                      settings.public_url)
+            if advice := legacy_location_advice(store.target):
+                log.warning("%s", advice)
             try:
                 yield
             finally:
@@ -125,7 +127,7 @@ def create_app(settings: Settings, *, store_clock: Any = None) -> Starlette:
             await store.close()
 
     all_routes = [*meta.routes, *runtimes.routes, *bootstrap.routes, *models.routes,
-                  *relay_routes.routes, *chat.routes]
+                  *relay_routes.routes, *chat.routes, *install.routes]
     return Starlette(
         routes=all_routes,
         middleware=[Middleware(_LastResort)],

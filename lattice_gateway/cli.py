@@ -1,4 +1,4 @@
-"""``lattice-gateway``: serve the gateway; create API keys and access tokens (SPEC §2)."""
+"""``lattice-gateway``: serve the gateway; create API keys and access tokens (docs/gateway.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,10 +17,14 @@ from lattice_protocol import __version__
 from .services import ALL_SCOPES
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .store import IssuedCredential, SqlStore
+
 T = TypeVar("T")
 
 _DATABASE_HELP = ("SQLite path or sqlite:///PATH, or postgresql://... "
-                  "[env LATTICE_GATEWAY_DATABASE; default: gateway.db in the data dir]")
+                  "[env LATTICE_GATEWAY_DATABASE; default: gateway.db in the "
+                  "lattice-gateway data dir]")
 
 
 def _run(make: Callable[[], Awaitable[T]], database: str | None) -> T:
@@ -169,14 +173,46 @@ def _scopes_option(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Scope to grant (repeatable).")(func)
 
 
+async def _issue(database: str | None,
+                 issue: Callable[[SqlStore], Awaitable[IssuedCredential]]
+                 ) -> tuple[IssuedCredential, dict[str, Any]]:
+    """Issue a credential in ``database``; also say which database that was and what
+    could keep a gateway from accepting it (the common 401: a key made in a database no
+    gateway serves)."""
+    from .store import SqlStore, legacy_location_advice
+
+    store = await SqlStore.open(database)
+    try:
+        issued = await issue(store)
+        served = await store.served_by_a_gateway()
+    finally:
+        await store.close()
+    shown = store.target.display()
+    warnings = []
+    if store.created_now or not served:
+        state = "did not exist until now" if store.created_now else "has never been served"
+        warnings.append(
+            f"the database {shown} {state}: no gateway has served it yet. A gateway "
+            f"accepts this secret only when it serves this database (`lattice-gateway "
+            f"serve` with the same --database or LATTICE_GATEWAY_DATABASE); any other "
+            f"answers 401 invalid_api_key.")
+    if advice := legacy_location_advice(store.target):
+        warnings.append(advice)
+    return issued, {"database": shown, "warnings": warnings}
+
+
 def _print_secret(payload: dict[str, Any], secret_field: str, as_json: bool,
                   label: str) -> None:
+    """The secret (or the JSON) on stdout; for people, the rest on stderr."""
     if as_json:
         click.echo(json.dumps(payload))
-        return
-    click.echo(payload[secret_field])
-    click.echo(f"{label} for account {payload['accountId']} "
-               f"(scopes: {' '.join(payload['scopes'])}). It is shown only once.", err=True)
+    else:
+        click.echo(payload[secret_field])
+        click.echo(f"{label} for account {payload['accountId']} "
+                   f"(scopes: {' '.join(payload['scopes'])}), stored in the database "
+                   f"{payload['database']}. It is shown only once.", err=True)
+    for warning in payload["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.group()
@@ -188,20 +224,17 @@ def keys() -> None:
 @click.option("--account", required=True, help="Account name (created if needed).")
 @_scopes_option
 @click.option("--database", default=None, help=_DATABASE_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: apiKey, accountId, scopes.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: apiKey, accountId, scopes, database, warnings.")
 def keys_create(account: str, scopes: tuple[str, ...], database: str | None,
                 as_json: bool) -> None:
     """Create an API key and print it once."""
-    from .store import SqlStore
 
     async def create() -> dict[str, Any]:
-        store = await SqlStore.open(_database(database))
-        try:
-            issued = await store.create_api_key(account, scopes)
-        finally:
-            await store.close()
+        issued, where = await _issue(_database(database),
+                                     lambda store: store.create_api_key(account, scopes))
         return {"apiKey": issued.secret, "accountId": issued.account_id,
-                "scopes": list(issued.scopes)}
+                "scopes": list(issued.scopes), **where}
 
     _print_secret(_run(create, _database(database)), "apiKey", as_json, "API key")
 
@@ -230,7 +263,7 @@ def keys_revoke(database: str | None) -> None:
 
 @main.group()
 def tokens() -> None:
-    """OAuth-style access tokens (lat_v1_...) for user accounts."""
+    """OAuth-style access tokens (loat_v1_...) for user accounts."""
 
 
 @tokens.command("create")
@@ -240,21 +273,19 @@ def tokens() -> None:
               help="Lifetime in seconds.")
 @click.option("--database", default=None, help=_DATABASE_HELP)
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: accessToken, accountId, scopes, expiresAt.")
+              help="Print JSON: accessToken, accountId, scopes, expiresAt, database, warnings.")
 def tokens_create(account: str, scopes: tuple[str, ...], ttl: int, database: str | None,
                   as_json: bool) -> None:
     """Issue an expiring access token and print it once."""
-    from .store import SqlStore, iso_from_ms
+    from .store import iso_from_ms
 
     async def create() -> dict[str, Any]:
-        store = await SqlStore.open(_database(database))
-        try:
-            issued = await store.create_access_token(account, scopes, ttl)
-        finally:
-            await store.close()
+        issued, where = await _issue(
+            _database(database), lambda store: store.create_access_token(account, scopes, ttl))
         assert issued.expires_ms is not None
         return {"accessToken": issued.secret, "accountId": issued.account_id,
-                "scopes": list(issued.scopes), "expiresAt": iso_from_ms(issued.expires_ms)}
+                "scopes": list(issued.scopes), "expiresAt": iso_from_ms(issued.expires_ms),
+                **where}
 
     _print_secret(_run(create, _database(database)), "accessToken", as_json, "Access token")
 

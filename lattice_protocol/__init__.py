@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .tokens import TokenKind as TokenKind
     from .tokens import hash_secret as hash_secret
     from .tokens import new_access_token as new_access_token
+    from .tokens import new_account_id as new_account_id
     from .tokens import new_api_key as new_api_key
     from .tokens import new_bootstrap_token as new_bootstrap_token
     from .tokens import new_daemon_token as new_daemon_token
@@ -55,6 +56,7 @@ _MODULE_OF = {
     "KeyPair": "sealing", "Sealer": "sealing", "SealError": "sealing",
     "decode_public_key": "sealing", "encode_public_key": "sealing",
     "TokenKind": "tokens", "hash_secret": "tokens", "new_access_token": "tokens",
+    "new_account_id": "tokens",
     "new_api_key": "tokens", "new_bootstrap_token": "tokens", "new_daemon_token": "tokens",
     "new_lattice_id": "tokens", "token_kind": "tokens", "verify_secret": "tokens",
 }

@@ -1,8 +1,13 @@
-"""Personal-runtime records (SPEC §1): create, list, get, revoke, mint bootstrap tokens.
+"""Personal-runtime records (docs/api.md): create, list, get, revoke, mint bootstrap tokens.
 
 The stored status (unpaired / paired / revoked) is overlaid with live presence from the
 broker: a paired runtime is ``reachable`` while a daemon session of it is live, else
-``offline``.
+``offline`` once a daemon has registered, and still ``unpaired`` before that (a redeemed
+bootstrap token alone does not count).
+
+``lastSeenAt`` is the daemon's last contact the relay accepted (register, poll, events).
+Revocation freezes it: the credential is refused from then on, so a daemon that keeps
+polling does not move it.
 """
 
 from __future__ import annotations
@@ -42,9 +47,14 @@ async def public_records(services: Services, runtimes: list[Runtime]) -> list[di
     records = []
     for runtime in runtimes:
         status: str = runtime.status
-        if status == "paired":
-            status = "reachable" if reachable.get(runtime.lattice_id) else "offline"
         seen = last_seen.get(runtime.lattice_id)
+        if status == "paired":
+            if reachable.get(runtime.lattice_id):
+                status = "reachable"
+            elif seen is None and runtime.last_seen_at is None:
+                status = "unpaired"  # redeemed, but no daemon has registered yet
+            else:
+                status = "offline"
         records.append({
             "latticeId": runtime.lattice_id,
             "accountId": runtime.account_id,
@@ -127,7 +137,11 @@ async def revoke_runtime(request: Request) -> Response:
     services = services_of(request)
     principal = await services.auth.authenticate(request, SCOPE_MANAGE)
     runtime = await owned_runtime(services, principal, request.path_params["lattice_id"])
-    revoked = await services.store.revoke_runtime(runtime.lattice_id)
+    # The last contact accepted before the credential stops working: lastSeenAt stays
+    # there (the broker forgets the runtime; later polls are refused and do not count).
+    seen = (await services.broker.last_seen([runtime.lattice_id])).get(runtime.lattice_id)
+    revoked = await services.store.revoke_runtime(
+        runtime.lattice_id, last_seen_ms=int(seen * 1000) if seen else None)
     assert revoked is not None  # records are never deleted
     # After the store: a daemon that polls between the two already gets 403.
     await services.broker.revoke_runtime(runtime.lattice_id)
@@ -151,7 +165,7 @@ def _ttl_seconds(body: dict[str, Any], services: Services) -> int:
 
 
 def connect_command(public_url: str, token: str) -> str:
-    """The exact command the user runs on their machine (SPEC §1)."""
+    """The exact command the user runs on their machine (docs/api.md)."""
     return (f"lattice-ctl relay connect --gateway '{public_url.rstrip('/')}' "
             f"--bootstrap-token '{token}'")
 

@@ -8,7 +8,12 @@ from .records import (
     iso_from_ms,
 )
 from .sql import SqlStore
-from .url import DatabaseTarget, default_database_path, resolve_database
+from .url import (
+    DatabaseTarget,
+    default_database_path,
+    legacy_location_advice,
+    resolve_database,
+)
 
 __all__ = [
     "CredentialRecord",
@@ -19,5 +24,6 @@ __all__ = [
     "SqlStore",
     "default_database_path",
     "iso_from_ms",
+    "legacy_location_advice",
     "resolve_database",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,6 +25,7 @@ from lattice_protocol import (
     TokenKind,
     hash_secret,
     new_access_token,
+    new_account_id,
     new_api_key,
     new_bootstrap_token,
     new_daemon_token,
@@ -90,6 +90,8 @@ class SqlStore:
         self._credentials: TtlCache[str, CredentialRecord | None] = TtlCache(cache_ttl)
         self._runtimes: TtlCache[str, Runtime | None] = TtlCache(cache_ttl)
         self._daemon_tokens: TtlCache[str, Runtime] = TtlCache(cache_ttl)
+        # Whether opening this store created the schema (a database nobody used before).
+        self.created_now = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class SqlStore:
                 schema = self.target.pg_schema
                 await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             ran = await conn.run_sync(migrate)
+        self.created_now = 1 in ran
         if ran:
             log.info("database %s migrated to version %s", self.target.display(), ran[-1])
 
@@ -152,6 +155,16 @@ class SqlStore:
             async with self._engine.connect() as conn:
                 return KeyPair.from_private_text((await conn.execute(query)).scalar_one())
 
+    async def served_by_a_gateway(self) -> bool:
+        """Whether a gateway has ever served this database.
+
+        The gateway keypair is made by the first gateway that starts on a database (its
+        lifespan), and by nothing else: the admin commands never create it.
+        """
+        query = sa.select(t.gateway_meta.c.key).where(t.gateway_meta.c.key == _GATEWAY_KEY)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     # -- accounts and credentials ----------------------------------------------------------
 
     async def ensure_account(self, name: str) -> str:
@@ -164,7 +177,7 @@ class SqlStore:
             found = (await conn.execute(query)).scalar_one_or_none()
         if found is not None:
             return str(found)
-        account_id = "acct_" + secrets.token_hex(8)
+        account_id = new_account_id()
         try:
             async with self._writer.begin() as conn:
                 await conn.execute(sa.insert(t.accounts).values(
@@ -287,13 +300,20 @@ class SqlStore:
         self._runtimes.put(lattice_id, runtime)
         return runtime
 
-    async def revoke_runtime(self, lattice_id: str) -> Runtime | None:
-        """Mark revoked (idempotent). The daemon token hash is kept so the daemon gets 403."""
+    async def revoke_runtime(self, lattice_id: str, *,
+                             last_seen_ms: int | None = None) -> Runtime | None:
+        """Mark revoked (idempotent). The daemon token hash is kept so the daemon gets 403.
+
+        ``last_seen_ms``: the daemon's last accepted contact (from the broker), kept as the
+        record's final ``lastSeenAt``.
+        """
         c = t.runtimes.c
+        values: dict[str, Any] = {"status": "revoked", "updated_ms": self._now_ms()}
+        if last_seen_ms is not None:
+            values["last_seen_ms"] = last_seen_ms
         async with self._writer.begin() as conn:
             await conn.execute(sa.update(t.runtimes).where(
-                c.lattice_id == lattice_id, c.status != "revoked").values(
-                status="revoked", updated_ms=self._now_ms()))
+                c.lattice_id == lattice_id, c.status != "revoked").values(**values))
             row = (await conn.execute(
                 sa.select(t.runtimes).where(c.lattice_id == lattice_id))).first()
         self._forget_runtime(lattice_id)

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-APP_NAME = "lattice"
+# The gateway's own directory: never the daemon's ("lattice"), whose config, data and logs
+# `install.sh --uninstall --purge` deletes on a machine that may also run a gateway.
+APP_NAME = "lattice-gateway"
+# Where earlier gateways put the default database: inside the daemon's data directory.
+LEGACY_APP_NAME = "lattice"
 DEFAULT_FILE_NAME = "gateway.db"
 
 
@@ -30,14 +34,41 @@ class DatabaseTarget:
         return f"postgresql://{user}{host}{port}{parts.path}{schema}"
 
 
-def default_database_path() -> Path:
-    """``$LATTICE_HOME/data/gateway.db``, else the platform user data dir."""
+def _default_locations() -> tuple[Path, Path]:
+    """(the default database, the old default of earlier gateways)."""
     home = os.environ.get("LATTICE_HOME")
     if home:
-        return Path(home).expanduser().absolute() / "data" / DEFAULT_FILE_NAME
+        base = Path(home).expanduser().absolute()
+        return base / "gateway" / DEFAULT_FILE_NAME, base / "data" / DEFAULT_FILE_NAME
     import platformdirs  # only needed without LATTICE_HOME
 
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / DEFAULT_FILE_NAME
+    return (Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / DEFAULT_FILE_NAME,
+            Path(platformdirs.user_data_dir(LEGACY_APP_NAME, appauthor=False))
+            / DEFAULT_FILE_NAME)
+
+
+def default_database_path() -> Path:
+    """``gateway.db`` in the platform user data dir of ``lattice-gateway`` (with
+    ``LATTICE_HOME``: ``$LATTICE_HOME/gateway/``).
+
+    A database an earlier gateway made at the old default (the daemon's data dir) is
+    still used while there is none at the new place: its records and keys stay valid.
+    """
+    current, legacy = _default_locations()
+    if not current.exists() and legacy.exists():
+        return legacy
+    return current
+
+
+def legacy_location_advice(target: DatabaseTarget) -> str | None:
+    """What to do about a database at the old default location, or None."""
+    current, legacy = _default_locations()
+    if target.sqlite_path != legacy:
+        return None
+    return (f"the database {legacy} is at the old default location, inside the daemon's "
+            f"data directory, which `install.sh --uninstall --purge` cleans; with the "
+            f"gateway stopped, move it (and any gateway.db-wal, gateway.db-shm beside it) "
+            f"to {current}")
 
 
 def resolve_database(database: str | None) -> DatabaseTarget:

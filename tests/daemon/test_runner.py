@@ -16,7 +16,7 @@ from providers import ProviderError, ProviderHealth, make_provider
 from tests.servers import run_ollama_server
 from tests.support.net import async_wait_until
 
-LATTICE_ID = "prt_test"
+LATTICE_ID = "lat_test"
 
 
 class FakeProvider:
@@ -189,7 +189,7 @@ async def test_inner_job_id_must_match_the_envelope() -> None:
 
 async def test_job_for_another_runtime_is_refused() -> None:
     h = Harness(FakeProvider())
-    spec = h.spec(lattice_id="prt_someone_else")
+    spec = h.spec(lattice_id="lat_someone_else")
     assert not h.runner.start(h.envelope(spec))
     (event,) = h.events(spec.job_id)
     assert event.code == "invalid_request"

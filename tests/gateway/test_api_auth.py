@@ -65,7 +65,7 @@ async def test_scope_matrix(gateway: InProcessGateway, kind: str, form: str) -> 
 
 async def _assert_401_everywhere(gw: InProcessGateway, headers: dict[str, str],
                                  expected_words: str) -> None:
-    for method, path, body, _ in _endpoints("prt_whatever"):
+    for method, path, body, _ in _endpoints("lat_whatever"):
         response = await gw.client.request(method, path, json=body, headers=headers)
         assert response.status_code == 401, (method, path, response.text)
         error = response.json()["error"]
@@ -83,7 +83,8 @@ async def test_missing_credentials_are_401(gateway: InProcessGateway) -> None:
 
 
 @pytest.mark.parametrize("secret", [
-    "sk_" + "A" * 43, "lat_v1_" + "B" * 43, "sk_short", "not-a-key", "lrdt_v1_" + "C" * 43,
+    "sk_" + "A" * 43, "loat_v1_" + "B" * 43, "lat_v1_" + "B" * 43, "sk_short", "not-a-key",
+    "lrdt_v1_" + "C" * 43,
 ])
 async def test_unknown_credentials_are_401(gateway: InProcessGateway, secret: str) -> None:
     await _assert_401_everywhere(gateway, {"x-api-key": secret}, "invalid")
@@ -115,7 +116,7 @@ async def test_other_accounts_runtime_is_indistinguishable_from_missing(
                                         headers=api_headers(owner))
     lattice_id = created.json()["runtime"]["latticeId"]
 
-    missing_id = "prt_00000000000000000000"
+    missing_id = "lat_00000000000000000000"
     for target in (lattice_id, missing_id):
         for method, path, body in (
             ("GET", f"/v1/personal-runtimes/{target}", None),

@@ -179,4 +179,4 @@ async def test_twenty_concurrent_redeems_on_postgres(postgres_url: str,
         assert sorted(r.status_code for r in responses) == [201] + [409] * 19
         record = (await gw.client.get(f"/v1/personal-runtimes/{lattice_id}",
                                       headers=api_headers(key))).json()["runtime"]
-        assert record["status"] == "offline"  # paired, no daemon session yet
+        assert record["status"] == "unpaired"  # redeemed, no daemon registered yet

@@ -40,7 +40,7 @@ async def test_create_returns_the_contract_record(gateway: InProcessGateway) -> 
     assert runtime["executionBackend"] == "assistant-runtime"
     assert runtime["status"] == "unpaired"
     assert runtime["accountId"].startswith("acct_")
-    assert runtime["latticeId"].startswith("prt_")
+    assert runtime["latticeId"].startswith("lat_")
     assert ISO_MS_Z.match(runtime["createdAt"]) and ISO_MS_Z.match(runtime["updatedAt"])
     fetched = await gateway.client.get(f"/v1/personal-runtimes/{runtime['latticeId']}",
                                        headers=api_headers(key))
@@ -89,7 +89,8 @@ async def test_display_name_of_200_chars_is_accepted(gateway: InProcessGateway) 
 
 
 async def test_walkthrough_without_relay(gateway: InProcessGateway, tmp_path: Path) -> None:
-    """create -> unpaired -> mint -> redeem -> offline -> revoke -> revoked; nothing leaks."""
+    """create -> unpaired -> mint -> redeem (still unpaired) -> revoke -> revoked; nothing
+    leaks."""
     key = await gateway.create_key("acme")
     runtime = await _create(gateway, key)
     lattice_id = runtime["latticeId"]
@@ -113,10 +114,10 @@ async def test_walkthrough_without_relay(gateway: InProcessGateway, tmp_path: Pa
     assert pairing["latticeId"] == lattice_id
     assert pairing["gatewayPublicKey"] == gateway.services.gateway_keys.public_text()
 
-    # Paired but no daemon session polling: offline (the broker has no presence for it).
+    # Redeemed, but no daemon has registered a session: still unpaired.
     record = (await gateway.client.get(f"/v1/personal-runtimes/{lattice_id}",
                                        headers=headers)).json()["runtime"]
-    assert record["status"] == "offline"
+    assert record["status"] == "unpaired" and record["lastSeenAt"] is None
     assert record["daemonVersion"] == "0.1.0"
     models = await gateway.client.get("/v1/models", headers=headers)
     assert models.json() == {"object": "list", "data": []}  # not reachable -> not listed

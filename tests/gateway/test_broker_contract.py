@@ -17,7 +17,7 @@ from lattice_gateway.relay.redis import RedisBroker
 from lattice_protocol import ErrorCode, JobEnvelope, LatticeError, SealedEvent
 from tests.support.net import async_wait_until
 
-RUNTIME = "prt_test"
+RUNTIME = "lat_test"
 Maker = Callable[..., Any]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -167,7 +167,7 @@ async def test_unknown_session_or_other_runtime_is_session_not_found(make_broker
     broker = make_broker()
     session = await broker.register_session(RUNTIME, 1)
     with pytest.raises(SessionNotFound):
-        await broker.poll("prt_other", session, 1)
+        await broker.poll("lat_other", session, 1)
     with pytest.raises(SessionNotFound):
         await broker.poll(RUNTIME, "rs_nope", 1)
     await broker.close()

@@ -236,7 +236,7 @@ async def test_errors_raise_the_matching_openai_exception_classes(
     unpaired = f"lattice:personal:{created.json()['runtime']['latticeId']}"
     cases: list[tuple[openai.AsyncOpenAI, str, type[openai.APIStatusError], str]] = [
         (client, "gpt-4o", openai.BadRequestError, "invalid_request"),
-        (client, "lattice:personal:prt_0000000000000000", openai.NotFoundError,
+        (client, "lattice:personal:lat_0000000000000000", openai.NotFoundError,
          "runtime_not_found"),
         (client, unpaired, openai.InternalServerError, "runtime_unreachable"),
     ]

@@ -150,7 +150,7 @@ async def test_runtime_states_answer_at_once(gateway: InProcessGateway) -> None:
         (key, offline, 503, "runtime_unreachable"),
         (key, revoked, 403, "runtime_revoked"),
         (other_key, offline, 404, "runtime_not_found"),  # another account's runtime
-        (key, "prt_doesnotexist", 404, "runtime_not_found"),
+        (key, "lat_doesnotexist", 404, "runtime_not_found"),
     ]
     for caller, lattice_id, status, code in expectations:
         for stream in (False, True):

@@ -17,8 +17,8 @@ from lattice_gateway.services import SCOPE_INFERENCE, SCOPE_MANAGE
 from lattice_gateway.store import SqlStore
 from lattice_protocol import KeyPair, TokenKind, __version__, token_kind
 from tests.e2e.harness import create_runtime, mint_bootstrap, runtime_status
-from tests.support.gateway import run_coroutine_blocking, run_gateway
-from tests.support.net import wait_until
+from tests.support.gateway import STARTUP_TIMEOUT, run_coroutine_blocking, run_gateway
+from tests.support.net import free_port, wait_until
 
 
 async def _lookup(database: str, secret: str):  # -> CredentialRecord | None
@@ -45,7 +45,8 @@ def test_keys_create_json(tmp_path: Path, lattice_home: Path) -> None:
                                        "--database", database, "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"apiKey", "accountId", "scopes"}
+    assert set(payload) == {"apiKey", "accountId", "scopes", "database", "warnings"}
+    assert payload["database"] == f"sqlite:///{database}"
     assert token_kind(payload["apiKey"]) is TokenKind.API_KEY
     assert payload["scopes"] == [SCOPE_INFERENCE, SCOPE_MANAGE]
     record = run_coroutine_blocking(_lookup(database, payload["apiKey"]))
@@ -64,7 +65,7 @@ def test_keys_create_human_prints_only_the_key_on_stdout(lattice_home: Path) -> 
     assert result.exit_code == 0, result.output
     assert token_kind(result.stdout.strip()) is TokenKind.API_KEY
     assert "shown only once" in result.stderr
-    assert (lattice_home / "data" / "gateway.db").exists()
+    assert (lattice_home / "gateway" / "gateway.db").exists()
 
 
 def test_database_from_environment(tmp_path: Path, lattice_home: Path,
@@ -94,7 +95,8 @@ def test_tokens_create_json(tmp_path: Path, lattice_home: Path) -> None:
                                        "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"accessToken", "accountId", "scopes", "expiresAt"}
+    assert set(payload) == {"accessToken", "accountId", "scopes", "expiresAt", "database",
+                            "warnings"}
     assert token_kind(payload["accessToken"]) is TokenKind.ACCESS
     assert payload["scopes"] == [SCOPE_INFERENCE]
     record = run_coroutine_blocking(_lookup(database, payload["accessToken"]))
@@ -139,7 +141,7 @@ def test_serve_restart_keeps_records_and_keys_and_logs_no_secrets(tmp_path: Path
             listed = client.get("/v1/personal-runtimes",
                                 headers={"authorization": f"Bearer {token}"}).json()
             assert [r["latticeId"] for r in listed["runtimes"]] == [runtime["latticeId"]]
-            assert listed["runtimes"][0]["status"] == "offline"
+            assert listed["runtimes"][0]["status"] == "unpaired"  # no daemon registered
             # The gateway keypair survives restarts: paired daemons keep working.
             minted = mint_bootstrap(gw.url, key, runtime["latticeId"])
             again = client.post("/v1/relay/redeem", json={
@@ -234,3 +236,74 @@ def test_run_gateway_removes_the_directory_it_made(lattice_home: Path) -> None:
         made = gw.log_path.parent
         assert (made / "gateway.db").is_file()
     assert not made.exists()
+
+
+def _gateway_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lattice_gateway", *args], capture_output=True,
+                          text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.e2e
+def test_keys_and_tokens_create_say_which_database_and_warn_when_no_gateway_serves_it(
+        tmp_path: Path, lattice_home: Path) -> None:
+    """The common mistake: `serve --database X`, then `keys create` without it."""
+    with run_gateway(tmp_path / "served") as gw:
+        served = gw.database
+        # Without --database: a fresh default database nobody serves. The key works
+        # nowhere, and the command says so instead of leaving a silent 401 for later.
+        stray = _gateway_cli("keys", "create", "--account", "acme", "--scope", SCOPE_MANAGE)
+        assert stray.returncode == 0, stray.stderr
+        default = lattice_home / "gateway" / "gateway.db"
+        assert f"stored in the database sqlite:///{default}" in stray.stderr
+        assert "did not exist until now: no gateway has served it yet" in stray.stderr
+        assert "401 invalid_api_key" in stray.stderr
+        rejected = httpx.get(f"{gw.url}/v1/personal-runtimes", timeout=10,
+                             headers={"x-api-key": stray.stdout.strip()})
+        assert rejected.status_code == 401
+
+        # The same database again: it exists now, but still no gateway has served it.
+        token = _gateway_cli("tokens", "create", "--account", "alice", "--scope",
+                             SCOPE_INFERENCE, "--json")
+        assert token.returncode == 0, token.stderr
+        payload = json.loads(token.stdout)  # stdout stays pure JSON
+        assert payload["database"] == f"sqlite:///{default}"
+        assert payload["warnings"] and "has never been served" in payload["warnings"][0]
+        assert "warning: the database" in token.stderr
+
+        # The gateway's own database: named, no warning, and the key works.
+        good = _gateway_cli("keys", "create", "--account", "acme", "--scope", SCOPE_MANAGE,
+                            "--database", served, "--json")
+        assert good.returncode == 0, good.stderr
+        created = json.loads(good.stdout)
+        assert created["database"] == f"sqlite:///{served}" and created["warnings"] == []
+        assert "warning" not in good.stderr
+        accepted = httpx.get(f"{gw.url}/v1/personal-runtimes", timeout=10,
+                             headers={"x-api-key": created["apiKey"]})
+        assert accepted.status_code == 200
+
+
+@pytest.mark.e2e
+def test_a_database_at_the_old_default_location_keeps_serving_with_advice(
+        tmp_path: Path, lattice_home: Path) -> None:
+    # An earlier gateway kept its default database in the daemon's data dir.
+    old = lattice_home / "data" / "gateway.db"
+    with run_gateway(lattice_home / "data") as gw:
+        key = gw.create_key("acme")
+        lattice_id = create_runtime(gw.url, key)["latticeId"]
+    assert old.exists()
+    port = str(free_port())
+    server = subprocess.Popen([sys.executable, "-m", "lattice_gateway", "serve", "--port", port],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: runtime_status(url, key, lattice_id) == "unpaired",
+                   timeout=STARTUP_TIMEOUT, what="the gateway on its old default database")
+        assert not (lattice_home / "gateway" / "gateway.db").exists()
+        made = _gateway_cli("keys", "create", "--account", "acme", "--scope", SCOPE_MANAGE)
+        assert f"stored in the database sqlite:///{old}" in made.stderr
+        assert "old default location" in made.stderr and "--purge" in made.stderr
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert "old default location" in log

@@ -6,14 +6,41 @@ from pathlib import Path
 
 import pytest
 
-from lattice_gateway.store import default_database_path, resolve_database
+from lattice_gateway.store import (
+    default_database_path,
+    legacy_location_advice,
+    resolve_database,
+)
 
 
-def test_default_is_under_lattice_home(lattice_home: Path) -> None:
-    assert default_database_path() == lattice_home / "data" / "gateway.db"
+def test_default_is_the_gateways_own_directory_not_the_daemons(lattice_home: Path) -> None:
+    assert default_database_path() == lattice_home / "gateway" / "gateway.db"
     target = resolve_database(None)
     assert target.dialect == "sqlite"
-    assert target.url == f"sqlite+aiosqlite:///{lattice_home / 'data' / 'gateway.db'}"
+    assert target.url == f"sqlite+aiosqlite:///{lattice_home / 'gateway' / 'gateway.db'}"
+    assert legacy_location_advice(target) is None
+
+
+def test_without_lattice_home_the_gateway_has_its_own_platform_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LATTICE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    assert default_database_path() == tmp_path / "share" / "lattice-gateway" / "gateway.db"
+
+
+def test_a_database_at_the_old_default_is_still_used_with_advice(lattice_home: Path) -> None:
+    old = lattice_home / "data" / "gateway.db"  # where earlier gateways put it
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"")
+    assert default_database_path() == old
+    advice = legacy_location_advice(resolve_database(None))
+    assert advice is not None
+    assert "--purge" in advice and str(lattice_home / "gateway" / "gateway.db") in advice
+    # Once a database exists at the new place, that one is the default.
+    (lattice_home / "gateway").mkdir()
+    (lattice_home / "gateway" / "gateway.db").write_bytes(b"")
+    assert default_database_path() == lattice_home / "gateway" / "gateway.db"
 
 
 def test_sqlite_forms(tmp_path: Path) -> None:

@@ -20,6 +20,11 @@ import pytest
 
 from lattice_protocol._version import __version__
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPO / "install.sh"
 UPGRADE_VERSION = f"{__version__}.post1"
@@ -32,10 +37,16 @@ class Wheels:
     current: Path  # the checkout as it is
     upgrade: Path  # the same code with a higher version number
     wheelhouse: Path  # the dependencies, so each install runs offline: --no-index
+    # The dependencies and the build backend only: an index without lattice-runtimes.
+    dependencies: Path
 
     @property
     def pip_args(self) -> str:
         return f"--no-index --find-links {self.wheelhouse}"
+
+    @property
+    def dependencies_only_pip_args(self) -> str:
+        return f"--no-index --find-links {self.dependencies}"
 
 
 def _build_wheel(source: Path, out: Path) -> Path:
@@ -68,14 +79,27 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
                            base / "upgrade")
     # One resolution against the package index per session; every install after that is
     # offline, which is also how LATTICE_PIP_ARGS is meant for air-gapped machines.
-    wheelhouse = base / "wheelhouse"
+    dependencies = base / "dependencies"
+    build_backend = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                    "--disable-pip-version-check", "--dest", str(wheelhouse), f"{current}[daemon]"],
+                    "--disable-pip-version-check", "--dest", str(dependencies), f"{current}[daemon]",
+                    *build_backend["requires"]],  # to build a checkout
                    check=True, timeout=300)
+    (dependencies / current.name).unlink()
     # The wheelhouse plays the package index: both versions of lattice-runtimes are in it,
     # so the default package name and a "==VERSION" constraint resolve as they would on PyPI.
-    shutil.copy2(upgrade, wheelhouse / upgrade.name)
-    return Wheels(current, upgrade, wheelhouse)
+    wheelhouse = base / "wheelhouse"
+    shutil.copytree(dependencies, wheelhouse)
+    for wheel in (current, upgrade):
+        shutil.copy2(wheel, wheelhouse / wheel.name)
+    return Wheels(current, upgrade, wheelhouse, dependencies)
+
+
+def checkout_copy(destination: Path, version: str) -> Path:
+    """A source checkout (with its install.sh) at ``version``, outside this repository."""
+    checkout = _copy_sources(destination, version)
+    shutil.copy2(INSTALL_SH, checkout / "install.sh")
+    return checkout
 
 
 @pytest.fixture

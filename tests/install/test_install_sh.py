@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from lattice_protocol._version import __version__
@@ -19,6 +20,7 @@ from tests.install.conftest import (
     INSTALL_SH,
     UPGRADE_VERSION,
     Wheels,
+    checkout_copy,
     fake_systemctl,
     files_under,
     installer_env,
@@ -111,7 +113,7 @@ def test_install_service_upgrade_uninstall_purge(wheels: Wheels, clean_home: Pat
         # ... and with the default package name it upgrades in place to the newest
         # version on the index, and the service runs the new code.
         default_package = {k: v for k, v in env.items() if k != "LATTICE_PACKAGE"}
-        upgraded = run_installer(default_package)
+        upgraded = run_installer(default_package, piped=True)
         assert upgraded.returncode == 0, upgraded.stderr
         assert f"upgraded Lattice from {__version__} to {UPGRADE_VERSION}" in upgraded.stdout
         assert version_of(ctl) == f"lattice-ctl {UPGRADE_VERSION}"
@@ -162,6 +164,99 @@ def test_install_service_upgrade_uninstall_purge(wheels: Wheels, clean_home: Pat
             os.kill(pid, signal.SIGKILL)
 
 
+def test_sh_install_sh_in_a_checkout_installs_that_checkout(wheels: Wheels, clean_home: Path,
+                                                           tmp_path: Path) -> None:
+    # No index holds lattice-runtimes here: only its dependencies and the build backend.
+    version = f"{__version__}.post7"
+    checkout = checkout_copy(tmp_path / "checkout", version)
+    env = installer_env(clean_home, LATTICE_PIP_ARGS=wheels.dependencies_only_pip_args)
+    done = run_installer(env, script=checkout / "install.sh")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"installing {checkout}" in done.stdout
+    assert version_of(clean_home / ".local" / "bin" / "lattice-ctl") == f"lattice-ctl {version}"
+
+
+@pytest.mark.e2e
+def test_a_gateway_serves_the_installer_of_its_own_version(
+        wheels: Wheels, clean_home: Path, tmp_path: Path, lattice_home: Path) -> None:
+    """`curl -fsSL <gateway>/install.sh | sh`, then the app's command verbatim: the daemon
+    comes from the gateway itself (no index holds lattice-runtimes) and pairs with it."""
+    from tests.e2e.harness import (
+        create_runtime,
+        kill_daemons_of,
+        mint_bootstrap,
+        provider_process,
+        wait_runtime_status,
+        write_provider_config,
+    )
+    from tests.support.gateway import run_gateway
+
+    bin_dir = clean_home / ".local" / "bin"
+    env = installer_env(clean_home, LATTICE_PIP_ARGS=wheels.dependencies_only_pip_args,
+                        LATTICE_HOME=str(lattice_home))
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    with run_gateway(tmp_path / "gw") as gw, provider_process("ollama") as provider:
+        gateway_version = httpx.get(f"{gw.url}/healthz", timeout=10).json()["version"]
+        served = httpx.get(f"{gw.url}/install.sh", timeout=10)
+        assert served.status_code == 200
+        wheel_url = f"{gw.url}/install/lattice_runtimes-{gateway_version}-py3-none-any.whl"
+        assert f"SERVED_PACKAGE={wheel_url}" in served.text
+        installed = subprocess.run(["/bin/sh", "-c", f"curl -fsSL {gw.url}/install.sh | sh"],
+                                   env=env, capture_output=True, text=True, timeout=300,
+                                   cwd=clean_home, stdin=subprocess.DEVNULL)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        assert f"installing {wheel_url}" in installed.stdout
+        assert version_of(bin_dir / "lattice-ctl") == f"lattice-ctl {gateway_version}"
+
+        key = gw.create_key("acme")
+        lattice_id = create_runtime(gw.url, key)["latticeId"]
+        command = mint_bootstrap(gw.url, key, lattice_id)["command"]
+        write_provider_config(lattice_home, provider.kind, provider.url)
+        try:
+            for line in (command, "lattice-ctl daemon start"):  # as the user types them
+                done = subprocess.run(line, shell=True, env=env, capture_output=True,
+                                      text=True, timeout=60, stdin=subprocess.DEVNULL)
+                assert done.returncode == 0, f"{line}: {done.stdout} {done.stderr}"
+            wait_runtime_status(gw.url, key, lattice_id, "reachable")
+        finally:
+            subprocess.run("lattice-ctl daemon stop", shell=True, env=env, timeout=60,
+                           capture_output=True, stdin=subprocess.DEVNULL)
+            kill_daemons_of(lattice_home)
+
+
+def test_purge_removes_the_daemons_files_and_no_gateway_database(
+        wheels: Wheels, clean_home: Path) -> None:
+    home = clean_home
+    env = installer_env(home, LATTICE_PACKAGE=str(wheels.current),
+                        LATTICE_PIP_ARGS=wheels.pip_args)
+    assert run_installer(env).returncode == 0
+    config = home / ".config" / "lattice" / "daemon.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(CONFIG_TEXT)
+    log = home / ".local" / "state" / "lattice" / "log" / "daemon.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("a log line\n")
+    # A gateway on the same machine and user, at its default database; and one an
+    # earlier gateway left at the old default, in the daemon's data dir.
+    old_default = home / ".local" / "share" / "lattice" / "gateway.db"
+    for database in (None, str(old_default)):
+        made = subprocess.run(
+            [sys.executable, "-m", "lattice_gateway", "keys", "create", "--account", "acme",
+             "--scope", "lattice:compute:inference",
+             *(["--database", database] if database else [])],
+            env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert made.returncode == 0, made.stderr
+    new_default = home / ".local" / "share" / "lattice-gateway" / "gateway.db"
+    assert new_default.exists() and old_default.exists()
+
+    purged = run_installer(env, "--uninstall", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert f"kept {old_default}: a gateway's database, not the daemon's" in purged.stdout
+    assert not config.exists() and not log.exists()
+    left = {p for p in files_under(home) if not p.endswith(("-wal", "-shm"))}
+    assert left == {".local/share/lattice-gateway/gateway.db", ".local/share/lattice/gateway.db"}
+
+
 def _shim_dir(tmp_path: Path, **scripts: str) -> Path:
     """A PATH directory holding only `uname` (real unless overridden) and ``scripts``."""
     shims = tmp_path / "shims"
@@ -207,7 +302,7 @@ def test_a_failed_first_install_leaves_nothing_behind(clean_home: Path, tmp_path
     empty = tmp_path / "no-wheels"
     empty.mkdir()
     env = installer_env(clean_home, LATTICE_PIP_ARGS=f"--no-index --find-links {empty}")
-    done = run_installer(env, timeout=120)
+    done = run_installer(env, timeout=120, piped=True)
     assert done.returncode != 0
     assert "creating a virtualenv" in done.stdout  # it got that far
     assert "pip could not install lattice-runtimes" in done.stderr

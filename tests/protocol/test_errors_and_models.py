@@ -41,9 +41,9 @@ def test_retry_hints() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("lattice:personal:prt_abc", ModelRef("prt_abc")),
-        ("lattice:personal:prt_abc/llama3.2:3b", ModelRef("prt_abc", "llama3.2:3b")),
-        ("lattice:personal:prt_abc/hf.co/org/model:Q4", ModelRef("prt_abc", "hf.co/org/model:Q4")),
+        ("lattice:personal:lat_abc", ModelRef("lat_abc")),
+        ("lattice:personal:lat_abc/llama3.2:3b", ModelRef("lat_abc", "llama3.2:3b")),
+        ("lattice:personal:lat_abc/hf.co/org/model:Q4", ModelRef("lat_abc", "hf.co/org/model:Q4")),
     ],
 )
 def test_model_strings_parse(text: str, expected: ModelRef) -> None:

@@ -22,7 +22,7 @@ from lattice_protocol import (
 
 def job(**overrides: Any) -> JobSpec:
     values: dict[str, Any] = {
-        "job_id": "job_1", "lattice_id": "prt_1", "deadline": time.time() + 60,
+        "job_id": "job_1", "lattice_id": "lat_1", "deadline": time.time() + 60,
         "stream": False, "request": {"messages": [{"role": "user", "content": "hi"}]},
     }
     values.update(overrides)

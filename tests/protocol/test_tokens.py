@@ -6,6 +6,7 @@ from lattice_protocol import (
     TokenKind,
     hash_secret,
     new_access_token,
+    new_account_id,
     new_api_key,
     new_bootstrap_token,
     new_daemon_token,
@@ -62,3 +63,18 @@ def test_lattice_ids_are_model_string_safe() -> None:
 
     lattice_id = new_lattice_id()
     assert parse_model_string(f"lattice:personal:{lattice_id}").lattice_id == lattice_id
+
+
+def test_ids_look_like_the_documentation_and_no_secret_looks_like_an_id() -> None:
+    assert new_lattice_id().startswith("lat_")
+    assert new_account_id().startswith("acct_")
+    assert new_access_token().startswith("loat_v1_")
+    assert not any(kind.value.startswith(("lat_", "acct_")) for kind in TokenKind)
+    # A runtime id is never taken for a credential.
+    assert token_kind(new_lattice_id()) is None
+
+
+def test_access_tokens_of_earlier_gateways_are_still_access_tokens() -> None:
+    legacy = "lat_v1_" + new_access_token()[len("loat_v1_"):]
+    assert token_kind(legacy) is TokenKind.ACCESS
+    assert token_kind("lat_v1_" + "a" * 42) is None

@@ -57,6 +57,8 @@ describe("against a real gateway", { skip }, () => {
   it("manages a runtime: create, token, get, revoke", async () => {
     const runtime = await lattice().personalRuntimes.create({ displayName: "ts box", executionBackend: "local-model" });
     assert.equal(runtime.status, "unpaired");
+    assert.match(runtime.latticeId, /^lat_/);
+    assert.match(runtime.accountId, /^acct_/);
     assert.match(runtime.createdAt, /Z$/);
     const bootstrap = await lattice().personalRuntimes.createBootstrapToken(runtime.latticeId, { ttlSeconds: 600 });
     assert.match(bootstrap.bootstrapToken, /^plrt_v1/);
@@ -70,7 +72,7 @@ describe("against a real gateway", { skip }, () => {
   });
 
   it("maps the gateway's errors", async () => {
-    await assert.rejects(lattice().personalRuntimes.get("rt_does_not_exist"), RuntimeNotFoundError);
+    await assert.rejects(lattice().personalRuntimes.get("lat_does_not_exist"), RuntimeNotFoundError);
     await assert.rejects(lattice().personalRuntimes.create({ displayName: "x", executionBackend: "gpu-farm" as "local-model" }), InvalidRequestError);
     const bad = new ComputeClient({ baseUrl: gatewayUrl, credential: { kind: "apiKey", apiKey: "sk_" + "x".repeat(43) } });
     await assert.rejects(bad.listPersonalRuntimes(), (e: unknown) => e instanceof InvalidApiKeyError && e.status === 401 && e.code === "invalid_api_key");

@@ -9,8 +9,8 @@ import { createLatticeCloudClient } from "@lovelace-ai/compute";
 
 const BASE = "http://gateway.test";
 const RUNTIME: PersonalRuntime = {
-  latticeId: "rt_1",
-  accountId: "acct",
+  latticeId: "lat_1",
+  accountId: "acct_1",
   displayName: "Mac",
   executionBackend: "local-model",
   status: "reachable",
@@ -89,7 +89,7 @@ describe("errors", () => {
   for (const [code, status, Cls] of ERROR_TABLE) {
     it(`${code} -> ${Cls.name}`, async () => {
       const { fetch, sent } = fakeFetch(json(status, envelope(code, "said why", "messages"), { "x-should-retry": "false", "retry-after": "3" }));
-      const error = await compute(fetch).chatCompleteForPersonalRuntime("rt_1", { messages: [] }).then(
+      const error = await compute(fetch).chatCompleteForPersonalRuntime("lat_1", { messages: [] }).then(
         () => assert.fail("expected an error"),
         (e: unknown) => e,
       );
@@ -119,15 +119,15 @@ describe("requests", () => {
     assert.equal(completion.choices[0]?.message.content, "hi");
     assert.equal(sent[0]?.headers.get("x-api-key"), "sk_test");
     assert.equal(sent[0]?.headers.get("authorization"), null);
-    assert.deepEqual(sent[0]?.body, { messages: [{ role: "user", content: "x" }], temperature: 0, model: "lattice:personal:rt_1/llama3.2:3b", stream: false });
+    assert.deepEqual(sent[0]?.body, { messages: [{ role: "user", content: "x" }], temperature: 0, model: "lattice:personal:lat_1/llama3.2:3b", stream: false });
   });
 
   it("sends an oauth token as Bearer and filters reachable runtimes", async () => {
-    const runtimes = ["unpaired", "reachable", "offline", "revoked"].map((status) => ({ ...RUNTIME, latticeId: `rt_${status}`, status }));
+    const runtimes = ["unpaired", "reachable", "offline", "revoked"].map((status) => ({ ...RUNTIME, latticeId: `lat_${status}`, status }));
     const { fetch, sent } = fakeFetch(json(200, { runtimes }));
     const c = new ComputeClient({ credential: { kind: "oauth", accessToken: "tok_abc" }, baseUrl: BASE, fetch });
     const reachable = await c.listReachablePersonalRuntimes();
-    assert.deepEqual(reachable.map((r) => r.latticeId), ["rt_reachable"]);
+    assert.deepEqual(reachable.map((r) => r.latticeId), ["lat_reachable"]);
     assert.equal(sent[0]?.headers.get("authorization"), "Bearer tok_abc");
   });
 
@@ -155,10 +155,10 @@ describe("requests", () => {
   it("cloud client: paths and bodies", async () => {
     const { fetch, sent } = fakeFetch((request) => {
       const path = new URL(request.url).pathname;
-      if (path.endsWith("/bootstrap-tokens")) return json(201, { latticeId: "rt_1", bootstrapToken: "plrt_v1_t", expiresAt: "2026", command: "lattice-ctl x" });
+      if (path.endsWith("/bootstrap-tokens")) return json(201, { latticeId: "lat_1", bootstrapToken: "plrt_v1_t", expiresAt: "2026", command: "lattice-ctl x" });
       if (request.method === "POST") return json(201, { runtime: { ...RUNTIME, status: "unpaired" } });
       if (request.method === "DELETE") return json(200, { runtime: { ...RUNTIME, status: "revoked" } });
-      if (path === "/v1/personal-runtimes/rt_1") return json(200, { runtime: RUNTIME });
+      if (path === "/v1/personal-runtimes/lat_1") return json(200, { runtime: RUNTIME });
       return json(200, { runtimes: [RUNTIME] });
     });
     const lattice = createLatticeCloudClient({ baseUrl: BASE, apiKey: "sk_test", fetch });
@@ -166,15 +166,15 @@ describe("requests", () => {
     assert.equal(runtime.status, "unpaired");
     const bootstrap = await lattice.personalRuntimes.createBootstrapToken(runtime.latticeId, { ttlSeconds: 600 });
     assert.equal(bootstrap.command, "lattice-ctl x");
-    assert.equal((await lattice.personalRuntimes.get("rt_1")).status, "reachable");
+    assert.equal((await lattice.personalRuntimes.get("lat_1")).status, "reachable");
     assert.equal((await lattice.personalRuntimes.list()).length, 1);
     assert.equal((await lattice.personalRuntimes.revoke(runtime)).status, "revoked");
     assert.deepEqual(sent.map((s) => [s.method, s.path, s.body]), [
       ["POST", "/v1/personal-runtimes", { displayName: "Mac", executionBackend: "local-model" }],
-      ["POST", "/v1/personal-runtimes/rt_1/bootstrap-tokens", { ttlSeconds: 600 }],
-      ["GET", "/v1/personal-runtimes/rt_1", undefined],
+      ["POST", "/v1/personal-runtimes/lat_1/bootstrap-tokens", { ttlSeconds: 600 }],
+      ["GET", "/v1/personal-runtimes/lat_1", undefined],
       ["GET", "/v1/personal-runtimes", undefined],
-      ["DELETE", "/v1/personal-runtimes/rt_1", undefined],
+      ["DELETE", "/v1/personal-runtimes/lat_1", undefined],
     ]);
   });
 });
@@ -182,7 +182,7 @@ describe("requests", () => {
 describe("streaming", () => {
   it("ignores keep-alives, stops at [DONE]", async () => {
     const { fetch, sent } = fakeFetch(sse(": keep-alive", `data: ${chunk("he")}`, ":", `data:${chunk("llo")}`, "data: [DONE]", `data: ${chunk("after")}`));
-    const stream = await compute(fetch).streamChatForPersonalRuntime("rt_1", { messages: [] });
+    const stream = await compute(fetch).streamChatForPersonalRuntime("lat_1", { messages: [] });
     let text = "";
     for await (const part of stream) text += part.choices[0]?.delta.content ?? "";
     assert.equal(text, "hello");
@@ -200,7 +200,7 @@ describe("streaming", () => {
     });
     const { fetch } = fakeFetch(() => new Response(body, { status: 200 }));
     const parts: string[] = [];
-    for await (const part of await compute(fetch).streamChatForPersonalRuntime("rt_1", { messages: [] })) {
+    for await (const part of await compute(fetch).streamChatForPersonalRuntime("lat_1", { messages: [] })) {
       parts.push(part.choices[0]?.delta.content ?? "");
     }
     assert.deepEqual(parts, ["a", "b"]);
@@ -211,7 +211,7 @@ describe("streaming", () => {
     const parts: string[] = [];
     await assert.rejects(
       (async () => {
-        for await (const part of await compute(fetch).streamChatForPersonalRuntime("rt_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
+        for await (const part of await compute(fetch).streamChatForPersonalRuntime("lat_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
       })(),
       (e: unknown) => e instanceof client.ProviderError && e.status === 502 && /ollama/.test(e.message),
     );
@@ -229,7 +229,7 @@ describe("streaming", () => {
       signal = init?.signal ?? undefined;
       return new Response(endless, { status: 200 });
     }) as typeof fetch;
-    const stream = await compute(fetchImpl).streamChatForPersonalRuntime("rt_1", { messages: [] });
+    const stream = await compute(fetchImpl).streamChatForPersonalRuntime("lat_1", { messages: [] });
     let seen = 0;
     for await (const _part of stream) {
       if (++seen === 2) break;
@@ -243,7 +243,7 @@ describe("streaming", () => {
     const parts: string[] = [];
     await assert.rejects(
       (async () => {
-        for await (const part of await compute(fetch).streamChatForPersonalRuntime("rt_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
+        for await (const part of await compute(fetch).streamChatForPersonalRuntime("lat_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
       })(),
       (e: unknown) => e instanceof client.StreamProtocolError && e.code === "incomplete_stream" && /ended before data: \[DONE\]/.test(e.message),
     );
@@ -262,7 +262,7 @@ describe("streaming", () => {
     const parts: string[] = [];
     await assert.rejects(
       (async () => {
-        for await (const part of await compute(fetch).streamChatForPersonalRuntime("rt_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
+        for await (const part of await compute(fetch).streamChatForPersonalRuntime("lat_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
       })(),
       (e: unknown) => e instanceof client.LatticeConnectionError && !(e instanceof client.LatticeTimeoutError) && /broke off/.test(e.message),
     );
@@ -292,11 +292,11 @@ describe("streaming", () => {
     };
     const quick = new ComputeClient({ credential: { kind: "apiKey", apiKey: "k" }, baseUrl: BASE, fetch: stalls, timeoutMs: 50 });
     await assert.rejects(
-      drain(await quick.streamChatForPersonalRuntime("rt_1", { messages: [] })),
+      drain(await quick.streamChatForPersonalRuntime("lat_1", { messages: [] })),
       (e: unknown) => e instanceof client.LatticeTimeoutError && /sent nothing within 50 ms/.test(e.message),
     );
     const controller = new AbortController();
-    const stream = await compute(stalls).streamChatForPersonalRuntime("rt_1", { messages: [] }, { signal: controller.signal });
+    const stream = await compute(stalls).streamChatForPersonalRuntime("lat_1", { messages: [] }, { signal: controller.signal });
     const pending = drain(stream);
     controller.abort();
     await assert.rejects(pending, (e: unknown) => e instanceof Error && e.name === "AbortError");
@@ -323,14 +323,14 @@ describe("streaming", () => {
     const patient = new ComputeClient({ credential: { kind: "apiKey", apiKey: "k" }, baseUrl: BASE, fetch: drips, timeoutMs: 100 });
     const started = Date.now();
     const parts: string[] = [];
-    for await (const part of await patient.streamChatForPersonalRuntime("rt_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
+    for await (const part of await patient.streamChatForPersonalRuntime("lat_1", { messages: [] })) parts.push(part.choices[0]?.delta.content ?? "");
     assert.deepEqual(parts, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
     assert.ok(Date.now() - started > 200, "the stream ran longer than timeoutMs");
   });
 
   it("rejects before streaming on an error status", async () => {
     const { fetch } = fakeFetch(json(404, envelope("runtime_not_found")));
-    await assert.rejects(compute(fetch).streamChatForPersonalRuntime("rt_x", { messages: [] }), client.RuntimeNotFoundError);
+    await assert.rejects(compute(fetch).streamChatForPersonalRuntime("lat_x", { messages: [] }), client.RuntimeNotFoundError);
   });
 });
 
@@ -344,7 +344,7 @@ describe("retries", () => {
     (c as unknown as { transport: { sleep: (s: number) => Promise<void> } }).transport.sleep = async (s) => {
       slept.push(s);
     };
-    assert.equal((await c.chatCompleteForPersonalRuntime("rt_1", { messages: [] })).id, "c1");
+    assert.equal((await c.chatCompleteForPersonalRuntime("lat_1", { messages: [] })).id, "c1");
     assert.equal(sent.length, 2);
     assert.deepEqual(slept, [1.5]);
   });
@@ -363,7 +363,7 @@ describe("retries", () => {
   ] as Array<[string, () => Response]>) {
     it(`does not retry: ${label}`, async () => {
       const { fetch, sent } = fakeFetch(response(), json(200, COMPLETION));
-      await assert.rejects(compute(fetch).chatCompleteForPersonalRuntime("rt_1", { messages: [] }), LatticeApiError);
+      await assert.rejects(compute(fetch).chatCompleteForPersonalRuntime("lat_1", { messages: [] }), LatticeApiError);
       assert.equal(sent.length, 1);
     });
   }
@@ -371,14 +371,14 @@ describe("retries", () => {
   it("retries a refused connection, even for a chat", async () => {
     const refused = new TypeError("fetch failed", { cause: Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }) });
     const { fetch, sent } = fakeFetch(refused, json(200, COMPLETION));
-    assert.equal((await compute(fetch).chatCompleteForPersonalRuntime("rt_1", { messages: [] })).id, "c1");
+    assert.equal((await compute(fetch).chatCompleteForPersonalRuntime("lat_1", { messages: [] })).id, "c1");
     assert.equal(sent.length, 2);
   });
 
   it("never resends a chat whose connection dropped after sending", async () => {
     const reset = new TypeError("fetch failed", { cause: Object.assign(new Error("socket"), { code: "UND_ERR_SOCKET" }) });
     const { fetch, sent } = fakeFetch(reset, json(200, COMPLETION));
-    await assert.rejects(compute(fetch).chatCompleteForPersonalRuntime("rt_1", { messages: [] }), client.LatticeConnectionError);
+    await assert.rejects(compute(fetch).chatCompleteForPersonalRuntime("lat_1", { messages: [] }), client.LatticeConnectionError);
     assert.equal(sent.length, 1);
   });
 
