@@ -82,7 +82,8 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
     dependencies = base / "dependencies"
     build_backend = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                    "--disable-pip-version-check", "--dest", str(dependencies), f"{current}[daemon]",
+                    "--disable-pip-version-check", "--dest", str(dependencies),
+                    f"{current}[daemon]",
                     *build_backend["requires"]],  # to build a checkout
                    check=True, timeout=300)
     (dependencies / current.name).unlink()
