@@ -2,9 +2,10 @@
 
 Two layers:
 
-* ``RelayApi``: the five requests, one ``httpx.AsyncClient`` (HTTP/1.1 keep-alive,
-  ``trust_env=True`` so HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE apply, a hard timeout on
-  every call), and the mapping of answers to ``RelayError`` kinds;
+* ``RelayApi``: the five requests, one ``httpx.AsyncClient`` on httpx's own transport
+  (HTTP/1.1 keep-alive; ``trust_env=True`` so HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE
+  apply; a pooled connection the gateway closed is noticed before reuse; a hard timeout
+  on every call), and the mapping of answers to ``RelayError`` kinds;
 * ``RelayClient``: the loops. One poll is outstanding whenever the runner has a free
   slot, so a queued job is picked up within milliseconds; a sender posts the events the
   runner produced, batching only what piled up while the previous post was in flight.
@@ -36,7 +37,6 @@ from lattice_protocol import (
 from .backoff import Backoff, parse_retry_after
 from .clock import iso_utc
 from .runner import JobRunner
-from .transports import relay_transport
 
 log = logging.getLogger("lattice_daemon.relay")
 
@@ -149,7 +149,7 @@ class RelayApi:
                               keepalive_expiry=60.0)
         self._client = httpx.AsyncClient(
             trust_env=True,  # HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE
-            transport=transport or relay_transport(self.base_url),
+            transport=transport,  # None: httpx's own, which honours the proxy variables
             headers={"authorization": f"Bearer {daemon_token}",
                      "user-agent": f"lattice-daemon/{__version__}"},
             timeout=httpx.Timeout(CALL_TIMEOUT),
