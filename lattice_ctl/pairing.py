@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from lattice_daemon.config import RelayConfig
+from lattice_daemon.shared import RelayConfig
 from lattice_protocol._version import __version__
 
 BOOTSTRAP_PREFIX = "plrt_v1"

@@ -260,8 +260,41 @@ async def _stop(task: asyncio.Task[Any] | None) -> None:
         _retrieve(task)
 
 
+class Outbox:
+    """Sealed events on their way to the gateway: the runner puts them, the relay client
+    takes them a post's worth at a time. One per pairing, which builds both ends with it."""
+
+    def __init__(self) -> None:
+        self._events: list[SealedEvent] = []
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def put(self, event: SealedEvent) -> None:
+        self._events.append(event)
+        self._ready.set()
+
+    async def take(self) -> list[SealedEvent]:
+        """The next batch for one post; waits until there is one."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            taken = _batch_length(self._events)
+            batch, self._events = self._events[:taken], self._events[taken:]
+            if self._events:
+                self._ready.set()
+            if batch:
+                return batch
+
+    def drop_all(self) -> int:
+        dropped = len(self._events)
+        self._events.clear()
+        return dropped
+
+
 class RelayClient:
-    """Keeps a session, polls for jobs, sends events; one instance per pairing."""
+    """Keeps a session, polls for jobs, posts the outbox's events; one per pairing."""
 
     def __init__(
         self,
@@ -269,6 +302,7 @@ class RelayClient:
         runner: JobRunner,
         status: RelayStatus,
         *,
+        outbox: Outbox,
         describe_provider: Callable[[], Awaitable[dict[str, Any]]],
         backoff: Backoff | None = None,
     ) -> None:
@@ -278,8 +312,7 @@ class RelayClient:
         self.session: Session | None = None
         self._describe_provider = describe_provider
         self._backoff = backoff or Backoff()
-        self._outbox: list[SealedEvent] = []
-        self._outbox_ready = asyncio.Event()
+        self.outbox = outbox
         self._heartbeat: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._send_task: asyncio.Task[None] | None = None
@@ -308,9 +341,9 @@ class RelayClient:
     async def flush(self, timeout: float) -> bool:
         """Wait until every produced event was posted (or dropped); False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._outbox or self._sending:
+        while self.outbox or self._sending:
             if self._send_task is None or self._send_task.done():
-                return not self._outbox
+                return not self.outbox
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.005)
@@ -328,13 +361,6 @@ class RelayClient:
             except RelayError as exc:
                 log.warning("could not deregister the relay session: %s", exc.message)
         await self.api.aclose()
-
-    # -- events -------------------------------------------------------------------------
-
-    def emit(self, event: SealedEvent) -> None:
-        """The runner's sink: queue an event for the next post."""
-        self._outbox.append(event)
-        self._outbox_ready.set()
 
     # -- loops --------------------------------------------------------------------------
 
@@ -452,14 +478,7 @@ class RelayClient:
 
     async def _send_loop(self) -> None:
         while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            taken = _batch_length(self._outbox)
-            batch, self._outbox = self._outbox[:taken], self._outbox[taken:]
-            if self._outbox:
-                self._outbox_ready.set()
-            if not batch:
-                continue
+            batch = await self.outbox.take()
             self._sending = True
             try:
                 await self._post(batch)
@@ -497,8 +516,7 @@ class RelayClient:
                     dropped = self.runner.cancel_all("results undeliverable")
                     log.warning("gave up delivering results after %g s: dropped %d events "
                                 "and %d running jobs", EVENTS_GIVE_UP,
-                                len(batch) + len(self._outbox), dropped)
-                    self._outbox.clear()
+                                len(batch) + self.outbox.drop_all(), dropped)
                     return
                 delay = (min(5.0, 0.1 * 2 ** failures) if exc.retry_after is None
                          else exc.retry_after)

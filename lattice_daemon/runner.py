@@ -36,7 +36,7 @@ from lattice_protocol import (
     Sealer,
     SealError,
 )
-from providers import Provider, ProviderError
+from providers import Provider, ProviderError, default_model_among, model_allowed
 
 from .config import ProviderConfig
 from .timeouts import within
@@ -99,25 +99,6 @@ class _Job:
 
     def error(self, code: ErrorCode | str, message: str) -> None:
         self.send("error", code=ErrorCode(code).value, message=message)
-
-
-def same_model(a: str, b: str) -> bool:
-    """Ollama treats a name without a tag as ``:latest``: "llama3.2" is "llama3.2:latest"."""
-    return a.removesuffix(":latest") == b.removesuffix(":latest")
-
-
-def model_allowed(model: str, allowed: list[str]) -> bool:
-    return not allowed or any(same_model(model, a) for a in allowed)
-
-
-def default_model_among(models: list[str], allowed: list[str]) -> str | None:
-    """The model for requests that name none, when the config names no default either:
-    the provider's first allowed chat model. Embedding models (``nomic-embed-text``,
-    LM Studio's ``text-embedding-...``) are listed beside chat models and often first
-    (most recently pulled), but cannot answer a chat request."""
-    candidates = [m for m in models if model_allowed(m, allowed)]
-    chat_models = [m for m in candidates if "embed" not in m.lower()]
-    return (chat_models or candidates or [None])[0]
 
 
 def _progress_interval(idle_timeout: float) -> float:

@@ -26,8 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from lattice_ctl import output
-from lattice_daemon.config import ConfigError, DaemonConfig, load_config
-from lattice_daemon.paths import Paths, get_paths
+from lattice_daemon.shared import ConfigError, DaemonConfig, Paths, get_paths, load_config
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 MAX_CLOCK_SKEW_SECONDS = 60.0  # job deadlines are absolute times: beyond this they misfire
@@ -372,7 +371,7 @@ def _where(kind: str, url: str, detail: str) -> str:
 
 
 def check_model(config: DaemonConfig | None, models: list[str] | None) -> Check:
-    from lattice_daemon.runner import default_model_among, same_model
+    from providers import default_model_among, same_model
 
     if config is None or models is None:
         return Check("model", "Default model", SKIP, "the provider did not answer")

@@ -16,8 +16,7 @@ def _configured(*, required: bool = True) -> Any | None:
     An unusable config fails the command when ``required``, else it is a warning (the
     usual ports can be probed without it: that helps most when the config is broken).
     """
-    from lattice_daemon.config import ConfigError, load_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config
 
     paths = get_paths()
     if not paths.config_file.exists():
@@ -90,7 +89,7 @@ def models() -> None:
                          "defaultModel": provider.get("defaultModel"), "via": "daemon"},
                         _models_text)
             return
-    from lattice_daemon.config import ProviderConfig
+    from lattice_daemon.shared import ProviderConfig
     from providers import DEFAULT_URLS, detect_providers
 
     configured = _configured() or ProviderConfig()

@@ -43,7 +43,7 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
     """
     from dataclasses import replace
 
-    from lattice_daemon.config import ProviderConfig
+    from lattice_daemon.shared import ProviderConfig
 
     base = existing if existing is not None else ProviderConfig()
     if kind or url:
@@ -99,8 +99,7 @@ def _kind_at(url: str) -> str:
 
 def _warn_about_provider(provider: Any) -> None:
     """Pairing does not need the provider up, but say so now rather than at the first job."""
-    from lattice_daemon.runner import same_model
-    from providers import DEFAULT_URLS, detect_providers
+    from providers import DEFAULT_URLS, detect_providers, same_model
 
     url = provider.url or DEFAULT_URLS.get(provider.kind)
     if not url:
@@ -154,14 +153,15 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
             wait_seconds: float) -> None:
     """Pair this machine with a gateway using a one-time bootstrap token."""
     from lattice_ctl.pairing import PairingError, check_token_shape, normalize_gateway, redeem
-    from lattice_daemon.config import (
+    from lattice_daemon.shared import (
         ConfigError,
         DaemonConfig,
+        check_provider,
+        get_paths,
         load_config,
         save_config,
         save_keypair,
     )
-    from lattice_daemon.paths import get_paths
     from lattice_protocol import KeyPair
 
     paths = get_paths()
@@ -192,12 +192,13 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
     config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
     api_key = os.environ.get("LATTICE_PROVIDER_API_KEY")
     if api_key:  # from the environment only: never in argv (ps) or shell history
-        if config.provider.kind == "ollama":
-            output.fail("LATTICE_PROVIDER_API_KEY is for OpenAI-compatible servers "
-                        "(--provider lmstudio or openai); Ollama takes none", exit_code=2)
         from dataclasses import replace as replaced
 
         config.provider = replaced(config.provider, api_key=api_key.strip())
+        try:
+            check_provider(config.provider)
+        except ConfigError as exc:
+            output.fail(f"LATTICE_PROVIDER_API_KEY: {exc}", exit_code=2)
     _warn_about_provider(config.provider)
     # A new key for every pairing: a key that served a revoked or replaced pairing (or
     # leaked with a backup) cannot open the new pairing's jobs. It is saved only once the
@@ -259,8 +260,7 @@ def _relay_status_text(data: dict[str, Any]) -> str:
 @relay.command(name="status")
 def status_cmd() -> None:
     """The pairing (from the config) and the live relay state (from the daemon)."""
-    from lattice_daemon.config import ConfigError, load_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config
 
     try:
         config = load_config(get_paths())
@@ -280,8 +280,7 @@ def status_cmd() -> None:
 @relay.command()
 def disconnect() -> None:
     """Deregister from the gateway and forget the pairing (works with the daemon down)."""
-    from lattice_daemon.config import ConfigError, load_config, save_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config, save_config
 
     paths = get_paths()
     try:

@@ -83,8 +83,7 @@ def _status_text(data: dict[str, Any]) -> str:
 
 def _offline_status() -> dict[str, Any]:
     """What the config says, for when the daemon is not running."""
-    from lattice_daemon.config import ConfigError, load_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config
 
     paths = get_paths()
     try:

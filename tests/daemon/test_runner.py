@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from lattice_daemon.config import ProviderConfig
-from lattice_daemon.runner import JobRunner, default_model_among
+from lattice_daemon.runner import JobRunner
 from lattice_protocol import JobEnvelope, JobSpec, KeyPair, ResultEvent, SealedEvent, Sealer
-from providers import ProviderError, ProviderHealth, make_provider
+from providers import ProviderError, ProviderHealth, default_model_among, make_provider
 from tests.servers import run_ollama_server
 from tests.support.net import async_wait_until
 
