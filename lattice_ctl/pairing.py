@@ -7,12 +7,13 @@ message built here is scrubbed of it, whatever the gateway echoes back.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from lattice_daemon.shared import RelayConfig
 from lattice_protocol._version import __version__
+from lattice_protocol.timestamps import iso_from_ms
 
 BOOTSTRAP_PREFIX = "plrt_v1"
 
@@ -76,12 +77,23 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "<bootstrap token>") if token else text
 
 
+# The variables that name a proxy for the relay (httpx reads them, either spelling).
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")
+
+
+def proxy_variables(scheme: str) -> list[str]:
+    """Those that apply to ``scheme`` URLs, in the order they are looked up."""
+    wanted = (f"{scheme.upper()}_PROXY", "ALL_PROXY")
+    return sorted((name for name in PROXY_VARIABLES if name.upper() in wanted),
+                  key=lambda name: wanted.index(name.upper()))
+
+
 def _proxy_hint(gateway: str) -> str:
-    scheme = "HTTPS_PROXY" if gateway.startswith("https") else "HTTP_PROXY"
-    proxy = (os.environ.get(scheme) or os.environ.get(scheme.lower())
-             or os.environ.get("ALL_PROXY"))
-    if proxy:
-        return (f" (going through the proxy in {scheme}; check the proxy, or add the "
+    scheme = "https" if gateway.startswith("https") else "http"
+    name = next((n for n in proxy_variables(scheme) if os.environ.get(n)), None)
+    if name:
+        return (f" (going through the proxy in {name}; check the proxy, or add the "
                 f"gateway's host to NO_PROXY)")
     return " (if this network needs a proxy, set HTTPS_PROXY)"
 
@@ -146,8 +158,7 @@ def _parse_redeem(gateway: str, token: str, status: int, content: bytes) -> Rede
             execution_backend=str(data.get("executionBackend") or "local-model"),
             daemon_token=str(data["daemonToken"]),
             gateway_public_key=str(data["gatewayPublicKey"]),
-            paired_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            paired_at=iso_from_ms(int(time.time() * 1000)),
         )
     except KeyError as exc:
         raise PairingError(f"the gateway's pairing answer lacks {exc.args[0]}",

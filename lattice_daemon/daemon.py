@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, __version__
+from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, __version__, iso_from_ms
 from providers import (
     DEFAULT_URLS,
     Provider,
@@ -35,9 +35,8 @@ from providers import (
 )
 
 from . import exitcodes
-from .clock import iso_utc
 from .config import ConfigError, DaemonConfig, check_provider, load_startup
-from .control import ControlError, ControlServer, SocketInUse, SocketPathUnusable
+from .control import ControlRefusal, ControlServer, SocketInUse, SocketPathUnusable
 from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
 from .pairing import Pairing
@@ -131,7 +130,7 @@ class Daemon:
     async def _reload_logged(self) -> None:
         try:
             await self.reload()
-        except ControlError as exc:
+        except ControlRefusal as exc:
             log.error("reload failed: %s", exc.message)
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -262,7 +261,7 @@ class Daemon:
         return {
             "daemonVersion": __version__,
             "pid": os.getpid(),
-            "startedAt": iso_utc(self.started_at),
+            "startedAt": iso_from_ms(int(self.started_at * 1000)),
             "uptimeSeconds": round(now - self.started_at, 3),
             "relay": self.relay_status.to_dict(),
             "provider": self.provider_dict(),
@@ -294,7 +293,7 @@ class Daemon:
 
     def _refuse_while_stopping(self) -> None:
         if self._stop.is_set():
-            raise ControlError(503, "stopping", "the daemon is stopping")
+            raise ControlRefusal(503, "stopping", "the daemon is stopping")
 
     async def reload(self) -> dict[str, Any]:
         self._refuse_while_stopping()
@@ -307,7 +306,7 @@ class Daemon:
                     provider = build_provider(config, self._provider_factory)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
-                raise ControlError(400, "config_error", str(exc)) from None
+                raise ControlRefusal(400, "config_error", str(exc)) from None
             same = (config == self.config and keys.private_text() == self.keys.private_text())
             healthy = self.pairing is not None or config.relay is None
             if same and healthy and self.relay_status.state != RelayState.REPAIR_REQUIRED:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from .timeouts import within
+from providers.timeouts import within
 
 MAX_HEAD = 64 * 1024
 READ_SIZE = 64 * 1024

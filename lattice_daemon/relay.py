@@ -32,10 +32,10 @@ from lattice_protocol import (
     ProtocolError,
     SealedEvent,
     __version__,
+    iso_from_ms,
 )
 
 from .backoff import Backoff, parse_retry_after
-from .clock import iso_utc
 from .runner import JobRunner
 
 log = logging.getLogger("lattice_daemon.relay")
@@ -46,6 +46,7 @@ DEFAULT_POLL_WINDOW = 25.0
 MAX_POLL_WINDOW = 50.0  # docs/protocol.md: the announced window is bounded 1..50 s
 SPACE_FOR_EVENTS = 256  # at most this many events in one post
 EVENTS_GIVE_UP = 30.0  # seconds of failed event posts after which results are dropped
+EVENTS_RETRY_INITIAL, EVENTS_RETRY_MAX = 0.2, 5.0  # backoff between failed event posts
 PROVIDER_CHECK_SECONDS = 30.0  # how often the registered models are compared with the provider's
 
 
@@ -76,9 +77,10 @@ class RelayStatus:
     def to_dict(self) -> dict[str, Any]:
         return {
             "state": self.state.value,
-            "since": iso_utc(self.since),
+            "since": iso_from_ms(int(self.since * 1000)),
             "gateway": self.gateway,
-            "lastPollAt": iso_utc(self.last_poll_at),
+            "lastPollAt": (None if self.last_poll_at is None
+                           else iso_from_ms(int(self.last_poll_at * 1000))),
             "lastError": self.last_error,
         }
 
@@ -488,7 +490,7 @@ class RelayClient:
                 self._sending = False
 
     async def _post(self, batch: list[SealedEvent]) -> None:
-        failures = 0
+        backoff = Backoff(EVENTS_RETRY_INITIAL, EVENTS_RETRY_MAX)
         first_failure = 0.0
         while True:
             session = self.session
@@ -507,7 +509,6 @@ class RelayClient:
                     self._lose_session(exc)
                 return
             except RelayError as exc:
-                failures += 1
                 self._failed(exc)
                 now = time.monotonic()
                 first_failure = first_failure or now
@@ -518,8 +519,7 @@ class RelayClient:
                                 "and %d running jobs", EVENTS_GIVE_UP,
                                 len(batch) + self.outbox.drop_all(), dropped)
                     return
-                delay = (min(5.0, 0.1 * 2 ** failures) if exc.retry_after is None
-                         else exc.retry_after)
+                delay = backoff.next_delay(exc.retry_after)
                 # Never past the give-up point (a proxy's "Retry-After: 3600" would hold
                 # every result for an hour while the leases run out).
                 await asyncio.sleep(max(0.0, min(delay, first_failure + EVENTS_GIVE_UP - now)))

@@ -37,9 +37,9 @@ from lattice_protocol import (
     SealError,
 )
 from providers import Provider, ProviderError, default_model_among, model_allowed
+from providers.timeouts import within
 
 from .config import ProviderConfig
-from .timeouts import within
 
 T = TypeVar("T")
 

@@ -21,6 +21,7 @@ from .messages import (
 )
 from .models import ModelRef, format_model_string, parse_model_string
 from .sealing import KeyPair, Sealer, SealError, decode_public_key, encode_public_key
+from .timestamps import iso_from_ms
 from .tokens import (
     TokenKind,
     hash_secret,
@@ -57,6 +58,7 @@ __all__ = [
     "error_body",
     "format_model_string",
     "hash_secret",
+    "iso_from_ms",
     "new_access_token",
     "new_api_key",
     "new_bootstrap_token",

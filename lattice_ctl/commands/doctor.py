@@ -221,9 +221,9 @@ def proxy_for(url: str) -> tuple[str, str] | None:
     parts = urlsplit(url)
     if urllib.request.proxy_bypass_environment(parts.hostname or ""):
         return None
-    names = (["HTTPS_PROXY", "https_proxy"] if parts.scheme == "https"
-             else ["HTTP_PROXY", "http_proxy"]) + ["ALL_PROXY", "all_proxy"]
-    for name in names:
+    from lattice_ctl.pairing import proxy_variables
+
+    for name in proxy_variables(parts.scheme):
         value = os.environ.get(name)
         if value:
             return name, _redacted(value)
