@@ -22,7 +22,7 @@ from tests.e2e.harness import (
     run_command_string,
 )
 from tests.support.gateway import GatewayProcess, run_gateway
-from tests.support.net import free_port, wait_until
+from tests.support.net import closed_port, wait_until
 
 PROVIDER = ("--provider", "ollama", "--provider-url", "http://127.0.0.1:9")
 
@@ -211,7 +211,7 @@ def test_unusable_provider_url_fails_before_network(lattice_home: Path, url: str
 
 def test_unreachable_gateway_is_reported_with_proxy_hint(lattice_home: Path) -> None:
     token = "plrt_v1_" + "B" * 43
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     done = ctl(lattice_home, "relay", "connect", "--gateway", url, "--bootstrap-token",
                token, *PROVIDER)
     assert done.returncode == 1
@@ -301,7 +301,7 @@ def test_status_of_a_paired_machine_without_daemon(lattice_home: Path,
 
 def test_unreachable_proxy_is_named_in_the_error(lattice_home: Path) -> None:
     token = "plrt_v1_" + "E" * 43
-    proxy = f"http://127.0.0.1:{free_port()}"
+    proxy = f"http://127.0.0.1:{closed_port()}"
     env = ctl_env(lattice_home, HTTP_PROXY=proxy, HTTPS_PROXY=proxy)
     done = ctl(lattice_home, "relay", "connect", "--gateway", "http://gateway.example",
                "--bootstrap-token", token, *PROVIDER, env=env)

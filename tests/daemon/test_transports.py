@@ -16,7 +16,7 @@ from lattice_daemon.fasthttp import FastHTTPTransport
 from lattice_daemon.transports import ShardedTransport, _unused_tls_context
 from providers import Provider, ProviderError, make_provider
 from tests.servers import run_ollama_server, run_openai_server
-from tests.support.net import async_wait_until, free_port
+from tests.support.net import async_wait_until, closed_port
 
 REQUEST = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -112,7 +112,7 @@ async def test_first_token_deadline_and_unreachable() -> None:
             assert slow.value.reason == "timeout"
         finally:
             await provider.aclose()
-    nobody = make_provider("ollama", f"http://127.0.0.1:{free_port()}",
+    nobody = make_provider("ollama", f"http://127.0.0.1:{closed_port()}",
                            transport=FastHTTPTransport())
     try:
         with pytest.raises(ProviderError) as down:
