@@ -98,6 +98,45 @@ def _proxy_hint(gateway: str) -> str:
     return " (if this network needs a proxy, set HTTPS_PROXY)"
 
 
+# What OpenSSL says when a TLS client gets a plain-HTTP answer.
+_PLAIN_HTTP_ANSWER = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+
+
+def scheme_mismatch(url: str, error: BaseException) -> str | None:
+    """One line for a ``url`` whose scheme the server does not speak (``https://`` to a
+    plain-http server, or the reverse), else None."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and any(m in str(error).upper() for m in _PLAIN_HTTP_ANSWER):
+        return (f"{url} answered in plain HTTP, not HTTPS: if this gateway serves plain "
+                f"HTTP, use http://{parts.netloc}")
+    import httpx
+
+    answered_badly = isinstance(error, httpx.RemoteProtocolError | httpx.ReadError)
+    if parts.scheme == "http" and answered_badly and _speaks_tls(parts.hostname or "",
+                                                                 parts.port or 80):
+        return f"{url} expects HTTPS, not plain HTTP: use https://{parts.netloc}"
+    return None
+
+
+def _speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TLS handshake with ``host:port`` completes (certificate not checked: this
+    only tells which protocol the server speaks)."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host or None):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def redeem(gateway: str, token: str, daemon_public_key: str,
            timeout: float = 15.0) -> Redeemed:
     """POST /v1/relay/redeem; the config section to save, or PairingError."""
@@ -117,6 +156,9 @@ def redeem(gateway: str, token: str, daemon_public_key: str,
         raise PairingError(f"the gateway at {gateway} did not answer within {timeout:g} s"
                            + _proxy_hint(gateway), "gateway_unreachable") from None
     except httpx.TransportError as exc:
+        mismatch = scheme_mismatch(gateway, exc)
+        if mismatch:
+            raise PairingError(mismatch, "gateway_unreachable") from None
         reason = _scrub(str(exc), token) or type(exc).__name__
         raise PairingError(f"cannot reach the gateway at {gateway}: {reason}"
                            + _proxy_hint(gateway), "gateway_unreachable") from None

@@ -244,7 +244,12 @@ def probe_gateway(gateway: str, timeout: float) -> tuple[GatewayProbe, str]:
     except httpx.TimeoutException:
         return GatewayProbe(False), f"no answer within {timeout:g} s"
     except httpx.HTTPError as exc:
+        from lattice_ctl.pairing import scheme_mismatch
+
         text = str(exc) or type(exc).__name__
+        mismatch = scheme_mismatch(gateway, exc)
+        if mismatch:
+            return GatewayProbe(False), mismatch
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return GatewayProbe(False), f"TLS certificate not trusted: {text}"
         return GatewayProbe(False), text
@@ -270,9 +275,12 @@ def check_gateway(config: DaemonConfig | None, timeout: float
         elif "TLS" in outcome:
             fix = ("if a proxy or security tool inspects TLS here, point SSL_CERT_FILE at "
                    "its CA bundle (and pass it to the service: lattice-ctl service install)")
+        elif "not plain HTTP" in outcome or "not HTTPS" in outcome:
+            fix = "pair again with the gateway URL the app shows (lattice-ctl relay connect)"
         else:
+            over = " over HTTPS" if gateway.startswith("https://") else ""
             fix = (f"check this machine's network, DNS and firewall; {gateway} must be "
-                   "reachable over HTTPS (outbound only)")
+                   f"reachable{over} (outbound only)")
         return Check("gateway", "Gateway", FAIL,
                      f"{gateway} is not reachable{via}: {outcome}", fix), probe
     if probe.status_code != 200:
