@@ -289,7 +289,7 @@ def test_status_of_a_paired_machine_without_daemon(lattice_home: Path,
     lattice_id, minted = _token(gateway, key)
     assert _connect(lattice_home, gateway, minted["bootstrapToken"]).returncode == 0
     done = ctl(lattice_home, "status")
-    assert done.returncode == 0
+    assert done.returncode == 3
     lines = done.stdout.splitlines()
     assert lines[0] == "Daemon not running"
     assert f"Runtime: {lattice_id} (Test laptop)" in lines

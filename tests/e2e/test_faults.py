@@ -92,7 +92,7 @@ def test_revoked_runtime_makes_status_say_repair_required(machine_factory: Machi
     revoke_runtime(machine.gateway_url, machine.key, machine.lattice_id)
     wait_relay_state(machine.home, "repair_required", timeout=10)
     status = ctl(machine.home, "status")
-    assert status.returncode == 0
+    assert status.returncode == 6
     assert status.stdout.splitlines()[0] == "Re-pair required"
     with pytest.raises(openai.PermissionDeniedError) as info:
         machine.openai().chat.completions.create(
