@@ -319,7 +319,7 @@ class JobRunner:
             self.counters.failed += 1
             code = _code_for(exc)
             log.warning("job %s failed (%s): %s", spec.job_id, code.value, exc.message)
-            job.error(code, exc.message)
+            job.error(code, _message_for_the_app(exc))
         except Exception as exc:  # a bug here must fail one job, never the daemon
             self.counters.failed += 1
             log.exception("job %s failed inside the daemon", spec.job_id)
@@ -378,6 +378,15 @@ class JobRunner:
             self._models = await self.provider.models()
             self._models_at = now
         return self._models
+
+
+def _message_for_the_app(exc: ProviderError) -> str:
+    """The error as the app reads it. A model server that is not running is the runtime
+    owner's to fix: how to start it is advice for them (the log, `lattice-ctl status`,
+    `doctor`), not for the app, which learns only that the runtime cannot serve now."""
+    if exc.reason == "unreachable":
+        return "the runtime's local model server is not running"
+    return exc.message
 
 
 def _code_for(exc: ProviderError) -> ErrorCode:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import openai
+import pytest
+
 from tests.e2e.harness import (
     PairedMachine,
     ctl,
@@ -26,6 +29,14 @@ def test_status_exit_codes_follow_what_the_machine_can_serve(machine: PairedMach
     down = wait_until(lambda: (lambda done: done if done.returncode == 7 else None)(
         ctl(machine.home, "status")), timeout=20, what="status exit 7")
     assert down.stdout.splitlines()[0] == "Relay: Connected; model server: not answering"
+    assert "ollama serve" in down.stdout  # advice for the owner, at the owner's terminal
+    with pytest.raises(openai.APIStatusError) as refused:
+        machine.openai().chat.completions.create(
+            model=machine.model, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 502
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "provider_error"
+    assert error["message"] == "the runtime's local model server is not running"
 
     revoke_runtime(machine.gateway_url, machine.key, machine.lattice_id)
     wait_relay_state(machine.home, "repair_required")
