@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lattice_daemon.shared import RelayConfig
+from lattice_daemon.shared import RelayConfig, relay_base_url
 from lattice_protocol._version import __version__
 from lattice_protocol.timestamps import iso_from_ms
 
@@ -135,6 +135,34 @@ def _speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+def pairing_rejected(relay: RelayConfig, timeout: float = 5.0) -> str | None:
+    """Why the gateway refuses this pairing's daemon credential (the runtime was revoked,
+    deleted or paired elsewhere), or None when it accepts it or cannot be asked.
+
+    Asks with the credential itself: ending a session that does not exist changes
+    nothing, but the gateway checks the credential first (docs/protocol.md)."""
+    import httpx
+
+    url = relay_base_url(relay.relay_url) + "/sessions/pairing-check"
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            response = client.delete(url, headers={
+                "Authorization": f"Bearer {relay.daemon_token}",
+                "User-Agent": f"lattice-ctl/{__version__}"})
+    except (httpx.HTTPError, ValueError):
+        return None
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    # The same rule as the daemon's: final only when the gateway itself says so.
+    if response.status_code == 403 and code == "runtime_revoked":
+        return "the runtime was revoked"
+    if response.status_code == 401 and code == "invalid_api_key":
+        return "the gateway no longer accepts this machine's credential"
+    return None
 
 
 def redeem(gateway: str, token: str, daemon_public_key: str,

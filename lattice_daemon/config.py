@@ -55,6 +55,12 @@ class RelayConfig:
         return f"RelayConfig(lattice_id={self.lattice_id!r}, gateway={self.gateway!r})"
 
 
+def relay_base_url(relay_url: str) -> str:
+    """``.../v1/relay`` whether the pairing stored the relay base or the gateway URL."""
+    url = relay_url.rstrip("/")
+    return url if url.endswith("/v1/relay") else url + "/v1/relay"
+
+
 @dataclass
 class ProviderConfig:
     kind: str = "ollama"  # ollama | lmstudio | openai

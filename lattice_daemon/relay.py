@@ -36,6 +36,7 @@ from lattice_protocol import (
 )
 
 from .backoff import Backoff, parse_retry_after
+from .config import relay_base_url
 from .runner import JobRunner
 
 log = logging.getLogger("lattice_daemon.relay")
@@ -224,12 +225,6 @@ class RelayApi:
     async def deregister(self, session: Session, timeout: float = 5.0) -> None:
         await self._call("DELETE", f"/sessions/{session.session_id}",
                          timeout=httpx.Timeout(timeout))
-
-
-def relay_base_url(relay_url: str) -> str:
-    """``.../v1/relay`` whether the pairing stored the relay base or the gateway URL."""
-    url = relay_url.rstrip("/")
-    return url if url.endswith("/v1/relay") else url + "/v1/relay"
 
 
 def _parse_list(value: Any, parse: Callable[[Any], Any], what: str) -> list[Any]:

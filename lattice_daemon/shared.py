@@ -17,6 +17,7 @@ from .config import (
     check_provider,
     ensure_private_dir,
     load_config,
+    relay_base_url,
     save_config,
     save_keypair,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "exitcodes",
     "get_paths",
     "load_config",
+    "relay_base_url",
     "save_config",
     "save_keypair",
 ]
