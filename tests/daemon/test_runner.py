@@ -252,26 +252,22 @@ async def test_an_allowed_model_matches_with_or_without_latest() -> None:
     assert default_model_among([], []) is None
 
 
-async def test_provider_error_becomes_provider_error_with_its_message() -> None:
-    error = ProviderError("internal", "Fake at http://fake: HTTP 500: out of memory", 500)
+@pytest.mark.parametrize(("error", "message"), [
+    (ProviderError("internal", "Fake at http://fake: HTTP 500: out of memory", 500),
+     "Fake at http://fake: HTTP 500: out of memory"),
+    # Not running: the app learns that much; how to start it is the owner's advice.
+    (ProviderError("unreachable", "Fake at http://fake: not running. Start it with "
+                                  "`fake serve`.", None),
+     "the runtime's local model server is not running"),
+])
+async def test_provider_error_becomes_provider_error_with_its_message(
+        error: ProviderError, message: str) -> None:
     h = Harness(FakeProvider(error=error))
     spec = h.spec(stream=True)
     h.runner.start(h.envelope(spec))
     (event,) = await h.finished(spec.job_id)
-    assert event.code == "provider_error"
-    assert event.message == "Fake at http://fake: HTTP 500: out of memory"
+    assert event.code == "provider_error" and event.message == message
     assert h.runner.counters.failed == 1
-
-
-async def test_a_model_server_that_is_not_running_is_told_to_the_app_without_advice() -> None:
-    error = ProviderError("unreachable", "Fake at http://fake: not running. Start it with "
-                                         "`fake serve`.", None)
-    h = Harness(FakeProvider(error=error))
-    spec = h.spec(stream=True)
-    h.runner.start(h.envelope(spec))
-    (event,) = await h.finished(spec.job_id)
-    assert event.code == "provider_error"
-    assert event.message == "the runtime's local model server is not running"
 
 
 async def test_cancel_closes_the_provider_stream_and_frees_the_slot_at_once() -> None:
