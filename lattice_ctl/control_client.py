@@ -69,7 +69,7 @@ class Answer:
 
 
 def default_socket_path() -> Path:
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import get_paths
 
     return get_paths().socket
 

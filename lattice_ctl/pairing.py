@@ -7,12 +7,13 @@ message built here is scrubbed of it, whatever the gateway echoes back.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-from lattice_daemon.config import RelayConfig
-from lattice_protocol import __version__
+from lattice_daemon.shared import RelayConfig, relay_base_url
+from lattice_protocol._version import __version__
+from lattice_protocol.timestamps import iso_from_ms
 
 BOOTSTRAP_PREFIX = "plrt_v1"
 
@@ -76,14 +77,92 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "<bootstrap token>") if token else text
 
 
+# The variables that name a proxy for the relay (httpx reads them, either spelling).
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")
+
+
+def proxy_variables(scheme: str) -> list[str]:
+    """Those that apply to ``scheme`` URLs, in the order they are looked up."""
+    wanted = (f"{scheme.upper()}_PROXY", "ALL_PROXY")
+    return sorted((name for name in PROXY_VARIABLES if name.upper() in wanted),
+                  key=lambda name: wanted.index(name.upper()))
+
+
 def _proxy_hint(gateway: str) -> str:
-    scheme = "HTTPS_PROXY" if gateway.startswith("https") else "HTTP_PROXY"
-    proxy = (os.environ.get(scheme) or os.environ.get(scheme.lower())
-             or os.environ.get("ALL_PROXY"))
-    if proxy:
-        return (f" (going through the proxy in {scheme}; check the proxy, or add the "
+    scheme = "https" if gateway.startswith("https") else "http"
+    name = next((n for n in proxy_variables(scheme) if os.environ.get(n)), None)
+    if name:
+        return (f" (going through the proxy in {name}; check the proxy, or add the "
                 f"gateway's host to NO_PROXY)")
     return " (if this network needs a proxy, set HTTPS_PROXY)"
+
+
+# What OpenSSL says when a TLS client gets a plain-HTTP answer.
+_PLAIN_HTTP_ANSWER = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+
+
+def scheme_mismatch(url: str, error: BaseException) -> str | None:
+    """One line for a ``url`` whose scheme the server does not speak (``https://`` to a
+    plain-http server, or the reverse), else None."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and any(m in str(error).upper() for m in _PLAIN_HTTP_ANSWER):
+        return (f"{url} answered in plain HTTP, not HTTPS: if this gateway serves plain "
+                f"HTTP, use http://{parts.netloc}")
+    import httpx
+
+    answered_badly = isinstance(error, httpx.RemoteProtocolError | httpx.ReadError)
+    if parts.scheme == "http" and answered_badly and _speaks_tls(parts.hostname or "",
+                                                                 parts.port or 80):
+        return f"{url} expects HTTPS, not plain HTTP: use https://{parts.netloc}"
+    return None
+
+
+def _speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TLS handshake with ``host:port`` completes (certificate not checked: this
+    only tells which protocol the server speaks)."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host or None):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def pairing_rejected(relay: RelayConfig, timeout: float = 5.0) -> str | None:
+    """Why the gateway refuses this pairing's daemon credential (the runtime was revoked,
+    deleted or paired elsewhere), or None when it accepts it or cannot be asked.
+
+    Asks with the credential itself: ending a session that does not exist changes
+    nothing, but the gateway checks the credential first (docs/protocol.md)."""
+    import httpx
+
+    url = relay_base_url(relay.relay_url) + "/sessions/pairing-check"
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            response = client.delete(url, headers={
+                "Authorization": f"Bearer {relay.daemon_token}",
+                "User-Agent": f"lattice-ctl/{__version__}"})
+    except (httpx.HTTPError, ValueError):
+        return None
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    # The same rule as the daemon's: final only when the gateway itself says so.
+    if response.status_code == 403 and code == "runtime_revoked":
+        return "the runtime was revoked"
+    if response.status_code == 401 and code == "invalid_api_key":
+        return "the gateway no longer accepts this machine's credential"
+    return None
 
 
 def redeem(gateway: str, token: str, daemon_public_key: str,
@@ -105,6 +184,9 @@ def redeem(gateway: str, token: str, daemon_public_key: str,
         raise PairingError(f"the gateway at {gateway} did not answer within {timeout:g} s"
                            + _proxy_hint(gateway), "gateway_unreachable") from None
     except httpx.TransportError as exc:
+        mismatch = scheme_mismatch(gateway, exc)
+        if mismatch:
+            raise PairingError(mismatch, "gateway_unreachable") from None
         reason = _scrub(str(exc), token) or type(exc).__name__
         raise PairingError(f"cannot reach the gateway at {gateway}: {reason}"
                            + _proxy_hint(gateway), "gateway_unreachable") from None
@@ -146,8 +228,7 @@ def _parse_redeem(gateway: str, token: str, status: int, content: bytes) -> Rede
             execution_backend=str(data.get("executionBackend") or "local-model"),
             daemon_token=str(data["daemonToken"]),
             gateway_public_key=str(data["gatewayPublicKey"]),
-            paired_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            paired_at=iso_from_ms(int(time.time() * 1000)),
         )
     except KeyError as exc:
         raise PairingError(f"the gateway's pairing answer lacks {exc.args[0]}",

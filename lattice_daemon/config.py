@@ -7,23 +7,30 @@ contents never appear in logs or error messages.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import stat
 import sys
 import tempfile
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypedDict
-
-from lattice_protocol import KeyPair, SealError
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .paths import Paths
+
+if TYPE_CHECKING:
+    from lattice_protocol import KeyPair
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+
+log = logging.getLogger("lattice_daemon")
 
 
 class ConfigError(Exception):
@@ -52,6 +59,12 @@ class AdapterOptions(TypedDict, total=False):
     """The ``make_provider`` options a provider kind takes beyond the common ones."""
 
     api_key: str
+
+
+def relay_base_url(relay_url: str) -> str:
+    """``.../v1/relay`` whether the pairing stored the relay base or the gateway URL."""
+    url = relay_url.rstrip("/")
+    return url if url.endswith("/v1/relay") else url + "/v1/relay"
 
 
 @dataclass
@@ -138,6 +151,46 @@ def _section(cls: type, raw: Any, name: str) -> Any:
         raise ConfigError(f"[{name}] is incomplete: {exc}") from None
 
 
+def check_provider(p: ProviderConfig) -> None:
+    """The [provider] rules a type check cannot make; raises ConfigError."""
+    if p.first_token_timeout <= 0 or p.idle_timeout <= 0:
+        raise ConfigError("[provider] first_token_timeout and idle_timeout must be > 0")
+    if p.api_key and p.kind == "ollama":
+        raise ConfigError("[provider] api_key is for OpenAI-compatible servers "
+                          "(kind lmstudio or openai); Ollama takes none")
+
+
+def validate(config: DaemonConfig) -> None:
+    """Checks load_config cannot make (it only knows shapes); raises ConfigError."""
+    from lattice_protocol import KeyPair, Sealer, SealError  # the daemon's checks only
+
+    check_provider(config.provider)
+    d = config.daemon
+    if isinstance(d.max_concurrency, bool) or not isinstance(d.max_concurrency, int) \
+            or not 1 <= d.max_concurrency <= 1024:
+        raise ConfigError("[daemon] max_concurrency must be an integer from 1 to 1024")
+    if not 0 <= d.drain_seconds < math.inf:
+        raise ConfigError("[daemon] drain_seconds must be a number >= 0")
+    if not 0 < d.backoff_initial_seconds <= d.backoff_max_seconds < math.inf:
+        raise ConfigError("[daemon] backoff_initial_seconds must be > 0 and at most "
+                          "backoff_max_seconds")
+    if config.relay is not None:
+        try:
+            Sealer(KeyPair.generate(), config.relay.gateway_public_key)
+        except SealError:
+            raise ConfigError("[relay] gateway_public_key is not a valid public key; "
+                              "run `lattice-ctl relay connect --replace`") from None
+        import httpx
+
+        try:  # every relay request is built on it: a bad one would be a traceback later
+            relay_host = httpx.URL(config.relay.relay_url).host
+        except httpx.InvalidURL:
+            relay_host = ""
+        if not (config.relay.relay_url.startswith(("http://", "https://")) and relay_host):
+            raise ConfigError("[relay] relay_url must be an https:// or http:// URL; "
+                              "run `lattice-ctl relay connect --replace`")
+
+
 def load_config(paths: Paths) -> DaemonConfig:
     """The config, or defaults (not paired) when there is no file yet."""
     try:
@@ -174,6 +227,8 @@ def save_config(paths: Paths, config: DaemonConfig) -> None:
 
 def load_or_create_keypair(paths: Paths) -> KeyPair:
     """The daemon's Curve25519 keypair, generated locally on first use."""
+    from lattice_protocol import KeyPair, SealError
+
     try:
         return KeyPair.from_private_text(paths.key_file.read_text(encoding="ascii"))
     except FileNotFoundError:
@@ -208,3 +263,45 @@ def write_private_file(path: Path, content: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_keys(paths: Paths, config: DaemonConfig) -> KeyPair:
+    """The daemon's keypair. A pairing without its key cannot open a single job (the
+    gateway seals to the old public key), so that is a config error, not a new key."""
+    if config.relay is not None and not paths.key_file.exists():
+        raise ConfigError(f"the key file {paths.key_file} of this pairing is missing; "
+                          "run `lattice-ctl relay connect --replace` to pair again")
+    return load_or_create_keypair(paths)
+
+
+def make_secrets_private(paths: Paths) -> None:
+    """Make the config (it holds the daemon token) and key files 0600 again.
+
+    A copy, a restore or an editor can leave them readable by other users; the daemon
+    tightens them, and says so, rather than keep serving with a readable credential.
+    """
+    for path, private in ((paths.config_dir, 0o700), (paths.config_file, 0o600),
+                          (paths.key_file, 0o600)):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot check the mode of {path}: {exc.strerror}") from None
+        if not mode & 0o077:
+            continue
+        try:
+            path.chmod(private)
+        except OSError as exc:
+            raise ConfigError(f"{path} has mode {mode:04o}, which lets other users read it, "
+                              f"and cannot be made {private:04o}: {exc.strerror}") from None
+        log.warning("%s had mode %04o, which let other users read it; made it %04o",
+                    path, mode, private)
+
+
+def load_startup(paths: Paths) -> tuple[DaemonConfig, KeyPair]:
+    """Config and key for a start or a reload; ConfigError says what is wrong in one line."""
+    make_secrets_private(paths)
+    config = load_config(paths)
+    validate(config)
+    return config, load_keys(paths, config)

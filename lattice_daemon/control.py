@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lattice_protocol import __version__
+from providers.timeouts import within
 
 from .config import ensure_private_dir
-from .timeouts import within
 
 log = logging.getLogger("lattice_daemon.control")
 
@@ -64,7 +64,7 @@ class ControlBackend(Protocol):
     async def shutdown(self) -> dict[str, Any]: ...
 
 
-class ControlError(Exception):
+class ControlRefusal(Exception):
     """A handler's refusal, answered as ``{"error": {message, code}}``."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -182,7 +182,7 @@ async def dispatch(routes: dict[str, tuple[str, Route]], request: Request) -> by
                               f"{request.path} takes {method}, not {request.method[:10]}")
     try:
         return render(200, await handler())
-    except ControlError as exc:
+    except ControlRefusal as exc:
         return error_response(exc.status, exc.code, exc.message)
     except Exception:
         log.exception("control request %s %s failed", request.method, request.path)

@@ -14,36 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
-from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, Sealer, SealError, __version__
-from providers import DEFAULT_URLS, Provider, ProviderHealth, make_provider
+from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, __version__, iso_from_ms
+from providers import (
+    DEFAULT_URLS,
+    Provider,
+    ProviderHealth,
+    default_model_among,
+    make_provider,
+    model_allowed,
+)
 
 from . import exitcodes
-from .backoff import Backoff
-from .clock import iso_utc
-from .config import (
-    ConfigError,
-    DaemonConfig,
-    load_config,
-    load_or_create_keypair,
-)
-from .control import ControlError, ControlServer, SocketInUse, SocketPathUnusable
+from .config import ConfigError, DaemonConfig, check_provider, load_startup
+from .control import ControlRefusal, ControlServer, SocketInUse, SocketPathUnusable
 from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
+from .pairing import Pairing
 from .paths import Paths
-from .relay import RelayApi, RelayClient, RelayState, RelayStatus
-from .runner import JobRunner, default_model_among, model_allowed
+from .relay import RelayState, RelayStatus
 from .transports import provider_transport
 
 log = logging.getLogger("lattice_daemon")
@@ -56,32 +54,10 @@ STARTUP_SETTLE = 3.0  # seconds after start: registered, first health check done
 ProviderFactory = Callable[..., Provider]
 
 
-@dataclass
-class Pairing:
-    """Everything that belongs to one pairing; replaced as a whole on reload."""
-
-    runner: JobRunner
-    relay: RelayClient
-
-    async def close(self, *, deregister: bool,
-                    reason: str = "the runtime was reconfigured") -> None:
-        await self.relay.stop_polling()
-        if self.runner.in_flight:  # tell the apps now rather than let them time out
-            self.runner.abort_all(ErrorCode.RUNTIME_UNREACHABLE, reason)
-            await self.runner.wait_idle(2.0)
-            await self.relay.flush(2.0)
-        await self.runner.aclose()
-        await self.relay.close(deregister=deregister)
-
-
 def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provider,
                    transport: httpx.AsyncBaseTransport | None = None) -> Provider:
     p = config.provider
-    if p.first_token_timeout <= 0 or p.idle_timeout <= 0:
-        raise ConfigError("[provider] first_token_timeout and idle_timeout must be > 0")
-    if p.api_key and p.kind == "ollama":
-        raise ConfigError("[provider] api_key is for OpenAI-compatible servers "
-                          "(kind lmstudio or openai); Ollama takes none")
+    check_provider(p)
     url = p.url or DEFAULT_URLS.get(p.kind)
     if transport is None and url:
         transport = provider_transport(url, config.daemon.max_concurrency)
@@ -91,32 +67,6 @@ def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provide
                        transport=transport, **p.adapter_options())
     except ValueError as exc:
         raise ConfigError(f"[provider] {exc}") from None
-
-
-def validate(config: DaemonConfig) -> None:
-    """Checks load_config cannot make (it only knows shapes); raises ConfigError."""
-    d = config.daemon
-    if isinstance(d.max_concurrency, bool) or not isinstance(d.max_concurrency, int) \
-            or not 1 <= d.max_concurrency <= 1024:
-        raise ConfigError("[daemon] max_concurrency must be an integer from 1 to 1024")
-    if not 0 <= d.drain_seconds < math.inf:
-        raise ConfigError("[daemon] drain_seconds must be a number >= 0")
-    if not 0 < d.backoff_initial_seconds <= d.backoff_max_seconds < math.inf:
-        raise ConfigError("[daemon] backoff_initial_seconds must be > 0 and at most "
-                          "backoff_max_seconds")
-    if config.relay is not None:
-        try:
-            Sealer(KeyPair.generate(), config.relay.gateway_public_key)
-        except SealError:
-            raise ConfigError("[relay] gateway_public_key is not a valid public key; "
-                              "run `lattice-ctl relay connect --replace`") from None
-        try:  # every relay request is built on it: a bad one would be a traceback later
-            relay_host = httpx.URL(config.relay.relay_url).host
-        except httpx.InvalidURL:
-            relay_host = ""
-        if not (config.relay.relay_url.startswith(("http://", "https://")) and relay_host):
-            raise ConfigError("[relay] relay_url must be an https:// or http:// URL; "
-                              "run `lattice-ctl relay connect --replace`")
 
 
 class Daemon:
@@ -180,7 +130,7 @@ class Daemon:
     async def _reload_logged(self) -> None:
         try:
             await self.reload()
-        except ControlError as exc:
+        except ControlRefusal as exc:
             log.error("reload failed: %s", exc.message)
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -225,22 +175,10 @@ class Daemon:
             log.info("not paired: run `lattice-ctl relay connect` to pair this machine")
             return
         self.relay_status = RelayStatus(RelayState.CONNECTING, time.time(),
-                                  gateway=relay_config.gateway)
-        sealer = Sealer(self.keys, relay_config.gateway_public_key)
-        api = RelayApi(relay_config.relay_url, relay_config.daemon_token)
-        relay: RelayClient
-        runner = JobRunner(self.provider, sealer, relay_config.lattice_id,
-                           self.config.provider,
-                           emit=lambda event: relay.emit(event),
-                           max_concurrency=self.config.daemon.max_concurrency,
-                           replay_guard=self._replays,
-                           log_prompts=self.config.daemon.log_prompts)
-        backoff = Backoff(self.config.daemon.backoff_initial_seconds,
-                          self.config.daemon.backoff_max_seconds)
-        relay = RelayClient(api, runner, self.relay_status,
-                            describe_provider=self.describe_provider, backoff=backoff)
-        self.pairing = Pairing(runner, relay)
-        relay.start()
+                                        gateway=relay_config.gateway)
+        self.pairing = Pairing.start(relay_config, self.config, self.keys, self.provider,
+                                     self.relay_status, replay_guard=self._replays,
+                                     describe_provider=self.describe_provider)
         log.info("serving runtime %s (%s) via %s", relay_config.lattice_id,
                  relay_config.display_name, relay_config.gateway)
 
@@ -323,7 +261,7 @@ class Daemon:
         return {
             "daemonVersion": __version__,
             "pid": os.getpid(),
-            "startedAt": iso_utc(self.started_at),
+            "startedAt": iso_from_ms(int(self.started_at * 1000)),
             "uptimeSeconds": round(now - self.started_at, 3),
             "relay": self.relay_status.to_dict(),
             "provider": self.provider_dict(),
@@ -355,7 +293,7 @@ class Daemon:
 
     def _refuse_while_stopping(self) -> None:
         if self._stop.is_set():
-            raise ControlError(503, "stopping", "the daemon is stopping")
+            raise ControlRefusal(503, "stopping", "the daemon is stopping")
 
     async def reload(self) -> dict[str, Any]:
         self._refuse_while_stopping()
@@ -368,7 +306,7 @@ class Daemon:
                     provider = build_provider(config, self._provider_factory)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
-                raise ControlError(400, "config_error", str(exc)) from None
+                raise ControlRefusal(400, "config_error", str(exc)) from None
             same = (config == self.config and keys.private_text() == self.keys.private_text())
             healthy = self.pairing is not None or config.relay is None
             if same and healthy and self.relay_status.state != RelayState.REPAIR_REQUIRED:
@@ -425,53 +363,11 @@ def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
               exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
 
 
-def load_keys(paths: Paths, config: DaemonConfig) -> KeyPair:
-    """The daemon's keypair. A pairing without its key cannot open a single job (the
-    gateway seals to the old public key), so that is a config error, not a new key."""
-    if config.relay is not None and not paths.key_file.exists():
-        raise ConfigError(f"the key file {paths.key_file} of this pairing is missing; "
-                          "run `lattice-ctl relay connect --replace` to pair again")
-    return load_or_create_keypair(paths)
-
-
-def make_secrets_private(paths: Paths) -> None:
-    """Make the config (it holds the daemon token) and key files 0600 again.
-
-    A copy, a restore or an editor can leave them readable by other users; the daemon
-    tightens them, and says so, rather than keep serving with a readable credential.
-    """
-    for path, private in ((paths.config_dir, 0o700), (paths.config_file, 0o600),
-                          (paths.key_file, 0o600)):
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise ConfigError(f"cannot check the mode of {path}: {exc.strerror}") from None
-        if not mode & 0o077:
-            continue
-        try:
-            path.chmod(private)
-        except OSError as exc:
-            raise ConfigError(f"{path} has mode {mode:04o}, which lets other users read it, "
-                              f"and cannot be made {private:04o}: {exc.strerror}") from None
-        log.warning("%s had mode %04o, which let other users read it; made it %04o",
-                    path, mode, private)
-
-
 def _fatal(message: str) -> None:
     """Why the daemon cannot run: in its log, and on stderr for whoever started it
     (`lattice-ctl daemon start` shows daemon.stderr.log; systemd keeps it in the journal)."""
     log.error("%s", message)
     print(f"lattice-daemon: {message}", file=sys.stderr)
-
-
-def load_startup(paths: Paths) -> tuple[DaemonConfig, KeyPair]:
-    """Config and key for a start or a reload; ConfigError says what is wrong in one line."""
-    make_secrets_private(paths)
-    config = load_config(paths)
-    validate(config)
-    return config, load_keys(paths, config)
 
 
 def run_daemon(paths: Paths, *, provider_factory: ProviderFactory = make_provider) -> int:

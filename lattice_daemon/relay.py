@@ -2,9 +2,10 @@
 
 Two layers:
 
-* ``RelayApi``: the five requests, one ``httpx.AsyncClient`` (HTTP/1.1 keep-alive,
-  ``trust_env=True`` so HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE apply, a hard timeout on
-  every call), and the mapping of answers to ``RelayError`` kinds;
+* ``RelayApi``: the five requests, one ``httpx.AsyncClient`` on httpx's own transport
+  (HTTP/1.1 keep-alive; ``trust_env=True`` so HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE
+  apply; a pooled connection the gateway closed is noticed before reuse; a hard timeout
+  on every call), and the mapping of answers to ``RelayError`` kinds;
 * ``RelayClient``: the loops. One poll is outstanding whenever the runner has a free
   slot, so a queued job is picked up within milliseconds; a sender posts the events the
   runner produced, batching only what piled up while the previous post was in flight.
@@ -31,12 +32,12 @@ from lattice_protocol import (
     ProtocolError,
     SealedEvent,
     __version__,
+    iso_from_ms,
 )
 
 from .backoff import Backoff, parse_retry_after
-from .clock import iso_utc
+from .config import relay_base_url
 from .runner import JobRunner
-from .transports import relay_transport
 
 log = logging.getLogger("lattice_daemon.relay")
 
@@ -46,6 +47,7 @@ DEFAULT_POLL_WINDOW = 25.0
 MAX_POLL_WINDOW = 50.0  # docs/protocol.md: the announced window is bounded 1..50 s
 SPACE_FOR_EVENTS = 256  # at most this many events in one post
 EVENTS_GIVE_UP = 30.0  # seconds of failed event posts after which results are dropped
+EVENTS_RETRY_INITIAL, EVENTS_RETRY_MAX = 0.2, 5.0  # backoff between failed event posts
 PROVIDER_CHECK_SECONDS = 30.0  # how often the registered models are compared with the provider's
 
 
@@ -76,9 +78,10 @@ class RelayStatus:
     def to_dict(self) -> dict[str, Any]:
         return {
             "state": self.state.value,
-            "since": iso_utc(self.since),
+            "since": iso_from_ms(int(self.since * 1000)),
             "gateway": self.gateway,
-            "lastPollAt": iso_utc(self.last_poll_at),
+            "lastPollAt": (None if self.last_poll_at is None
+                           else iso_from_ms(int(self.last_poll_at * 1000))),
             "lastError": self.last_error,
         }
 
@@ -149,7 +152,7 @@ class RelayApi:
                               keepalive_expiry=60.0)
         self._client = httpx.AsyncClient(
             trust_env=True,  # HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE
-            transport=transport or relay_transport(self.base_url),
+            transport=transport,  # None: httpx's own, which honours the proxy variables
             headers={"authorization": f"Bearer {daemon_token}",
                      "user-agent": f"lattice-daemon/{__version__}"},
             timeout=httpx.Timeout(CALL_TIMEOUT),
@@ -224,12 +227,6 @@ class RelayApi:
                          timeout=httpx.Timeout(timeout))
 
 
-def relay_base_url(relay_url: str) -> str:
-    """``.../v1/relay`` whether the pairing stored the relay base or the gateway URL."""
-    url = relay_url.rstrip("/")
-    return url if url.endswith("/v1/relay") else url + "/v1/relay"
-
-
 def _parse_list(value: Any, parse: Callable[[Any], Any], what: str) -> list[Any]:
     items = []
     for raw in value if isinstance(value, list) else []:
@@ -260,8 +257,41 @@ async def _stop(task: asyncio.Task[Any] | None) -> None:
         _retrieve(task)
 
 
+class Outbox:
+    """Sealed events on their way to the gateway: the runner puts them, the relay client
+    takes them a post's worth at a time. One per pairing, which builds both ends with it."""
+
+    def __init__(self) -> None:
+        self._events: list[SealedEvent] = []
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def put(self, event: SealedEvent) -> None:
+        self._events.append(event)
+        self._ready.set()
+
+    async def take(self) -> list[SealedEvent]:
+        """The next batch for one post; waits until there is one."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            taken = _batch_length(self._events)
+            batch, self._events = self._events[:taken], self._events[taken:]
+            if self._events:
+                self._ready.set()
+            if batch:
+                return batch
+
+    def drop_all(self) -> int:
+        dropped = len(self._events)
+        self._events.clear()
+        return dropped
+
+
 class RelayClient:
-    """Keeps a session, polls for jobs, sends events; one instance per pairing."""
+    """Keeps a session, polls for jobs, posts the outbox's events; one per pairing."""
 
     def __init__(
         self,
@@ -269,6 +299,7 @@ class RelayClient:
         runner: JobRunner,
         status: RelayStatus,
         *,
+        outbox: Outbox,
         describe_provider: Callable[[], Awaitable[dict[str, Any]]],
         backoff: Backoff | None = None,
     ) -> None:
@@ -278,8 +309,7 @@ class RelayClient:
         self.session: Session | None = None
         self._describe_provider = describe_provider
         self._backoff = backoff or Backoff()
-        self._outbox: list[SealedEvent] = []
-        self._outbox_ready = asyncio.Event()
+        self.outbox = outbox
         self._heartbeat: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._send_task: asyncio.Task[None] | None = None
@@ -308,9 +338,9 @@ class RelayClient:
     async def flush(self, timeout: float) -> bool:
         """Wait until every produced event was posted (or dropped); False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._outbox or self._sending:
+        while self.outbox or self._sending:
             if self._send_task is None or self._send_task.done():
-                return not self._outbox
+                return not self.outbox
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.005)
@@ -328,13 +358,6 @@ class RelayClient:
             except RelayError as exc:
                 log.warning("could not deregister the relay session: %s", exc.message)
         await self.api.aclose()
-
-    # -- events -------------------------------------------------------------------------
-
-    def emit(self, event: SealedEvent) -> None:
-        """The runner's sink: queue an event for the next post."""
-        self._outbox.append(event)
-        self._outbox_ready.set()
 
     # -- loops --------------------------------------------------------------------------
 
@@ -452,14 +475,7 @@ class RelayClient:
 
     async def _send_loop(self) -> None:
         while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            taken = _batch_length(self._outbox)
-            batch, self._outbox = self._outbox[:taken], self._outbox[taken:]
-            if self._outbox:
-                self._outbox_ready.set()
-            if not batch:
-                continue
+            batch = await self.outbox.take()
             self._sending = True
             try:
                 await self._post(batch)
@@ -469,7 +485,7 @@ class RelayClient:
                 self._sending = False
 
     async def _post(self, batch: list[SealedEvent]) -> None:
-        failures = 0
+        backoff = Backoff(EVENTS_RETRY_INITIAL, EVENTS_RETRY_MAX)
         first_failure = 0.0
         while True:
             session = self.session
@@ -488,7 +504,6 @@ class RelayClient:
                     self._lose_session(exc)
                 return
             except RelayError as exc:
-                failures += 1
                 self._failed(exc)
                 now = time.monotonic()
                 first_failure = first_failure or now
@@ -497,11 +512,9 @@ class RelayClient:
                     dropped = self.runner.cancel_all("results undeliverable")
                     log.warning("gave up delivering results after %g s: dropped %d events "
                                 "and %d running jobs", EVENTS_GIVE_UP,
-                                len(batch) + len(self._outbox), dropped)
-                    self._outbox.clear()
+                                len(batch) + self.outbox.drop_all(), dropped)
                     return
-                delay = (min(5.0, 0.1 * 2 ** failures) if exc.retry_after is None
-                         else exc.retry_after)
+                delay = backoff.next_delay(exc.retry_after)
                 # Never past the give-up point (a proxy's "Retry-After: 3600" would hold
                 # every result for an hour while the leases run out).
                 await asyncio.sleep(max(0.0, min(delay, first_failure + EVENTS_GIVE_UP - now)))

@@ -36,10 +36,10 @@ from lattice_protocol import (
     Sealer,
     SealError,
 )
-from providers import Provider, ProviderError
+from providers import Provider, ProviderError, default_model_among, model_allowed
+from providers.timeouts import within
 
 from .config import ProviderConfig
-from .timeouts import within
 
 T = TypeVar("T")
 
@@ -99,25 +99,6 @@ class _Job:
 
     def error(self, code: ErrorCode | str, message: str) -> None:
         self.send("error", code=ErrorCode(code).value, message=message)
-
-
-def same_model(a: str, b: str) -> bool:
-    """Ollama treats a name without a tag as ``:latest``: "llama3.2" is "llama3.2:latest"."""
-    return a.removesuffix(":latest") == b.removesuffix(":latest")
-
-
-def model_allowed(model: str, allowed: list[str]) -> bool:
-    return not allowed or any(same_model(model, a) for a in allowed)
-
-
-def default_model_among(models: list[str], allowed: list[str]) -> str | None:
-    """The model for requests that name none, when the config names no default either:
-    the provider's first allowed chat model. Embedding models (``nomic-embed-text``,
-    LM Studio's ``text-embedding-...``) are listed beside chat models and often first
-    (most recently pulled), but cannot answer a chat request."""
-    candidates = [m for m in models if model_allowed(m, allowed)]
-    chat_models = [m for m in candidates if "embed" not in m.lower()]
-    return next(iter(chat_models or candidates), None)
 
 
 def _progress_interval(idle_timeout: float) -> float:
@@ -338,7 +319,7 @@ class JobRunner:
             self.counters.failed += 1
             code = _code_for(exc)
             log.warning("job %s failed (%s): %s", spec.job_id, code.value, exc.message)
-            job.error(code, exc.message)
+            job.error(code, _message_for_the_app(exc))
         except Exception as exc:  # a bug here must fail one job, never the daemon
             self.counters.failed += 1
             log.exception("job %s failed inside the daemon", spec.job_id)
@@ -397,6 +378,15 @@ class JobRunner:
             self._models = await self.provider.models()
             self._models_at = now
         return self._models
+
+
+def _message_for_the_app(exc: ProviderError) -> str:
+    """The error as the app reads it. A model server that is not running is the runtime
+    owner's to fix: how to start it is advice for them (the log, `lattice-ctl status`,
+    `doctor`), not for the app, which learns only that the runtime cannot serve now."""
+    if exc.reason == "unreachable":
+        return "the runtime's local model server is not running"
+    return exc.message
 
 
 def _code_for(exc: ProviderError) -> ErrorCode:

@@ -8,16 +8,18 @@ Two measured problems, two small fixes (benchmarks/README.md has the numbers):
 * httpx's stack (httpcore's pool, anyio, h11) is most of the daemon's CPU per job, and
   httpcore's pool collapses with many concurrent connections: one pool serving 32
   concurrent requests to the instant test server manages ~380 req/s at ~50 ms p50,
-  while 8 pools of 4 manage several times that. Local (plain-http) providers and the
-  relay (unless a proxy is configured) use ``fasthttp.FastHTTPTransport``; https
-  providers get ``ShardedTransport``, which spreads requests over a few httpcore
-  pools, always onto the least busy one.
+  while 8 pools of 4 manage several times that. Local (plain-http) providers use
+  ``fasthttp.FastHTTPTransport``; https providers get ``ShardedTransport``, which
+  spreads requests over a few httpcore pools, always onto the least busy one.
+
+The relay is not here: its traffic crosses the Internet to a gateway the design does
+not trust, so it goes through httpx's own transport (relay.py), proxies and
+SSL_CERT_FILE honoured by httpx itself.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import ssl
 from collections.abc import AsyncIterator
 
@@ -31,40 +33,6 @@ CONNECTIONS_PER_SHARD = 4
 
 def _unused_tls_context() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
-
-
-_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
-
-
-def proxy_configured() -> bool:
-    return any(os.environ.get(name) or os.environ.get(name.lower())
-               for name in _PROXY_VARIABLES)
-
-
-def ca_context() -> ssl.SSLContext:
-    """Verifying TLS context: SSL_CERT_FILE / SSL_CERT_DIR if set, else certifi's bundle
-    (what httpx itself does with ``trust_env``)."""
-    cafile = os.environ.get("SSL_CERT_FILE") or None
-    capath = os.environ.get("SSL_CERT_DIR") or None
-    if cafile is None and capath is None:
-        import certifi
-
-        cafile = certifi.where()
-    return ssl.create_default_context(cafile=cafile, capath=capath)
-
-
-def relay_transport(url: str) -> httpx.AsyncBaseTransport | None:
-    """The relay client's transport: ``FastHTTPTransport`` when no proxy is configured
-    (TLS verified against ``ca_context``), else None: httpx's own transport, which
-    honours HTTPS_PROXY / NO_PROXY (httpx ignores them when given a transport)."""
-    if proxy_configured():
-        return None
-    lowered = url.lower()
-    if lowered.startswith("https://"):
-        return FastHTTPTransport(max_idle_per_host=4, ssl_context=ca_context())
-    if lowered.startswith("http://"):
-        return FastHTTPTransport(max_idle_per_host=4)
-    return None
 
 
 class _CountedStream(httpx.AsyncByteStream):
@@ -130,8 +98,5 @@ def provider_transport(url: str, max_concurrency: int) -> httpx.AsyncBaseTranspo
     if url.lower().startswith("http://"):
         return FastHTTPTransport(max_idle_per_host=max(8, max_concurrency))
     shards = min(MAX_SHARDS, max(1, math.ceil(max_concurrency / CONNECTIONS_PER_SHARD)))
-    verify = ssl.create_default_context()
-    import certifi  # httpx's own CA bundle, as its default transport would use
-
-    verify.load_verify_locations(certifi.where())
-    return ShardedTransport(shards, verify=verify)
+    # httpx's own CA set-up (SSL_CERT_FILE / SSL_CERT_DIR, else certifi), built once.
+    return ShardedTransport(shards, verify=httpx.create_ssl_context())

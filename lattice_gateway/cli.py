@@ -75,15 +75,24 @@ def main() -> None:
               help="Log one line per request (never headers or bodies).")
 @click.option("--shutdown-timeout", default=5.0, show_default=True, type=float,
               help="Seconds to let open requests (held polls) finish on SIGTERM/SIGINT.")
+@click.option("--fd", type=int, default=None,
+              help="Serve on this inherited, already bound TCP socket (socket activation, "
+                   "a test harness) instead of binding --host/--port.")
 def serve(host: str, port: int, database: str | None, public_url: str | None,
           redis_url: str | None, log_level: str, access_log: bool,
-          shutdown_timeout: float) -> None:
+          shutdown_timeout: float, fd: int | None) -> None:
     """Run the gateway (uvicorn; uvloop and httptools when installed)."""
     import uvicorn
 
     from .app import create_app
     from .store import resolve_database
 
+    sockets = None
+    if fd is not None:
+        import socket
+
+        sockets = [socket.socket(fileno=fd)]
+        host, port = sockets[0].getsockname()[:2]
     if public_url is None and "LATTICE_GATEWAY_PUBLIC_URL" not in os.environ:
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         public_url = f"http://{shown_host}:{port}"
@@ -108,7 +117,7 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
     # the shutdown timeout), then run the lifespan shutdown (close broker and store).
     server = _graceful_server_class()(config, app)
-    server.run()
+    server.run(sockets)
     if not server.started:
         sys.exit(1)
 

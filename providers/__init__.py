@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from providers.base import Provider, ProviderError, ProviderHealth
+from providers.model_names import default_model_among, model_allowed, same_model
 from providers.ollama import OllamaProvider
 from providers.openai_compat import LMStudioProvider, OpenAICompatProvider
 
@@ -25,8 +26,11 @@ __all__ = [
     "ProviderHealth",
     "adetect_providers",
     "check_url",
+    "default_model_among",
     "detect_providers",
     "make_provider",
+    "model_allowed",
+    "same_model",
 ]
 
 _REGISTRY: dict[str, Callable[..., Provider]] = {

@@ -10,37 +10,19 @@ generation that keeps producing is therefore never cut off, however long it runs
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from providers import _json
 from providers.base import ProviderError, ProviderErrorReason
 from providers.chunks import aggregate, wants_usage
-
-T = TypeVar("T")
+from providers.timeouts import within
 
 _MAX_ERROR_TEXT = 500
-
-if sys.version_info >= (3, 11):
-
-    async def within(awaitable: Awaitable[T], seconds: float) -> T:
-        """Await with a deadline; raises TimeoutError. No extra task (cheap per chunk)."""
-        async with asyncio.timeout(seconds):
-            return await awaitable
-
-else:  # pragma: no cover - Python 3.10
-
-    async def within(awaitable: Awaitable[T], seconds: float) -> T:
-        try:
-            return await asyncio.wait_for(awaitable, seconds)
-        except asyncio.TimeoutError:  # not yet the builtin TimeoutError on 3.10
-            raise TimeoutError from None
-
 
 def reason_for_status(status: int) -> ProviderErrorReason:
     if status == 404:
@@ -186,7 +168,7 @@ class HttpProvider:
         try:
             response = await within(
                 self._client.request(method, path, content=body, headers=headers), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise self.error("timeout", timeout_text) from None
         except httpx.TransportError as exc:
             raise self._transport_error(exc, started=False) from None
@@ -214,7 +196,7 @@ class HttpProvider:
         try:
             response = await within(self._client.send(request, stream=True),
                                     self.first_token_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise self._timeout_error(first=True) from None
         except httpx.TransportError as exc:
             raise self._transport_error(exc, started=False) from None
@@ -231,7 +213,7 @@ class HttpProvider:
         remaining = max(0.1, self.first_token_timeout - (time.monotonic() - started_at))
         try:
             body = await within(response.aread(), remaining)
-        except (TimeoutError, httpx.TransportError):
+        except (asyncio.TimeoutError, httpx.TransportError):
             body = b""
         status = response.status_code
         return self.error(reason_for_status(status), error_text_from_body(body), status)
@@ -247,7 +229,7 @@ class HttpProvider:
                 data = await within(chunks.__anext__(), timeout)
             except StopAsyncIteration:
                 break
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 raise self._timeout_error(first) from None
             except httpx.TransportError as exc:
                 raise self._transport_error(exc, started=True) from None

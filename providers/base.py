@@ -29,10 +29,11 @@ _RETRYABLE_REASONS = frozenset({"busy", "unreachable", "timeout", "stream_error"
 class ProviderError(Exception):
     """A local provider failed. ``message`` names the provider and carries its own words.
 
-    The daemon maps every ProviderError to the contract code ``provider_error``. Requests
-    that cannot be expressed for the provider (``n > 1``, http(s) image URLs, malformed
-    tool-call arguments) are raised *before* anything is sent, with reason ``unsupported``
-    or ``bad_request`` and ``status`` None.
+    Requests that cannot be expressed for the provider (``n > 1``, http(s) image URLs,
+    malformed tool-call arguments) are raised *before* anything is sent, with reason
+    ``unsupported`` or ``bad_request`` and ``status`` None. The daemon answers those with
+    the contract code ``invalid_request``, a ``timeout`` with ``runtime_timeout``, and
+    every other ProviderError with ``provider_error``.
     """
 
     def __init__(self, reason: ProviderErrorReason, message: str, status: int | None = None):

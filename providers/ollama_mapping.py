@@ -3,7 +3,8 @@
 Pure functions, no I/O. Requests that Ollama cannot honour raise ProviderError *before*
 anything is sent: ``n > 1`` and http(s) image URLs with reason ``unsupported``,
 malformed tool-call arguments or image data URLs with reason ``bad_request``. The daemon
-maps every ProviderError to ``provider_error``; the message says what to change.
+answers both with ``invalid_request`` (nothing reached Ollama); the message says what to
+change.
 """
 
 from __future__ import annotations

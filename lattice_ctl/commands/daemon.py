@@ -17,7 +17,7 @@ import click
 from lattice_ctl import output
 from lattice_ctl.control_client import Answer, ControlClient, ControlError, DaemonNotRunning
 from lattice_ctl.daemon_link import client_for, format_duration, relay_state_line, try_ask
-from lattice_daemon import exitcodes
+from lattice_daemon.shared import exitcodes
 
 _POLL_INTERVAL = 0.02
 
@@ -40,8 +40,7 @@ def daemon_command() -> list[str]:
 
 def _stderr_file() -> Path:
     """Where a detached daemon's stderr goes: startup crashes land here, not in the void."""
-    from lattice_daemon.config import ensure_private_dir
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ensure_private_dir, get_paths
 
     log_dir = get_paths().log_dir
     ensure_private_dir(log_dir)
@@ -64,7 +63,7 @@ def lock_holder() -> int | None:
     """
     import fcntl
 
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import get_paths
 
     try:
         fd = os.open(get_paths().lock_file, os.O_RDONLY)
@@ -298,7 +297,7 @@ def status_cmd() -> None:
               help="How many lines to show (0: none, e.g. with -f for new lines only).")
 def logs(follow: bool, lines: int) -> None:
     """Print the daemon's log file (-f follows it)."""
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import get_paths
 
     log_file = get_paths().log_file
     if not log_file.exists() and not follow:

@@ -26,8 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from lattice_ctl import output
-from lattice_daemon.config import ConfigError, DaemonConfig, load_config
-from lattice_daemon.paths import Paths, get_paths
+from lattice_daemon.shared import ConfigError, DaemonConfig, Paths, get_paths, load_config
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 MAX_CLOCK_SKEW_SECONDS = 60.0  # job deadlines are absolute times: beyond this they misfire
@@ -224,9 +223,9 @@ def proxy_for(url: str) -> tuple[str, str] | None:
     if urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
             parts.hostname or ""):
         return None
-    names = (["HTTPS_PROXY", "https_proxy"] if parts.scheme == "https"
-             else ["HTTP_PROXY", "http_proxy"]) + ["ALL_PROXY", "all_proxy"]
-    for name in names:
+    from lattice_ctl.pairing import proxy_variables
+
+    for name in proxy_variables(parts.scheme):
         value = os.environ.get(name)
         if value:
             return name, _redacted(value)
@@ -247,7 +246,12 @@ def probe_gateway(gateway: str, timeout: float) -> tuple[GatewayProbe, str]:
     except httpx.TimeoutException:
         return GatewayProbe(False), f"no answer within {timeout:g} s"
     except httpx.HTTPError as exc:
+        from lattice_ctl.pairing import scheme_mismatch
+
         text = str(exc) or type(exc).__name__
+        mismatch = scheme_mismatch(gateway, exc)
+        if mismatch:
+            return GatewayProbe(False), mismatch
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return GatewayProbe(False), f"TLS certificate not trusted: {text}"
         return GatewayProbe(False), text
@@ -273,9 +277,12 @@ def check_gateway(config: DaemonConfig | None, timeout: float
         elif "TLS" in outcome:
             fix = ("if a proxy or security tool inspects TLS here, point SSL_CERT_FILE at "
                    "its CA bundle (and pass it to the service: lattice-ctl service install)")
+        elif "not plain HTTP" in outcome or "not HTTPS" in outcome:
+            fix = "pair again with the gateway URL the app shows (lattice-ctl relay connect)"
         else:
+            over = " over HTTPS" if gateway.startswith("https://") else ""
             fix = (f"check this machine's network, DNS and firewall; {gateway} must be "
-                   "reachable over HTTPS (outbound only)")
+                   f"reachable{over} (outbound only)")
         return Check("gateway", "Gateway", FAIL,
                      f"{gateway} is not reachable{via}: {outcome}", fix), probe
     if probe.status_code != 200:
@@ -374,7 +381,7 @@ def _where(kind: str, url: str, detail: str) -> str:
 
 
 def check_model(config: DaemonConfig | None, models: list[str] | None) -> Check:
-    from lattice_daemon.runner import default_model_among, same_model
+    from providers import default_model_among, same_model
 
     if config is None or models is None:
         return Check("model", "Default model", SKIP, "the provider did not answer")

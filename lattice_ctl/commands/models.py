@@ -13,7 +13,7 @@ from lattice_ctl.daemon_link import client_for, try_ask
 
 
 def _models_dir() -> Path:
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import get_paths
 
     return get_paths().models_dir
 
@@ -36,7 +36,7 @@ def _provider_models() -> tuple[dict[str, Any], str | None]:
                     "models": list(provider.get("models") or []),
                     "defaultModel": provider.get("defaultModel"), "via": "daemon"}, None
     from lattice_ctl.commands.providers import configured_provider
-    from lattice_daemon.config import ProviderConfig
+    from lattice_daemon.shared import ProviderConfig
     from providers import DEFAULT_URLS, detect_providers
 
     configured = configured_provider() or ProviderConfig()

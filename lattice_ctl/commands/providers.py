@@ -15,8 +15,7 @@ def configured_provider(*, required: bool = True) -> Any | None:
     An unusable config fails the command when ``required``, else it is a warning (the
     usual ports can be probed without it: that helps most when the config is broken).
     """
-    from lattice_daemon.config import ConfigError, load_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config
 
     paths = get_paths()
     if not paths.config_file.exists():

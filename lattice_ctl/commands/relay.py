@@ -43,7 +43,7 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
     """
     from dataclasses import replace
 
-    from lattice_daemon.config import ProviderConfig
+    from lattice_daemon.shared import ProviderConfig
 
     base = existing if existing is not None else ProviderConfig()
     if kind or url:
@@ -76,10 +76,15 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
     if found:
         output.fail(f"found {names}; choose one with --provider ollama|lmstudio",
                     exit_code=2)
-    output.fail("no local model server found (Ollama on "
+    # Pair anyway: the runtime is usable as soon as a model server runs (the daemon
+    # registers its models when they appear), and the token is not spent for nothing.
+    output.warn("no local model server found (Ollama on "
                 f"{DEFAULT_URLS['ollama']}, LM Studio on {DEFAULT_URLS['lmstudio']}). "
-                "Start one (`ollama serve`, or LM Studio's server) or name it with "
-                "--provider ollama|lmstudio|openai --provider-url URL", exit_code=2)
+                "Pairing with Ollama at its usual address: start it with `ollama serve` "
+                "(or open the Ollama app) and this machine serves requests as soon as it "
+                "answers. Another server: pair with --replace --provider "
+                "lmstudio|openai --provider-url URL")
+    return replace(base, kind="ollama", url=None, default_model=model)
 
 
 def _kind_at(url: str) -> str:
@@ -99,8 +104,7 @@ def _kind_at(url: str) -> str:
 
 def _warn_about_provider(provider: Any) -> None:
     """Pairing does not need the provider up, but say so now rather than at the first job."""
-    from lattice_daemon.runner import same_model
-    from providers import DEFAULT_URLS, detect_providers
+    from providers import DEFAULT_URLS, detect_providers, same_model
 
     url = provider.url or DEFAULT_URLS.get(provider.kind)
     if not url:
@@ -113,6 +117,25 @@ def _warn_about_provider(provider: Any) -> None:
             same_model(provider.default_model, m) for m in health.models):
         output.warn(f"{provider.kind} at {url} has no model {provider.default_model!r} "
                     f"(it has: {', '.join(health.models)})")
+
+
+def _confirm_replacing(existing: Any) -> None:
+    """A pairing the gateway refuses is replaced without asking; a healthy one only when
+    the person at the terminal says so (without a terminal: fail, naming --replace)."""
+    from lattice_ctl.pairing import pairing_rejected
+
+    paired = (f"this machine is already paired with runtime {existing.lattice_id} "
+              f"({existing.display_name}) at {existing.gateway}")
+    with output.spinner("Checking the existing pairing..."):
+        rejected = pairing_rejected(existing)
+    if rejected:
+        output.info(f"Replacing the pairing with runtime {existing.lattice_id}: {rejected}.")
+        return
+    if sys.stdin.isatty() and click.confirm(f"{paired[0].upper()}{paired[1:]}. Replace it?",
+                                            default=False, err=True):
+        return
+    output.fail(f"{paired}; add --replace to replace that pairing",
+                data={"code": "already_paired"})
 
 
 def _wait_connected(client: ControlClient, timeout: float) -> dict[str, Any]:
@@ -154,14 +177,15 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
             wait_seconds: float) -> None:
     """Pair this machine with a gateway using a one-time bootstrap token."""
     from lattice_ctl.pairing import PairingError, check_token_shape, normalize_gateway, redeem
-    from lattice_daemon.config import (
+    from lattice_daemon.shared import (
         ConfigError,
         DaemonConfig,
+        check_provider,
+        get_paths,
         load_config,
         save_config,
         save_keypair,
     )
-    from lattice_daemon.paths import get_paths
     from lattice_protocol import KeyPair
 
     paths = get_paths()
@@ -185,19 +209,18 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
             output.fail(f"{exc}; fix it or pass --replace to start over")
         config = DaemonConfig()
     if config.relay is not None and not replace:
-        output.fail(f"this machine is already paired with runtime {config.relay.lattice_id} "
-                    f"({config.relay.display_name}) at {config.relay.gateway}; add --replace "
-                    "to replace that pairing", data={"code": "already_paired"})
+        _confirm_replacing(config.relay)
     existing_provider = config.provider if paths.config_file.exists() else None
     config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
     api_key = os.environ.get("LATTICE_PROVIDER_API_KEY")
     if api_key:  # from the environment only: never in argv (ps) or shell history
-        if config.provider.kind == "ollama":
-            output.fail("LATTICE_PROVIDER_API_KEY is for OpenAI-compatible servers "
-                        "(--provider lmstudio or openai); Ollama takes none", exit_code=2)
         from dataclasses import replace as replaced
 
         config.provider = replaced(config.provider, api_key=api_key.strip())
+        try:
+            check_provider(config.provider)
+        except ConfigError as exc:
+            output.fail(f"LATTICE_PROVIDER_API_KEY: {exc}", exit_code=2)
     _warn_about_provider(config.provider)
     # A new key for every pairing: a key that served a revoked or replaced pairing (or
     # leaked with a backup) cannot open the new pairing's jobs. It is saved only once the
@@ -259,8 +282,7 @@ def _relay_status_text(data: dict[str, Any]) -> str:
 @relay.command(name="status")
 def status_cmd() -> None:
     """The pairing (from the config) and the live relay state (from the daemon)."""
-    from lattice_daemon.config import ConfigError, load_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config
 
     try:
         config = load_config(get_paths())
@@ -280,8 +302,7 @@ def status_cmd() -> None:
 @relay.command()
 def disconnect() -> None:
     """Deregister from the gateway and forget the pairing (works with the daemon down)."""
-    from lattice_daemon.config import ConfigError, load_config, save_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config, save_config
 
     paths = get_paths()
     try:

@@ -5,6 +5,7 @@ Both are on the fast path (ping <= 150 ms): no httpx, no provider imports here.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -81,10 +82,38 @@ def _status_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# `lattice-ctl status` exit codes (docs/operations.md), as `systemctl is-active` does:
+# 0 only when this machine can serve its runtime now.
+STATUS_EXIT_CODES = {
+    "serving": 0,
+    "not_running": 3,
+    "not_paired": 4,
+    "connecting": 5,
+    "reconnecting": 5,
+    "repair_required": 6,
+    "model_server_down": 7,
+}
+
+
+def _exit_code(data: dict[str, Any]) -> int:
+    if data.get("state") == "connected":
+        serving = (data.get("provider") or {}).get("ok") is True
+        return STATUS_EXIT_CODES["serving" if serving else "model_server_down"]
+    return STATUS_EXIT_CODES.get(str(data.get("state")), 1)
+
+
+def _online_state_line(relay: dict[str, Any], provider: dict[str, Any]) -> str:
+    """The relay and the model server side by side when the relay is up but the model
+    server is not: "Connected" alone would say the runtime can serve."""
+    line = relay_state_line(relay)
+    if relay.get("state") == "connected" and provider.get("ok") is False:
+        return f"Relay: {line}; model server: not answering"
+    return line
+
+
 def _offline_status() -> dict[str, Any]:
     """What the config says, for when the daemon is not running."""
-    from lattice_daemon.config import ConfigError, load_config
-    from lattice_daemon.paths import get_paths
+    from lattice_daemon.shared import ConfigError, get_paths, load_config
 
     paths = get_paths()
     try:
@@ -115,15 +144,22 @@ def _offline_status() -> dict[str, Any]:
 
 @click.command()
 def status() -> None:
-    """One state line (Not paired / Connected / Reconnecting / Re-pair required), details."""
+    """One state line (Not paired / Connected / Reconnecting / Re-pair required), details.
+
+    Exit 0 only when connected and the model server answers; 3 daemon not running, 4
+    not paired, 5 connecting or reconnecting, 6 re-pair required, 7 model server down.
+    """
     answer = try_ask(client_for().status)
     if answer is None:
-        output.emit(_offline_status(), _status_text)
-        return
-    data = dict(answer.body)
-    relay = data.get("relay") or {}
-    data["running"] = True
-    data["state"] = relay.get("state")
-    data["stateLine"] = relay_state_line(relay)
-    data["gateway"] = relay.get("gateway")
+        data = _offline_status()
+    else:
+        data = dict(answer.body)
+        relay = data.get("relay") or {}
+        data["running"] = True
+        data["state"] = relay.get("state")
+        data["stateLine"] = _online_state_line(relay, data.get("provider") or {})
+        data["gateway"] = relay.get("gateway")
+    code = _exit_code(data)
+    data["serving"] = code == 0
     output.emit(data, _status_text)
+    sys.exit(code)

@@ -14,17 +14,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from lattice_ctl.pairing import PROXY_VARIABLES
+
 NO_MANAGER_HINT = "run `lattice-ctl daemon start` instead"
 SERVICE_CALL_TIMEOUT = 60.0  # a stop waits for the daemon's drain (~30 s) plus margin
 
 # Variables the service passes on to the daemon when they are set at install time: a
 # user service does not inherit the login shell's environment, and the daemon honours
 # these for the relay (SPEC §4).
-PASSED_ENVIRONMENT = ("LATTICE_HOME", "LATTICE_SOCKET", "HTTPS_PROXY", "https_proxy",
-                      "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+PASSED_ENVIRONMENT = ("LATTICE_HOME", "LATTICE_SOCKET", *PROXY_VARIABLES, "NO_PROXY",
                       "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")
-_PROXY_VARIABLES = {"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                    "all_proxy"}
 
 
 class ServiceError(Exception):
@@ -117,7 +116,7 @@ def service_environment() -> tuple[dict[str, str], list[str]]:
         if "\n" in value or "\r" in value or "\0" in value:
             warnings.append(f"{name} contains a line break; not passed to the service")
             continue
-        if name in _PROXY_VARIABLES and _has_credentials(value):
+        if name in PROXY_VARIABLES and _has_credentials(value):
             warnings.append(f"{name} holds credentials, which must not be written into the "
                             "service file; it was left out (see docs/operations.md)")
             continue

@@ -7,7 +7,7 @@ import plistlib
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from lattice_daemon.paths import get_paths
+from lattice_daemon.shared import get_paths
 
 from .base import (
     NO_MANAGER_HINT,

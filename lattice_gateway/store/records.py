@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Literal
+
+from lattice_protocol import iso_from_ms as iso_from_ms  # the public API's time format
 
 from ..services import Runtime
 
 CredentialKind = Literal["api_key", "access_token"]
-
-
-def iso_from_ms(ms: int) -> str:
-    """ISO-8601 UTC with milliseconds and ``Z`` (e.g. ``2026-01-02T03:04:05.678Z``)."""
-    seconds, millis = divmod(int(ms), 1000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{millis:03d}Z"
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def test_ping_subprocess_not_running_exit_code_and_stderr(lattice_home: Path) ->
 
 def test_status_works_without_daemon_from_config(run_ctl: RunCtl) -> None:
     result = run_ctl("status")
-    assert result.exit_code == 0
+    assert result.exit_code == 4
     assert "Not paired" in result.stdout
     assert "not running" in result.stdout
     data = stdout_json(run_ctl("--json", "status"))
@@ -129,7 +129,7 @@ def test_json_output_is_valid_for_relay_status_unpaired(run_ctl: RunCtl) -> None
 def test_json_flag_after_the_subcommand_works_like_the_global_one(run_ctl: RunCtl) -> None:
     # `lattice-ctl status --json`, as people type it (tailscale status --json).
     status = run_ctl("status", "--json")
-    assert status.exit_code == 0, status.output
+    assert status.exit_code == 4, status.output  # not paired
     assert stdout_json(status)["state"] == "not_paired"
     assert stdout_json(run_ctl("relay", "status", "--json")) == {
         "paired": False, "daemon": {"running": False}}

@@ -30,7 +30,7 @@ from lattice_daemon.paths import get_paths
 from tests.ctl.conftest import RunCtl, stdout_json
 from tests.ctl.fake_control import FakeControlServer, status_body
 from tests.servers import run_ollama_server
-from tests.support.net import free_port
+from tests.support.net import closed_port
 
 DAEMON_TOKEN = "lrdt_v1_" + "DoctorNeverPrintsThis" * 2
 
@@ -93,7 +93,7 @@ def by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def dead_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    return f"http://127.0.0.1:{closed_port()}"  # nothing listens there
 
 
 def test_broken_setup_names_each_failure_with_a_fix(run_ctl: RunCtl) -> None:
@@ -156,7 +156,7 @@ def test_unreachable_gateway_names_the_proxy_without_its_password(
     assert f"{gateway} is not reachable" in gateway_check["detail"]
     assert "network" in gateway_check["fix"]
 
-    proxy_port = free_port()
+    proxy_port = closed_port()
     monkeypatch.setenv("NO_PROXY", "")
     monkeypatch.setenv("HTTP_PROXY", f"http://alice:Pr0xySecret@127.0.0.1:{proxy_port}")
     result = run_ctl("--json", "doctor", "--timeout", "1")

@@ -63,20 +63,21 @@ def test_version_mismatch_is_warned_on_stderr(run_ctl: RunCtl,
     stdout_json(result)  # the warning never pollutes stdout
 
 
-@pytest.mark.parametrize(("relay", "line"), [
-    ({"state": "connected"}, "Connected"),
-    ({"state": "not_paired"}, "Not paired"),
+@pytest.mark.parametrize(("relay", "line", "exit_code"), [
+    ({"state": "connected"}, "Connected", 0),
+    ({"state": "not_paired"}, "Not paired", 4),
     ({"state": "repair_required", "lastError": "runtime revoked: re-pair required"},
-     "Re-pair required"),
+     "Re-pair required", 6),
     ({"state": "reconnecting", "since": "2026-01-01T10:00:00.000Z",
       "lastError": "gateway unreachable: connection refused"},
-     "Reconnecting since 2026-01-01T10:00:00.000Z"),
+     "Reconnecting since 2026-01-01T10:00:00.000Z", 5),
+    ({"state": "connecting"}, "Connecting", 5),
 ])
 def test_status_state_line(run_ctl: RunCtl, fake_daemon: FakeControlServer,
-                           relay: dict[str, str], line: str) -> None:
+                           relay: dict[str, str], line: str, exit_code: int) -> None:
     fake_daemon.answer("GET /v1/status", 200, status_body(relay=relay))
     result = run_ctl("status")
-    assert result.exit_code == 0
+    assert result.exit_code == exit_code
     assert result.stdout.splitlines()[0] == line
     if relay.get("lastError"):
         assert relay["lastError"] in result.stdout

@@ -17,7 +17,7 @@ from tests.ctl.conftest import RunCtl, stdout_json, write_config_text
 from tests.ctl.fake_control import FakeControlServer, ping_body
 from tests.e2e.harness import CTL, ctl_env
 from tests.servers import run_ollama_server, run_openai_server
-from tests.support.net import free_port
+from tests.support.net import closed_port
 
 
 def _configure(kind: str, url: str, model: str | None = None) -> None:
@@ -49,7 +49,7 @@ def test_providers_still_probes_the_usual_ports_with_a_broken_config(
 
 
 def test_providers_human_output_marks_unreachable(run_ctl: RunCtl) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     _configure("ollama", url)
     result = run_ctl("providers", "--timeout", "0.5")
     assert result.exit_code == 0
@@ -67,7 +67,7 @@ def test_models_directly_from_the_provider_when_daemon_is_down(run_ctl: RunCtl) 
 
 
 def test_models_unreachable_provider_fails_naming_it(run_ctl: RunCtl) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     _configure("ollama", url)
     result = run_ctl("models")
     assert result.exit_code == 1

@@ -22,7 +22,7 @@ from tests.e2e.harness import (
     run_command_string,
 )
 from tests.support.gateway import GatewayProcess, run_gateway
-from tests.support.net import free_port, wait_until
+from tests.support.net import closed_port, wait_until
 
 PROVIDER = ("--provider", "ollama", "--provider-url", "http://127.0.0.1:9")
 
@@ -211,7 +211,7 @@ def test_unusable_provider_url_fails_before_network(lattice_home: Path, url: str
 
 def test_unreachable_gateway_is_reported_with_proxy_hint(lattice_home: Path) -> None:
     token = "plrt_v1_" + "B" * 43
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     done = ctl(lattice_home, "relay", "connect", "--gateway", url, "--bootstrap-token",
                token, *PROVIDER)
     assert done.returncode == 1
@@ -228,15 +228,34 @@ def test_not_a_gateway_is_reported(lattice_home: Path, gateway: GatewayProcess) 
     assert "is --gateway the right URL?" in done.stderr
 
 
-def test_no_provider_detected_without_terminal_fails_clearly(lattice_home: Path) -> None:
-    done = ctl(lattice_home, "relay", "connect", "--gateway", "http://127.0.0.1:9",
-               "--bootstrap-token", "plrt_v1_" + "D" * 43)
+def test_no_provider_detected_without_terminal_pairs_anyway(
+        lattice_home: Path, gateway: GatewayProcess, key: str) -> None:
+    lattice_id, minted = _token(gateway, key)
+    done = ctl(lattice_home, "relay", "connect", "--gateway", gateway.url,
+               "--bootstrap-token", minted["bootstrapToken"])
     if "found" in done.stderr and "choose one" in done.stderr:  # a real Ollama/LM Studio
         assert done.returncode == 2
         return
-    assert done.returncode == 2
+    assert done.returncode == 0, done.stderr
     assert "no local model server found" in done.stderr
-    assert "ollama serve" in done.stderr and "--provider-url" in done.stderr
+    assert "ollama serve" in done.stderr and "as soon as it answers" in done.stderr
+    config = home_paths(lattice_home).config_file.read_text()
+    assert lattice_id in config and 'kind = "ollama"' in config
+
+
+def test_a_revoked_pairing_is_replaced_without_asking(lattice_home: Path,
+                                                      gateway: GatewayProcess,
+                                                      key: str) -> None:
+    first_id, first = _token(gateway, key)
+    assert _connect(lattice_home, gateway, first["bootstrapToken"]).returncode == 0
+    revoke_runtime(gateway.url, key, first_id)
+    second_id, second = _token(gateway, key)
+    done = run_command_string(lattice_home, second["command"] + " " + " ".join(PROVIDER))
+    assert done.returncode == 0, done.stderr
+    assert f"Replacing the pairing with runtime {first_id}: the runtime was revoked" \
+        in done.stdout + done.stderr
+    text = home_paths(lattice_home).config_file.read_text()
+    assert second_id in text and first_id not in text
 
 
 def test_connect_reloads_a_running_daemon_and_waits_for_connected(
@@ -289,7 +308,7 @@ def test_status_of_a_paired_machine_without_daemon(lattice_home: Path,
     lattice_id, minted = _token(gateway, key)
     assert _connect(lattice_home, gateway, minted["bootstrapToken"]).returncode == 0
     done = ctl(lattice_home, "status")
-    assert done.returncode == 0
+    assert done.returncode == 3
     lines = done.stdout.splitlines()
     assert lines[0] == "Daemon not running"
     assert f"Runtime: {lattice_id} (Test laptop)" in lines
@@ -301,7 +320,7 @@ def test_status_of_a_paired_machine_without_daemon(lattice_home: Path,
 
 def test_unreachable_proxy_is_named_in_the_error(lattice_home: Path) -> None:
     token = "plrt_v1_" + "E" * 43
-    proxy = f"http://127.0.0.1:{free_port()}"
+    proxy = f"http://127.0.0.1:{closed_port()}"
     env = ctl_env(lattice_home, HTTP_PROXY=proxy, HTTPS_PROXY=proxy)
     done = ctl(lattice_home, "relay", "connect", "--gateway", "http://gateway.example",
                "--bootstrap-token", token, *PROVIDER, env=env)

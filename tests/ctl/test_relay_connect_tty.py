@@ -9,7 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.harness import CTL, ctl_env, home_paths
+from tests.e2e.harness import CTL, create_runtime, ctl, ctl_env, home_paths, mint_bootstrap
+from tests.support.gateway import run_gateway
+
+PROVIDER = ("--provider", "ollama", "--provider-url", "http://127.0.0.1:9")
 
 
 class Terminal:
@@ -74,3 +77,29 @@ def test_prompts_for_a_hidden_token_at_a_terminal(lattice_home: Path) -> None:
         code = terminal.close()
     assert code == 1
     assert secret.encode() not in terminal.screen  # not echoed, not in the error
+
+
+def test_a_healthy_pairing_is_replaced_only_when_the_person_says_so(
+        lattice_home: Path, tmp_path: Path) -> None:
+    with run_gateway(tmp_path / "gw") as gateway:
+        key = gateway.create_key("tty")
+        tokens = []
+        for _ in range(2):
+            runtime = create_runtime(gateway.url, key)
+            tokens.append((runtime["latticeId"],
+                           mint_bootstrap(gateway.url, key, runtime["latticeId"])))
+        (first_id, first), (second_id, second) = tokens
+        assert ctl(lattice_home, "relay", "connect", "--gateway", gateway.url,
+                   "--bootstrap-token", first["bootstrapToken"], *PROVIDER).returncode == 0
+        argv = [CTL, "relay", "connect", "--gateway", gateway.url,
+                "--bootstrap-token", second["bootstrapToken"], *PROVIDER]
+        for answer, paired_with in (("n", first_id), ("y", second_id)):
+            terminal = Terminal(argv, ctl_env(lattice_home))
+            try:
+                terminal.expect(b"Replace it?")
+                terminal.type(answer)
+                terminal.expect(b"Paired" if answer == "y" else b"add --replace")
+            finally:
+                code = terminal.close()
+            assert code == (0 if answer == "y" else 1)
+            assert paired_with in home_paths(lattice_home).config_file.read_text()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lattice_daemon.control import ControlError, ControlServer, SocketInUse
+from lattice_daemon.control import ControlRefusal, ControlServer, SocketInUse
 from lattice_daemon.paths import get_paths
 from lattice_protocol import __version__
 
@@ -32,7 +32,7 @@ class StubBackend:
 
     async def reload(self) -> dict[str, Any]:
         self.calls.append("reload")
-        raise ControlError(400, "config_error", "daemon.toml: bad")
+        raise ControlRefusal(400, "config_error", "daemon.toml: bad")
 
     async def disconnect(self) -> dict[str, Any]:
         self.calls.append("disconnect")

@@ -17,7 +17,14 @@ import pytest
 
 from lattice_daemon import relay as relay_module
 from lattice_daemon.backoff import Backoff, parse_retry_after
-from lattice_daemon.relay import RelayApi, RelayClient, RelayState, RelayStatus, relay_base_url
+from lattice_daemon.relay import (
+    Outbox,
+    RelayApi,
+    RelayClient,
+    RelayState,
+    RelayStatus,
+    relay_base_url,
+)
 from lattice_protocol import ResultEvent
 from tests.daemon.test_runner import FakeProvider, Harness
 from tests.support.net import async_wait_until
@@ -108,10 +115,11 @@ class Setup:
         self.status = RelayStatus(RelayState.CONNECTING, time.time(), gateway="http://gw")
         api = RelayApi("http://gw.test", TOKEN,
                        transport=httpx.MockTransport(self.relay.handler))
-        self.client = RelayClient(api, self.harness.runner, self.status,
+        outbox = Outbox()
+        self.client = RelayClient(api, self.harness.runner, self.status, outbox=outbox,
                                   describe_provider=self.describe,
                                   backoff=Backoff(0.01, 0.05))
-        self.harness.runner._emit = self.client.emit  # route events through the client
+        self.harness.runner._emit = outbox.put  # route events through the client
 
     async def describe(self) -> dict[str, Any]:
         return {"kind": "ollama", "models": ["m1"], "defaultModel": "m1"}

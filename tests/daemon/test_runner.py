@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from lattice_daemon.config import ProviderConfig
-from lattice_daemon.runner import JobRunner, default_model_among
+from lattice_daemon.runner import JobRunner
 from lattice_protocol import JobEnvelope, JobSpec, KeyPair, ResultEvent, SealedEvent, Sealer
-from providers import ProviderError, ProviderHealth, make_provider
+from providers import ProviderError, ProviderHealth, default_model_among, make_provider
 from tests.servers import run_ollama_server
 from tests.support.net import async_wait_until
 
@@ -252,13 +252,21 @@ async def test_an_allowed_model_matches_with_or_without_latest() -> None:
     assert default_model_among([], []) is None
 
 
-async def test_provider_error_becomes_provider_error_with_its_message() -> None:
-    error = ProviderError("unreachable", "Fake at http://fake: not running", None)
+@pytest.mark.parametrize(("error", "message"), [
+    (ProviderError("internal", "Fake at http://fake: HTTP 500: out of memory", 500),
+     "Fake at http://fake: HTTP 500: out of memory"),
+    # Not running: the app learns that much; how to start it is the owner's advice.
+    (ProviderError("unreachable", "Fake at http://fake: not running. Start it with "
+                                  "`fake serve`.", None),
+     "the runtime's local model server is not running"),
+])
+async def test_provider_error_becomes_provider_error_with_its_message(
+        error: ProviderError, message: str) -> None:
     h = Harness(FakeProvider(error=error))
     spec = h.spec(stream=True)
     h.runner.start(h.envelope(spec))
     (event,) = await h.finished(spec.job_id)
-    assert event.code == "provider_error" and event.message == "Fake at http://fake: not running"
+    assert event.code == "provider_error" and event.message == message
     assert h.runner.counters.failed == 1
 
 

@@ -170,6 +170,19 @@ def test_package_dependencies_point_one_way(package: str) -> None:
     assert imported_packages(package) <= ALLOWED_IMPORTS[package]
 
 
+def test_lattice_ctl_imports_only_the_daemons_shared_module() -> None:
+    """lattice_ctl reaches into lattice_daemon through lattice_daemon.shared alone."""
+    imported: set[str] = set()
+    for source in (REPO / "lattice_ctl").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module)
+    daemon_modules = {name for name in imported if name.split(".")[0] == "lattice_daemon"}
+    assert daemon_modules == {"lattice_daemon.shared"}
+
+
 def all_docs_text() -> str:
     return "\n".join(doc.read_text() for doc in DOCS)
 

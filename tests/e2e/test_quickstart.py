@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.e2e.harness import REPO
-from tests.support.net import free_port
+from tests.support.net import closed_port
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def test_quickstart_demo_answers_through_the_whole_path(tmp_path: Path) -> None:
 
 
 def test_quickstart_without_a_provider_explains_what_to_start(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     done = subprocess.run([sys.executable, SCRIPT, "--provider-url", url, "--dir",
                            str(tmp_path / "qs")], capture_output=True, text=True, timeout=60,
                           env=_env(), stdin=subprocess.DEVNULL)

@@ -14,7 +14,7 @@ import pytest
 
 from providers import Provider, ProviderError, detect_providers, make_provider
 from tests.servers import ServerHandle, run_ollama_server, run_openai_server, server_process
-from tests.support.net import async_wait_until, free_port
+from tests.support.net import async_wait_until, closed_port
 
 
 @dataclass
@@ -254,7 +254,7 @@ def test_detect_providers_reports_running_and_missing_servers() -> None:
         assert [(h.kind, h.ok, h.url) for h in found] == [
             ("ollama", True, ollama.url), ("lmstudio", True, lmstudio.url)]
         assert found[0].version == "0.5.1" and "llama3.2:latest" in found[0].models
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{closed_port()}"
     [missing] = detect_providers(timeout=0.5, urls={"ollama": dead})
     assert not missing.ok and "ollama serve" in missing.detail
     assert missing.to_dict()["url"] == dead
@@ -282,7 +282,7 @@ async def test_closing_the_stream_early_closes_the_connection(setup: Setup) -> N
 async def test_provider_client_ignores_proxy_settings(ollama_server: ServerHandle,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Prompts to a local provider must never go through a proxy from the environment."""
-    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    dead_proxy = f"http://127.0.0.1:{closed_port()}"
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
         monkeypatch.setenv(var, dead_proxy)
     monkeypatch.delenv("NO_PROXY", raising=False)

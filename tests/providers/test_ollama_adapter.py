@@ -19,7 +19,7 @@ from tests.providers.mock import (
     paced,
     request_json,
 )
-from tests.support.net import free_port
+from tests.support.net import closed_port
 
 REQUEST = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 NAME = NAMES["ollama"]
@@ -196,7 +196,7 @@ async def test_request_rejected_before_sending_for_n_greater_than_one() -> None:
 async def test_connection_refused_says_not_running_and_how_to_start() -> None:
     from providers import make_provider
 
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     provider = make_provider("ollama", url)
     with pytest.raises(ProviderError) as info:
         await provider.chat(REQUEST)

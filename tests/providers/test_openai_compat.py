@@ -20,7 +20,7 @@ from tests.providers.mock import (
     request_json,
     sse,
 )
-from tests.support.net import free_port
+from tests.support.net import closed_port
 
 REQUEST = {"model": "qwen2.5-7b-instruct", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -292,7 +292,7 @@ async def test_api_key_is_sent_as_bearer_and_never_in_messages() -> None:
 
 
 async def test_lmstudio_not_running_says_how_to_start_it() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     provider = make_provider("lmstudio", url)
     with pytest.raises(ProviderError) as info:
         await provider.chat(REQUEST)

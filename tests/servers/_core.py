@@ -44,9 +44,11 @@ class Request:
 class Response:
     """Writes one response on the connection's transport."""
 
-    def __init__(self, transport: asyncio.Transport, keep_alive: bool) -> None:
+    def __init__(self, transport: asyncio.Transport, keep_alive: bool,
+                 close_silently: bool = False) -> None:
         self._transport = transport
         self._keep_alive = keep_alive
+        self._close_silently = close_silently  # after the answer, despite "keep-alive"
         self.head_only = False  # a HEAD request: headers, no body
         self.finished = False  # the server completed (or deliberately dropped) the reply
 
@@ -74,7 +76,7 @@ class Response:
             self._transport.close()  # close, not abort: what was written still arrives
             return
         self._transport.write(head if self.head_only else head + body)
-        if not self._keep_alive:
+        if not self._keep_alive or self._close_silently:
             self._transport.close()
 
     def send_json(self, status: int, value: Any) -> None:
@@ -93,7 +95,7 @@ class Response:
         self.finished = True
         if not self.client_gone:
             self._transport.write(b"0\r\n\r\n")
-            if not self._keep_alive:
+            if not self._keep_alive or self._close_silently:
                 self._transport.close()
 
     def drop(self) -> None:
@@ -218,10 +220,12 @@ class _Connection(asyncio.Protocol):
         request = Request(method, path, query, headers, body)
         assert self.transport is not None
         keep_alive = headers.get("connection", "").lower() != "close"
-        self._response = Response(self.transport, keep_alive)
-        self._response.head_only = method == "HEAD"
         # Control calls are not traffic: they are neither recorded nor counted.
         self._counted = not path.startswith("/__control")
+        close_silently = self._counted and bool(
+            self._state.behaviour.get("close_after_response"))
+        self._response = Response(self.transport, keep_alive, close_silently)
+        self._response.head_only = method == "HEAD"
         if self._counted:
             self._state.record(request)
             self._state.in_flight += 1

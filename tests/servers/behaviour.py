@@ -15,6 +15,8 @@ Keys (set with ``handle.configure(**keys)`` or ``POST /__control``):
 - ``thinking``: reasoning text sent before the content.
 - ``done_reason``: ``stop`` or ``length``.
 - ``prompt_tokens`` / ``completion_tokens``: usage (None: omitted / number of chunks).
+- ``close_after_response``: close the connection after each complete answer while its
+  headers promised keep-alive (a server's idle timeout or restart, unannounced).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "done_reason": "stop",
     "prompt_tokens": 12,
     "completion_tokens": None,
+    "close_after_response": False,
 }
 
 _WORDS = re.compile(r"\s*\S+")

@@ -36,6 +36,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,7 @@ import httpx
 from lattice_gateway.services import ALL_SCOPES
 from lattice_gateway.settings import Settings
 from lattice_gateway.store import SqlStore
-from tests.support.net import free_port, wait_until
+from tests.support.net import wait_until
 
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -88,17 +89,34 @@ async def _issue(database: str, kind: str, account: str, scopes: Sequence[str],
         await store.close()
 
 
+def reserved_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound on 127.0.0.1 (port 0: the kernel picks one), not listening: the
+    port is this process's, and a connection to it is refused until a gateway listens."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 @dataclass
 class GatewayProcess:
-    """A ``lattice-gateway serve`` subprocess on a fixed port and database."""
+    """A ``lattice-gateway serve`` subprocess on a fixed port and database.
 
-    port: int
+    The port is held by ``sock``, which each start hands to the child (``--fd``): no
+    other process can take the port between runs, and no bind can race another test.
+    """
+
+    sock: socket.socket
     database: str
     public_url: str
     log_path: Path
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     shutdown_timeout: float = 1.0  # short: tests restart gateways often
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
 
     @property
     def url(self) -> str:
@@ -118,14 +136,15 @@ class GatewayProcess:
     def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         if self.process and self.process.poll() is None:
             raise RuntimeError("gateway already running")
-        command = [sys.executable, "-m", "lattice_gateway", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--database", self.database,
+        command = [sys.executable, "-m", "lattice_gateway", "serve",
+                   "--fd", str(self.sock.fileno()), "--database", self.database,
                    "--public-url", self.public_url,
                    "--shutdown-timeout", str(self.shutdown_timeout)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL,
+                                            pass_fds=(self.sock.fileno(),))
 
         def healthy() -> bool:
             assert self.process is not None
@@ -155,6 +174,7 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self._refuse_connections()
         return process.returncode
 
     def kill(self) -> None:
@@ -163,6 +183,15 @@ class GatewayProcess:
             self.process.kill()
             self.process.wait()
             self.process = None
+            self._refuse_connections()
+
+    def _refuse_connections(self) -> None:
+        """The child made the socket listen; with the child gone, connections would wait
+        in its backlog. A fresh bound, not listening socket refuses them, as a stopped
+        gateway does, and keeps the port for the next start."""
+        port = self.port
+        self.sock.close()
+        self.sock = reserved_socket(port)
 
     def restart(self) -> None:
         self.stop()
@@ -192,7 +221,8 @@ def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None =
         directory.mkdir(parents=True, exist_ok=True)
     database = str(where) if where is not None and "://" in str(where) \
         else str(directory / "gateway.db")
-    port = free_port()
+    sock = reserved_socket()
+    port = sock.getsockname()[1]
     process_env = dict(os.environ)
     process_env["PYTHONUNBUFFERED"] = "1"
     for name, value in settings.items():
@@ -200,7 +230,7 @@ def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None =
             raise TypeError(f"unknown gateway setting {name!r}")
         process_env["LATTICE_GATEWAY_" + name.upper()] = str(value)
     process_env.update(env or {})
-    gateway = GatewayProcess(port=port, database=database,
+    gateway = GatewayProcess(sock=sock, database=database,
                              public_url=public_url or f"http://127.0.0.1:{port}",
                              log_path=directory / f"gateway-{port}.log", env=process_env,
                              shutdown_timeout=shutdown_timeout)
@@ -211,6 +241,7 @@ def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None =
         finally:
             gateway.stop()
     finally:
+        gateway.sock.close()
         if made_directory:
             shutil.rmtree(directory, ignore_errors=True)
 

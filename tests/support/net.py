@@ -1,4 +1,9 @@
-"""Network helpers for tests: free ports and waiting on conditions with a deadline."""
+"""Network helpers for tests: a port nothing listens on, and waiting on conditions.
+
+Children (gateways, provider test servers) never get a port from here: they bind port 0
+and report theirs, or are handed a bound socket (tests/support/gateway.py), so parallel
+tests cannot race for a port.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-def free_port() -> int:
+def closed_port() -> int:
+    """A loopback port nothing listens on now: for "connection refused" checks only (it is
+    released on return, so a child told to bind it could lose it to another test)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+free_port = closed_port  # the former name, for tests written before the rename
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0,

@@ -1,4 +1,4 @@
-"""Deadlines for awaits that never swallow a cancellation.
+"""Deadlines for awaits that never swallow a cancellation (providers and the daemon).
 
 Python 3.11+ has ``asyncio.timeout``. On 3.10 ``asyncio.wait_for`` is the usual
 stand-in, but it runs the awaitable in a new task and, when a cancellation arrives just
