@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from lattice_gateway.relay import MemoryBroker, SessionNotFound
+from lattice_gateway.relay import SessionNotFound
+from lattice_gateway.relay.memory import MemoryBroker
 from lattice_gateway.relay.redis import RedisBroker
 from lattice_protocol import ErrorCode, JobEnvelope, LatticeError, SealedEvent
 from tests.support.net import async_wait_until
@@ -289,7 +290,7 @@ async def test_deregister_turns_the_runtime_offline_at_once(make_broker: Maker) 
 
 
 async def test_session_limit_ends_the_oldest_idle_session(make_broker: Maker) -> None:
-    from lattice_gateway.relay.memory import MAX_SESSIONS_PER_RUNTIME
+    from lattice_gateway.relay.base import MAX_SESSIONS_PER_RUNTIME
 
     broker = make_broker(presence_window_seconds=30)
     busy = await broker.register_session(RUNTIME, 1)
