@@ -109,8 +109,8 @@ def create_app(settings: Settings, *,
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await SqlStore.open(settings.database, **(
-            {"clock": store_clock} if store_clock is not None else {}))
+        store = await (SqlStore.open(settings.database) if store_clock is None
+                       else SqlStore.open(settings.database, clock=store_clock))
         try:
             keys = await store.gateway_keypair()
             broker = relay_broker.create_broker(settings)

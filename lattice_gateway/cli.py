@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -32,12 +32,12 @@ _DATABASE_HELP = ("SQLite path or sqlite:///PATH, or postgresql://... "
                   "[env LATTICE_GATEWAY_DATABASE; default: gateway.db in the data dir]")
 
 
-def _run(make: Callable[[], Awaitable[T]], database: str | None) -> T:
+def _run(make: Callable[[], Coroutine[Any, Any, T]], database: str | None) -> T:
     """Run an admin command's coroutine; bad input and database failures are one line."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        return asyncio.run(make())  # type: ignore[arg-type]
+        return asyncio.run(make())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except (OSError, SQLAlchemyError) as exc:
@@ -110,14 +110,14 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     )
     # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
     # the shutdown timeout), then run the lifespan shutdown (close broker and store).
-    server = _gateway_server_class()(config, app)
+    server = _gateway_server(config, app)
     with _graceful_signals(server):
         server.run()
     if not server.started:
         sys.exit(1)
 
 
-def _gateway_server_class() -> type[uvicorn.Server]:
+def _gateway_server(config: uvicorn.Config, app: Starlette) -> uvicorn.Server:
     import uvicorn
 
     class GatewayServer(uvicorn.Server):
@@ -134,7 +134,7 @@ def _gateway_server_class() -> type[uvicorn.Server]:
                 await services.broker.release_polls()
             await super().shutdown(sockets)
 
-    return GatewayServer
+    return GatewayServer(config, app)
 
 
 @contextlib.contextmanager

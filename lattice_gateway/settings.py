@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,9 @@ class Settings:
     bootstrap_ttl_max: int = 3600
 
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
+    def from_env(cls, **overrides: Any) -> Settings:
         """Defaults <- LATTICE_GATEWAY_<FIELD> variables <- explicit overrides (non-None)."""
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             variable = "LATTICE_GATEWAY_" + f.name.upper()
             raw = os.environ.get(variable)

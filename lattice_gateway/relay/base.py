@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -134,7 +134,7 @@ def not_leased(job_id: str) -> Refusal:
 
 
 # An ASGI ``receive`` callable: how a held request notices that its client went away.
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 def resolve(future: asyncio.Future[Any]) -> None:
@@ -191,7 +191,7 @@ class ParkedPoll:
         return outcome if outcome is not None else PollResult()
 
 
-def answer_expired(polls: deque[Any], now: float) -> None:
+def answer_expired(polls: deque[ParkedPoll], now: float) -> None:
     """Answer (empty) the parked polls at the front of a deadline FIFO whose window ended.
 
     Every poll waits the same window, so deadlines are appended in order: one FIFO and

@@ -124,7 +124,7 @@ class MemoryBroker:
         self._clock = clock
         self._runtimes: dict[str, _Runtime] = {}
         self._revoked: set[str] = set()
-        self._poll_deadlines: deque[_Parked] = deque()
+        self._poll_deadlines: deque[ParkedPoll] = deque()
         self._pickup_deadlines: deque[MemoryTicket] = deque()
         self._presence_deadlines: deque[tuple[float, _Session, int]] = deque()
         self._tick = sweep_tick(poll_window_seconds, presence_window_seconds,

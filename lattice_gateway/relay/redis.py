@@ -123,7 +123,7 @@ class RedisBroker:
         self._tickets: dict[str, RedisTicket] = {}
         self._parked_by_runtime: dict[str, set[_Parked]] = {}
         self._parked_by_session: dict[str, _Parked] = {}
-        self._poll_deadlines: deque[_Parked] = deque()
+        self._poll_deadlines: deque[ParkedPoll] = deque()
         self._pickup_deadlines: deque[RedisTicket] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writes: set[asyncio.Task[Any]] = set()
@@ -223,13 +223,13 @@ class RedisBroker:
                 if parked.capacity > 0:
                     self._attempt(parked)
         elif kind == "c":
-            parked = self._parked_by_session.get(target)
-            if parked is not None:
-                self._attempt(parked)
+            held = self._parked_by_session.get(target)
+            if held is not None:
+                self._attempt(held)
         elif kind == "d":
-            parked = self._parked_by_session.get(target)
-            if parked is not None:
-                parked.answer()
+            held = self._parked_by_session.get(target)
+            if held is not None:
+                held.answer()
         elif kind == "r":
             for parked in list(self._parked_by_runtime.get(target, ())):
                 parked.answer()
