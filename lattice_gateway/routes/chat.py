@@ -309,9 +309,8 @@ class _RelayedJob:
         try:
             yield
         finally:
+            # Not awaited: the answer goes out now, the watcher ends on the next turn.
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
             self.ticket.cancel("request_ended")  # no-op after a final event
 
     async def completion(self) -> Response:
