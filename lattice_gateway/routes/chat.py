@@ -15,7 +15,6 @@ first byte. If the app disconnects or the silence deadline passes, the job is ca
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import secrets
 import time
@@ -299,19 +298,9 @@ class _RelayedJob:
                                 f"for the app ({exc})")
 
 
-    @contextlib.asynccontextmanager
-    async def held(self, receive: Receive) -> AsyncIterator[None]:
-        """While the app's request waits on the job: the app going away cancels the job
-        at once (the daemon aborts the provider call); a job left unfinished when the
-        request ends is cancelled."""
-        watcher = asyncio.get_running_loop().create_task(
-            watch_disconnect(receive, partial(self.ticket.cancel, "client_disconnected")))
-        try:
-            yield
-        finally:
-            # Not awaited: the answer goes out now, the watcher ends on the next turn.
-            watcher.cancel()
-            self.ticket.cancel("request_ended")  # no-op after a final event
+    def held(self, receive: Receive) -> _Held:
+        """``async with``: while the app's request waits on the job."""
+        return _Held(self.ticket, receive)
 
     async def completion(self) -> Response:
         """The ``chat.completion`` of a non-streaming job; its failure is raised."""
@@ -371,6 +360,29 @@ class _RelayedJob:
                 raise failure
             yield sse_error(failure.code, failure.message, failure.param)
             return
+
+
+class _Held:
+    """While the app's request waits on a job: the app going away cancels the job at
+    once (the daemon aborts the provider call); a job left unfinished when the request
+    ends is cancelled. (A class, not a generator: this is on every chat request.)"""
+
+    __slots__ = ("_receive", "_ticket", "_watcher")
+
+    def __init__(self, ticket: JobTicket, receive: Receive) -> None:
+        self._ticket = ticket
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(watch_disconnect(
+            self._receive, partial(self._ticket.cancel, "client_disconnected")))
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._watcher is not None:
+            # Not awaited: the answer goes out now, the watcher ends on the next turn.
+            self._watcher.cancel()
+        self._ticket.cancel("request_ended")  # no-op after a final event
 
 
 class _StreamedAnswer(StreamingResponse):
