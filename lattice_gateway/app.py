@@ -8,9 +8,8 @@ OpenAI envelope with the contract's code; nothing unexpected leaks a stack trace
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,7 +23,7 @@ from lattice_protocol import ErrorCode, LatticeError
 
 from . import relay as relay_broker
 from .auth import CredentialAuthenticator
-from .errors import api_error_response, error_response
+from .errors import error_response
 from .routes import bootstrap, chat, install, meta, models, runtimes
 from .routes import relay as relay_routes
 from .services import Services
@@ -38,8 +37,10 @@ _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
 
 
 async def _lattice_error(request: Request, exc: Exception) -> Response:
+    """Every error route code raises (and a held chat answer raises before its first
+    byte) is answered here."""
     assert isinstance(exc, LatticeError)
-    return api_error_response(exc)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -52,7 +53,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     headers = {"allow": _allowed_methods(request)} if code is ErrorCode.METHOD_NOT_ALLOWED else None
-    return error_response(code, message, headers=headers)
+    return error_response(LatticeError(code, message), headers)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -97,18 +98,19 @@ class _LastResort:
                       scope.get("path"), exc_info=log.isEnabledFor(logging.DEBUG))
             if started:
                 return  # mid-response: the connection ends; nothing valid can be sent
-            response = error_response(ErrorCode.INTERNAL_ERROR,
-                                      "internal error; the failure was logged")
+            response = error_response(LatticeError(ErrorCode.INTERNAL_ERROR,
+                                                   "internal error; the failure was logged"))
             await response(scope, receive, send)
 
 
-def create_app(settings: Settings, *, store_clock: Any = None) -> Starlette:
+def create_app(settings: Settings, *,
+               store_clock: Callable[[], float] | None = None) -> Starlette:
     """The gateway ASGI app. ``store_clock`` (tests) replaces the store's wall clock."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await SqlStore.open(settings.database, **(
-            {"clock": store_clock} if store_clock is not None else {}))
+        store = await (SqlStore.open(settings.database) if store_clock is None
+                       else SqlStore.open(settings.database, clock=store_clock))
         try:
             keys = await store.gateway_keypair()
             broker = relay_broker.create_broker(settings)

@@ -11,12 +11,10 @@ from typing import TYPE_CHECKING
 
 from lattice_protocol import ErrorCode, LatticeError
 
-from .services import Principal, Runtime
+from .services import Principal, Runtime, Store, services_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
-
-    from .store import SqlStore
 
 _MISSING_MESSAGE = ("missing credentials: send `x-api-key: sk_...` or "
                     "`Authorization: Bearer <api key or access token>`")
@@ -47,7 +45,7 @@ def _scope_error(required: tuple[str, ...]) -> LatticeError:
 class CredentialAuthenticator:
     """Implements ``services.Authenticator`` on the store's credential records."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
 
     async def authenticate(self, request: Request, scope: str | tuple[str, ...]) -> Principal:
@@ -81,8 +79,7 @@ async def authenticate_daemon(request: Request) -> Runtime:
     if scheme.lower() != "bearer" or not token.strip():
         raise LatticeError(ErrorCode.INVALID_API_KEY,
                            "missing daemon token: send `Authorization: Bearer lrdt_v1_...`")
-    store = request.app.state.services.store
-    runtime: Runtime | None = await store.runtime_for_daemon_token(token.strip())
+    runtime = await services_of(request).store.runtime_for_daemon_token(token.strip())
     if runtime is None:
         raise LatticeError(ErrorCode.INVALID_API_KEY,
                            "unknown daemon token (the runtime was deleted or paired again); "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -18,6 +20,12 @@ from .services import ALL_SCOPES
 from .settings import Settings
 
 if TYPE_CHECKING:
+    import socket
+    from types import FrameType
+
+    import uvicorn
+    from starlette.applications import Starlette
+
     from .store import IssuedCredential, SqlStore
 
 T = TypeVar("T")
@@ -27,12 +35,12 @@ _DATABASE_HELP = ("SQLite path or sqlite:///PATH, or postgresql://... "
                   "lattice-gateway data dir]")
 
 
-def _run(make: Callable[[], Awaitable[T]], database: str | None) -> T:
+def _run(make: Callable[[], Coroutine[Any, Any, T]], database: str | None) -> T:
     """Run an admin command's coroutine; bad input and database failures are one line."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        return asyncio.run(make())  # type: ignore[arg-type]
+        return asyncio.run(make())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except (OSError, SQLAlchemyError) as exc:
@@ -116,39 +124,55 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     )
     # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
     # the shutdown timeout), then run the lifespan shutdown (close broker and store).
-    server = _graceful_server_class()(config, app)
-    server.run(sockets)
+    server = _gateway_server(config, app)
+    with _graceful_signals(server):
+        server.run(sockets)
     if not server.started:
         sys.exit(1)
 
 
-def _graceful_server_class() -> type:
+def _gateway_server(config: uvicorn.Config, app: Starlette) -> uvicorn.Server:
     import uvicorn
 
-    class GracefulServer(uvicorn.Server):
-        """Exits 0 after a signal-initiated graceful shutdown.
-
-        Plain uvicorn re-raises the captured signal once shut down, so the process dies
-        "by SIGTERM" (exit -15) or prints a KeyboardInterrupt traceback on Ctrl-C.
-        """
-
-        def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    class GatewayServer(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
             super().__init__(config)
             self.gateway_app = app
 
-        async def shutdown(self, sockets: Any = None) -> None:
-            # Held long-polls would otherwise keep the shutdown waiting for the whole
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # Where uvicorn's graceful shutdown begins (before it waits for open
+            # requests). Held long-polls would otherwise keep the shutdown waiting for the whole
             # timeout: answer them now (empty) so daemons reconnect elsewhere at once.
             services = getattr(self.gateway_app.state, "services", None)
             if services is not None:
                 await services.broker.release_polls()
             await super().shutdown(sockets)
 
-        async def _serve(self, sockets: Any = None) -> None:
-            await super()._serve(sockets)
-            self._captured_signals.clear()
+    return GatewayServer(config, app)
 
-    return GracefulServer
+
+@contextlib.contextmanager
+def _graceful_signals(server: uvicorn.Server) -> Iterator[None]:
+    """SIGTERM and SIGINT stop the server gracefully and the process exits 0.
+
+    While serving, uvicorn's own handlers take the signals; when done, it restores the
+    handlers it found and raises the signal it caught again into them (its cooperative
+    signal handling, since uvicorn 0.29: the lower bound in pyproject.toml). With the
+    default handlers the process would then die "by SIGTERM" (exit -15) or print a
+    KeyboardInterrupt traceback on Ctrl-C; with these, the signal only asks for the
+    exit that already happened. One arriving before uvicorn listens stops it as soon as
+    it has started.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _preflight_database(database: str | None) -> None:

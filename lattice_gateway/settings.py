@@ -1,15 +1,13 @@
-"""Gateway settings: one frozen object, from CLI options and LATTICE_GATEWAY_* variables."""
+"""Gateway settings: one frozen object, from CLI options and LATTICE_GATEWAY_* variables.
+
+The only place the gateway reads its environment: every other part gets this object.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
 
 
 @dataclass(frozen=True)
@@ -21,6 +19,8 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     # Redis URL: when set, the relay queue and presence live in Redis (scale-out).
     redis_url: str | None = None
+    # Key prefix in that Redis (replicas of one gateway share it; empty: this default).
+    redis_prefix: str = "lattice:relay:"
 
     # Relay timing (docs/protocol.md).
     poll_window_seconds: float = 25.0  # how long a poll is held (bounded 1..50)
@@ -40,15 +40,11 @@ class Settings:
     bootstrap_ttl_min: int = 60
     bootstrap_ttl_max: int = 3600
 
-    extra: dict[str, str] = field(default_factory=dict)
-
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
+    def from_env(cls, **overrides: Any) -> Settings:
         """Defaults <- LATTICE_GATEWAY_<FIELD> variables <- explicit overrides (non-None)."""
-        values: dict[str, Any] = {}  # each field's own type, converted below
+        values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             variable = "LATTICE_GATEWAY_" + f.name.upper()
             raw = os.environ.get(variable)
             if raw is None:

@@ -12,11 +12,8 @@ SSE_DONE = b"data: [DONE]\n\n"
 # A comment line: clients ignore it, proxies and idle timers see traffic.
 SSE_KEEPALIVE = b": keep-alive\n\n"
 
-SSE_HEADERS: list[tuple[bytes, bytes]] = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
+SSE_MEDIA_TYPE = "text/event-stream"  # with "; charset=utf-8" (Starlette adds it)
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def sse_frame(json_bytes: bytes) -> bytes:

@@ -1,18 +1,23 @@
 """The relay broker: queue, leases and presence.
 
 In-process (``memory.MemoryBroker``) by default; Redis (``redis.RedisBroker``) when
-``settings.redis_url`` is set, so several gateway replicas share one relay.
+``settings.redis_url`` is set, so several gateway replicas share one relay. Routes see
+only ``base.RelayBroker`` (as ``services.broker``), never a concrete broker.
 """
 
 from __future__ import annotations
 
-import os
-
 from ..settings import Settings
-from .base import EventsResult, JobTicket, PollResult, Refusal, RelayBroker, SessionNotFound
-from .memory import MemoryBroker
+from .base import (
+    EventsResult,
+    JobTicket,
+    PollResult,
+    Refusal,
+    RelayBroker,
+    SessionNotFound,
+)
 
-__all__ = ["EventsResult", "JobTicket", "MemoryBroker", "PollResult", "Refusal", "RelayBroker",
+__all__ = ["EventsResult", "JobTicket", "PollResult", "Refusal", "RelayBroker",
            "SessionNotFound", "create_broker", "poll_window"]
 
 POLL_WINDOW_MIN = 1.0
@@ -34,9 +39,10 @@ def create_broker(settings: Settings) -> RelayBroker:
             presence_window_seconds=settings.presence_window_seconds,
             pickup_timeout_seconds=settings.pickup_timeout_seconds,
             max_queued_jobs=settings.max_queued_jobs,
-            key_prefix=(settings.extra.get("redis_prefix")
-                        or os.environ.get("LATTICE_GATEWAY_REDIS_PREFIX") or "lattice:relay:"),
+            key_prefix=settings.redis_prefix or Settings.redis_prefix,
         )
+    from .memory import MemoryBroker
+
     return MemoryBroker(
         poll_window_seconds=poll_window(settings),
         presence_window_seconds=settings.presence_window_seconds,

@@ -1,23 +1,44 @@
-"""What the relay routes and the chat route need from a broker, beyond ``services.Broker``.
+"""What the gateway needs from a relay broker, and the parts both brokers share.
 
-The broker only ever sees relay-visible envelopes (``JobEnvelope``, ``SealedEvent``,
-``CancelNotice``): it routes sealed bytes by job id and never opens them. Whoever holds
-the app's request (the chat route, through a ``JobTicket``) opens events and tells the
-broker when a job is finished, which releases the lease.
+``RelayBroker`` is everything the routes call (they reach it as ``services.broker``);
+``memory.MemoryBroker`` implements it in this process, ``redis.RedisBroker`` on Redis
+for several replicas. The broker only ever sees relay-visible envelopes
+(``JobEnvelope``, ``SealedEvent``, ``CancelNotice``): it routes sealed bytes by job id
+and never opens them. Whoever holds the app's request (the chat route, through a
+``JobTicket``) opens events and tells the broker when a job is finished, which releases
+the lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
+MAX_SESSIONS_PER_RUNTIME = 32  # a daemon token cannot grow the broker without bound
 SESSION_LIMIT_RETRY_AFTER = 5.0  # seconds: a restarting daemon's old session lapses
 QUEUE_FULL_RETRY_AFTER = 1.0
+
+# Why a broker fails a job or ends a session (the app sees these messages).
+REVOKED = "the personal runtime was revoked"
+PAIRED_ELSEWHERE = "the personal runtime was paired with another daemon"
+DAEMON_STOPPED = "the personal runtime's daemon stopped"
+DAEMON_SILENT = "the personal runtime's daemon stopped answering"
+
+
+def revoked() -> LatticeError:
+    return LatticeError(ErrorCode.RUNTIME_REVOKED, REVOKED)
+
+
+def pickup_timed_out(seconds: float) -> LatticeError:
+    return LatticeError(ErrorCode.RUNTIME_TIMEOUT,
+                        f"the personal runtime did not pick the job up within {seconds:g} s")
 
 
 def too_many_sessions() -> LatticeError:
@@ -31,14 +52,48 @@ def queue_full(limit: int) -> LatticeError:
                         "queued); retry shortly", retry_after=QUEUE_FULL_RETRY_AFTER)
 
 
-# An ASGI ``receive`` callable: the poll watches it to notice a daemon that went away.
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-
-
 class SessionNotFound(LatticeError):
     def __init__(self) -> None:
         super().__init__(ErrorCode.SESSION_NOT_FOUND,
                          "relay session not found: register a new session")
+
+
+# ----------------------------------------------------------------------------- time
+
+
+class Clock(Protocol):
+    """A broker's time. Injected so the broker contract tests move time instead of
+    waiting for it; ``SYSTEM_CLOCK`` everywhere else."""
+
+    def monotonic(self) -> float:
+        """Seconds for deadlines: poll windows, pickup timeouts, presence."""
+        ...
+
+    def time(self) -> float:
+        """Unix seconds: last seen, and presence stamps replicas share in Redis."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """The sweeper's tick."""
+        ...
+
+
+class SystemClock:
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+    sleep = staticmethod(asyncio.sleep)
+
+
+SYSTEM_CLOCK: Clock = SystemClock()
+
+
+def sweep_tick(poll_window: float, presence_window: float, pickup_timeout: float) -> float:
+    """How often a broker's sweeper expires deadlines: a tenth of the shortest window,
+    between 10 ms and 250 ms."""
+    return max(0.01, min(0.25, poll_window / 10, presence_window / 10, pickup_timeout / 10))
+
+
+# --------------------------------------------------------------------------- answers
 
 
 @dataclass
@@ -71,10 +126,81 @@ class EventsResult:
                 "cancels": [c.to_dict() for c in self.cancels]}
 
 
+def not_leased(job_id: str) -> Refusal:
+    return Refusal(job_id, ErrorCode.LEASE_NOT_HELD.value, "the job is not leased to this session")
+
+
+# ---------------------------------------------------------------- waiting on a client
+
+
+# An ASGI ``receive`` callable: how a held request notices that its client went away.
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
 def resolve(future: asyncio.Future[Any]) -> None:
-    """Wake a waiter (timer callback); a no-op once it is already resolved."""
+    """Wake a waiter with None (timer callback); a no-op once it is already resolved."""
     if not future.done():
         future.set_result(None)
+
+
+async def watch_disconnect(receive: Receive, on_disconnect: Callable[[], object]) -> None:
+    """Call ``on_disconnect`` once the client's connection drops (``http.disconnect``).
+
+    A held request has read its body, so ``receive`` has nothing else to deliver.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            on_disconnect()
+            return
+
+
+@dataclass(eq=False)
+class ParkedPoll:
+    """A daemon's poll held until a job or cancel notice comes for it, its window ends
+    (``deadline``), or its connection drops (a crashed daemon)."""
+
+    capacity: int
+    deadline: float  # the broker clock's monotonic seconds
+    # Dropped when the poll returns: the broker's deadline FIFO keeps this object until
+    # the deadline, and must not keep the answer (sealed jobs) alive with it.
+    future: asyncio.Future[PollResult | None] | None = field(
+        init=False, default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def open(self) -> bool:
+        return self.future is not None and not self.future.done()
+
+    def answer(self, result: PollResult | None = None) -> None:
+        """Answer the poll (empty by default); a no-op once it is answered."""
+        if self.future is not None and not self.future.done():
+            self.future.set_result(result)
+
+    async def held(self, receive: Receive | None) -> PollResult:
+        """Wait for the answer; a drop seen on ``receive`` answers it empty."""
+        future = self.future
+        assert future is not None
+        watcher = (asyncio.get_running_loop().create_task(
+            watch_disconnect(receive, partial(resolve, future))) if receive else None)
+        try:
+            outcome = await future
+        finally:
+            self.future = None
+            if watcher is not None:
+                watcher.cancel()
+        return outcome if outcome is not None else PollResult()
+
+
+def answer_expired(polls: deque[ParkedPoll], now: float) -> None:
+    """Answer (empty) the parked polls at the front of a deadline FIFO whose window ended.
+
+    Every poll waits the same window, so deadlines are appended in order: one FIFO and
+    one sweeper replace a timer per poll."""
+    while polls and polls[0].deadline <= now:
+        polls.popleft().answer()
+
+
+# ------------------------------------------------------------------------------ jobs
 
 
 class EventInbox:
@@ -124,23 +250,29 @@ class JobTicket(Protocol):
         ...
 
 
+# ---------------------------------------------------------------------- the contract
+
+
 class RelayBroker(Protocol):
-    """``services.Broker`` plus sessions, polls, events and job submission."""
+    """Jobs, leases and presence: everything the routes ask of a broker."""
 
-    poll_window_seconds: float
-    presence_window_seconds: float
+    async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]:
+        """Which of these runtimes have a live daemon session (presence window)."""
+        ...
 
-    async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]: ...
+    async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
+        """Unix seconds of each runtime's last daemon activity, if any."""
+        ...
 
-    async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]: ...
-
-    async def revoke_runtime(self, lattice_id: str) -> None: ...
-
-    async def close(self) -> None: ...
+    async def revoke_runtime(self, lattice_id: str) -> None:
+        """Fail queued and in-flight jobs with runtime_revoked, end the sessions."""
+        ...
 
     async def release_polls(self) -> None:
         """Graceful shutdown: answer held polls now (empty) and hold no new ones."""
         ...
+
+    async def close(self) -> None: ...
 
     async def register_session(self, lattice_id: str, max_concurrency: int,
                                daemon_key: str | None = None) -> str:

@@ -8,6 +8,7 @@ order and one shared sweeper task (a coarse timing wheel) expires them from the 
 together with pickup deadlines (same constant) and presence deadlines (same constant).
 The only per-poll extra is the disconnect watcher on the request's ``receive``, which
 is how a crashed daemon's dropped connection is noticed while its poll is parked.
+All timing goes through the injected ``Clock`` (``base.py``).
 """
 
 from __future__ import annotations
@@ -16,24 +17,32 @@ import asyncio
 import contextlib
 import enum
 import secrets
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
 from .base import (
+    DAEMON_SILENT,
+    DAEMON_STOPPED,
+    MAX_SESSIONS_PER_RUNTIME,
+    PAIRED_ELSEWHERE,
+    SYSTEM_CLOCK,
+    Clock,
     EventInbox,
     EventsResult,
+    ParkedPoll,
     PollResult,
     Receive,
-    Refusal,
     SessionNotFound,
+    answer_expired,
+    not_leased,
+    pickup_timed_out,
     queue_full,
+    revoked,
+    sweep_tick,
     too_many_sessions,
 )
-
-MAX_SESSIONS_PER_RUNTIME = 32  # a daemon token cannot grow the broker without bound
 
 
 class _State(enum.Enum):
@@ -53,23 +62,18 @@ class MemoryTicket(EventInbox):
         "lattice_id",
         "session",
         "state",
-        "was_leased",
     )
 
-    def __init__(self, broker: MemoryBroker, lattice_id: str, envelope: JobEnvelope) -> None:
+    def __init__(self, broker: MemoryBroker, lattice_id: str, envelope: JobEnvelope,
+                 enqueued_at: float) -> None:
         super().__init__()
         self._broker = broker
         self.job_id = envelope.job_id
         self.lattice_id = lattice_id
         self.envelope: JobEnvelope | None = envelope  # until leased
-        self.enqueued_at = time.monotonic()
+        self.enqueued_at = enqueued_at
         self.state = _State.QUEUED
         self.session: _Session | None = None
-        self.was_leased = False
-
-    @property
-    def leased(self) -> bool:
-        return self.was_leased
 
     def finish(self) -> None:
         self._broker._finish(self)
@@ -79,21 +83,8 @@ class MemoryTicket(EventInbox):
 
 
 @dataclass(eq=False)
-class _Parked:
+class _Parked(ParkedPoll):
     session: _Session
-    capacity: int
-    # Dropped when the poll returns: the deadline FIFO keeps this object until its
-    # deadline, and must not keep the answer (sealed jobs) alive with it.
-    future: asyncio.Future[PollResult | None] | None
-    deadline: float
-
-    @property
-    def open(self) -> bool:
-        return self.future is not None and not self.future.done()
-
-    def wake(self, result: PollResult | None) -> None:
-        if self.future is not None and not self.future.done():
-            self.future.set_result(result)
 
 
 @dataclass(eq=False)
@@ -124,26 +115,28 @@ class MemoryBroker:
 
     def __init__(self, *, poll_window_seconds: float = 25.0,
                  presence_window_seconds: float = 15.0,
-                 pickup_timeout_seconds: float = 30.0, max_queued_jobs: int = 512) -> None:
+                 pickup_timeout_seconds: float = 30.0, max_queued_jobs: int = 512,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.poll_window_seconds = poll_window_seconds
         self.max_queued_jobs = max_queued_jobs
         self.presence_window_seconds = presence_window_seconds
         self.pickup_timeout_seconds = pickup_timeout_seconds
+        self._clock = clock
         self._runtimes: dict[str, _Runtime] = {}
         self._revoked: set[str] = set()
-        self._poll_deadlines: deque[_Parked] = deque()
+        self._poll_deadlines: deque[ParkedPoll] = deque()
         self._pickup_deadlines: deque[MemoryTicket] = deque()
         self._presence_deadlines: deque[tuple[float, _Session, int]] = deque()
-        self._tick = max(0.01, min(0.25, poll_window_seconds / 10,
-                                   presence_window_seconds / 10, pickup_timeout_seconds / 10))
+        self._tick = sweep_tick(poll_window_seconds, presence_window_seconds,
+                                pickup_timeout_seconds)
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         self._draining = False
 
-    # ------------------------------------------------------------------ services.Broker
+    # ------------------------------------------------------------------------ presence
 
     async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         return {lid: self._is_reachable(lid, now) for lid in lattice_ids}
 
     def _is_reachable(self, lattice_id: str, now: float) -> bool:
@@ -174,14 +167,14 @@ class MemoryBroker:
         rt = self._runtimes.pop(lattice_id, None)
         if rt is None:
             return
-        revoked = LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
+        failure = revoked()
         for ticket in rt.queue:
             if ticket.state is _State.QUEUED:
                 ticket.state = _State.DONE
-                ticket.push(revoked)
+                ticket.push(failure)
         rt.queue.clear()
         for session in list(rt.sessions.values()):
-            self._end_session(session, revoked)
+            self._end_session(session, failure)
 
     async def release_polls(self) -> None:
         """Graceful shutdown: answer every held poll now (empty) and hold no new ones, so
@@ -190,7 +183,7 @@ class MemoryBroker:
         for rt in self._runtimes.values():
             for session in rt.sessions.values():
                 if session.parked is not None:
-                    session.parked.wake(PollResult())
+                    session.parked.answer()
 
     async def close(self) -> None:
         self._closed = True
@@ -202,7 +195,7 @@ class MemoryBroker:
         for rt in self._runtimes.values():
             for session in rt.sessions.values():
                 if session.parked is not None:
-                    session.parked.wake(PollResult())
+                    session.parked.answer()
 
     # ------------------------------------------------------------------------ sessions
 
@@ -210,7 +203,7 @@ class MemoryBroker:
                                daemon_key: str | None = None) -> str:
         self._ensure_sweeper()
         if lattice_id in self._revoked:
-            raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
+            raise revoked()
         rt = self._runtimes.setdefault(lattice_id, _Runtime())
         self._end_other_pairings(rt, daemon_key)
         if len(rt.sessions) >= MAX_SESSIONS_PER_RUNTIME:
@@ -223,7 +216,7 @@ class MemoryBroker:
             else:
                 raise too_many_sessions()
         session_id = "rs_" + secrets.token_hex(12)
-        session = _Session(session_id, lattice_id, max_concurrency, time.monotonic(),
+        session = _Session(session_id, lattice_id, max_concurrency, self._clock.monotonic(),
                            daemon_key=daemon_key)
         rt.sessions[session_id] = session
         self._touch(session)
@@ -237,14 +230,12 @@ class MemoryBroker:
     def _end_other_pairings(self, rt: _Runtime, daemon_key: str | None) -> None:
         for old in list(rt.sessions.values()):
             if old.daemon_key != daemon_key:
-                self._end_session(old, LatticeError(
-                    ErrorCode.RUNTIME_UNREACHABLE,
-                    "the personal runtime was paired with another daemon"))
+                self._end_session(old, LatticeError(ErrorCode.RUNTIME_UNREACHABLE,
+                                                    PAIRED_ELSEWHERE))
 
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:
         session = self._session(lattice_id, session_id)
-        self._end_session(session, LatticeError(
-            ErrorCode.RUNTIME_UNREACHABLE, "the personal runtime's daemon stopped"))
+        self._end_session(session, LatticeError(ErrorCode.RUNTIME_UNREACHABLE, DAEMON_STOPPED))
 
     def _session(self, lattice_id: str, session_id: str) -> _Session:
         rt = self._runtimes.get(lattice_id)
@@ -254,12 +245,12 @@ class MemoryBroker:
         return session
 
     def _touch(self, session: _Session) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         session.last_active = now
         session.activity += 1
         rt = self._runtimes.get(session.lattice_id)
         if rt is not None:
-            rt.last_seen_wall = time.time()
+            rt.last_seen_wall = self._clock.time()
         self._presence_deadlines.append(
             (now + self.presence_window_seconds, session, session.activity))
 
@@ -273,9 +264,8 @@ class MemoryBroker:
             if failure is not None:
                 ticket.push(failure)
         session.leased.clear()
-        parked = session.parked
-        if parked is not None:
-            parked.wake(PollResult())
+        if session.parked is not None:
+            session.parked.answer()
 
     # --------------------------------------------------------------------------- polls
 
@@ -285,30 +275,24 @@ class MemoryBroker:
         self._touch(session)
         previous = session.parked
         if previous is not None:
-            previous.wake(PollResult())  # superseded by this poll
+            previous.answer()  # superseded by this poll
         result = self._collect(session, capacity)
         if result.jobs or result.cancels or self._draining:
             return result
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[PollResult | None] = loop.create_future()
-        parked = _Parked(session, capacity, future, time.monotonic() + self.poll_window_seconds)
+        parked = _Parked(capacity=capacity, session=session,
+                         deadline=self._clock.monotonic() + self.poll_window_seconds)
         session.parked = parked
         rt = self._runtimes[lattice_id]
         if capacity > 0:
             rt.waiting.append(parked)
         self._poll_deadlines.append(parked)
-        watcher = loop.create_task(_watch_disconnect(receive, future)) if receive else None
         try:
-            outcome = await future
+            return await parked.held(receive)
         finally:
-            parked.future = None
-            if watcher is not None:
-                watcher.cancel()
             if session.parked is parked:
                 session.parked = None
             if session.alive:
                 self._touch(session)  # the presence window runs from the poll's end
-        return outcome if outcome is not None else PollResult()
 
     def _collect(self, session: _Session, capacity: int) -> PollResult:
         result = PollResult()
@@ -329,7 +313,6 @@ class MemoryBroker:
         ticket.state = _State.LEASED
         ticket.envelope = None
         ticket.session = session
-        ticket.was_leased = True
         session.leased[ticket.job_id] = ticket
 
     def _flush(self, rt: _Runtime) -> None:
@@ -343,7 +326,7 @@ class MemoryBroker:
                 continue
             result = self._collect(session, parked.capacity)
             if result.jobs or result.cancels:
-                parked.wake(result)
+                parked.answer(result)
             else:
                 rt.waiting.appendleft(parked)
                 break
@@ -361,9 +344,7 @@ class MemoryBroker:
             if ticket is None:
                 if event.job_id not in refused:
                     refused.add(event.job_id)
-                    result.refused.append(Refusal(
-                        event.job_id, ErrorCode.LEASE_NOT_HELD.value,
-                        "the job is not leased to this session"))
+                    result.refused.append(not_leased(event.job_id))
                 continue
             ticket.push(event)
         if session.cancels:
@@ -374,10 +355,10 @@ class MemoryBroker:
 
     async def submit(self, lattice_id: str, envelope: JobEnvelope) -> MemoryTicket:
         self._ensure_sweeper()
-        ticket = MemoryTicket(self, lattice_id, envelope)
+        ticket = MemoryTicket(self, lattice_id, envelope, self._clock.monotonic())
         if lattice_id in self._revoked:
             ticket.state = _State.DONE
-            ticket.push(LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked"))
+            ticket.push(revoked())
             return ticket
         rt = self._runtimes.setdefault(lattice_id, _Runtime())
         # Cancelled tickets leave the queue lazily: count only live ones, and only when
@@ -415,7 +396,7 @@ class MemoryBroker:
         if parked is not None and parked.open:
             result = PollResult(cancels=session.cancels)
             session.cancels = []
-            parked.wake(result)
+            parked.answer(result)
 
     # ------------------------------------------------------------------------- sweeper
 
@@ -425,15 +406,12 @@ class MemoryBroker:
 
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._tick)
-            self.sweep(time.monotonic())
+            await self._clock.sleep(self._tick)
+            self.sweep(self._clock.monotonic())
 
     def sweep(self, now: float) -> None:
         """Expire parked polls, unpicked jobs and silent sessions whose time is up."""
-        polls = self._poll_deadlines
-        while polls and polls[0].deadline <= now:
-            parked = polls.popleft()
-            parked.wake(PollResult())
+        answer_expired(self._poll_deadlines, now)
         pickups = self._pickup_deadlines
         limit = now - self.pickup_timeout_seconds
         while pickups and pickups[0].enqueued_at <= limit:
@@ -441,10 +419,7 @@ class MemoryBroker:
             if ticket.state is _State.QUEUED:
                 ticket.state = _State.DONE
                 ticket.envelope = None
-                ticket.push(LatticeError(
-                    ErrorCode.RUNTIME_TIMEOUT,
-                    f"the personal runtime did not pick the job up within "
-                    f"{self.pickup_timeout_seconds:g} s"))
+                ticket.push(pickup_timed_out(self.pickup_timeout_seconds))
                 rt = self._runtimes.get(ticket.lattice_id)
                 while rt is not None and rt.queue and rt.queue[0].state is _State.DONE:
                     rt.queue.popleft()
@@ -452,17 +427,5 @@ class MemoryBroker:
         while presence and presence[0][0] <= now:
             _, session, activity = presence.popleft()
             if session.alive and session.activity == activity and session.parked is None:
-                self._end_session(session, LatticeError(
-                    ErrorCode.RUNTIME_UNREACHABLE,
-                    "the personal runtime's daemon stopped answering"))
-
-
-async def _watch_disconnect(receive: Receive,
-                            future: asyncio.Future[PollResult | None]) -> None:
-    """End a parked poll when its client's connection drops (a crashed daemon)."""
-    while True:
-        message = await receive()
-        if message.get("type") == "http.disconnect":
-            if not future.done():
-                future.set_result(None)
-            return
+                self._end_session(session, LatticeError(ErrorCode.RUNTIME_UNREACHABLE,
+                                                        DAEMON_SILENT))

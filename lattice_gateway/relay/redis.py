@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -30,17 +29,27 @@ from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError,
 
 from . import redis_scripts as lua
 from .base import (
+    DAEMON_SILENT,
+    DAEMON_STOPPED,
+    MAX_SESSIONS_PER_RUNTIME,
+    PAIRED_ELSEWHERE,
+    REVOKED,
+    SYSTEM_CLOCK,
+    Clock,
     EventInbox,
     EventsResult,
+    ParkedPoll,
     PollResult,
     Receive,
-    Refusal,
     SessionNotFound,
+    answer_expired,
+    not_leased,
+    pickup_timed_out,
     queue_full,
-    resolve,
+    revoked,
+    sweep_tick,
     too_many_sessions,
 )
-from .memory import MAX_SESSIONS_PER_RUNTIME
 
 log = logging.getLogger("lattice_gateway.relay")
 
@@ -55,18 +64,15 @@ def _text(value: Any) -> str:
 class RedisTicket(EventInbox):
     __slots__ = ("_broker", "done", "enqueued_at", "job_id", "lattice_id", "seen_event")
 
-    def __init__(self, broker: RedisBroker, lattice_id: str, job_id: str) -> None:
+    def __init__(self, broker: RedisBroker, lattice_id: str, job_id: str,
+                 enqueued_at: float) -> None:
         super().__init__()
         self._broker = broker
         self.job_id = job_id
         self.lattice_id = lattice_id
-        self.enqueued_at = time.monotonic()
+        self.enqueued_at = enqueued_at
         self.done = False
         self.seen_event = False
-
-    @property
-    def leased(self) -> bool:
-        return self.seen_event
 
     def push(self, item: SealedEvent | LatticeError) -> None:
         if isinstance(item, SealedEvent):
@@ -90,33 +96,23 @@ class RedisTicket(EventInbox):
 
 
 @dataclass(eq=False)
-class _Parked:
+class _Parked(ParkedPoll):
     lattice_id: str
     session_id: str
-    capacity: int
-    # Dropped when the poll returns (the deadline FIFO must not keep its answer alive).
-    future: asyncio.Future[PollResult | None] | None
-    deadline: float
-    busy: bool = False
-    dirty: bool = False
-
-    @property
-    def open(self) -> bool:
-        return self.future is not None and not self.future.done()
-
-    def end(self) -> None:
-        if self.future is not None and not self.future.done():
-            self.future.set_result(None)
+    busy: bool = False  # an attempt to fill it from Redis is running
+    dirty: bool = False  # a wake came during that attempt: look again
 
 
 class RedisBroker:
     def __init__(self, url: str, *, poll_window_seconds: float = 25.0,
                  presence_window_seconds: float = 15.0, pickup_timeout_seconds: float = 30.0,
-                 key_prefix: str = "lattice:relay:", max_queued_jobs: int = 512) -> None:
+                 key_prefix: str = "lattice:relay:", max_queued_jobs: int = 512,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.poll_window_seconds = poll_window_seconds
         self.max_queued_jobs = max_queued_jobs
         self.presence_window_seconds = presence_window_seconds
         self.pickup_timeout_seconds = pickup_timeout_seconds
+        self._clock = clock
         self._prefix = key_prefix
         self._replica = secrets.token_hex(8)
         self._redis = aioredis.from_url(url)
@@ -127,7 +123,7 @@ class RedisBroker:
         self._tickets: dict[str, RedisTicket] = {}
         self._parked_by_runtime: dict[str, set[_Parked]] = {}
         self._parked_by_session: dict[str, _Parked] = {}
-        self._poll_deadlines: deque[_Parked] = deque()
+        self._poll_deadlines: deque[ParkedPoll] = deque()
         self._pickup_deadlines: deque[RedisTicket] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writes: set[asyncio.Task[Any]] = set()
@@ -135,8 +131,8 @@ class RedisBroker:
         self._pubsub: Any = None
         self._closed = False
         self._draining = False
-        self._tick = max(0.01, min(0.25, poll_window_seconds / 10,
-                                   presence_window_seconds / 10, pickup_timeout_seconds / 10))
+        self._tick = sweep_tick(poll_window_seconds, presence_window_seconds,
+                                pickup_timeout_seconds)
         self._refresh_every = max(self._tick, presence_window_seconds / 3)
 
     # ---------------------------------------------------------------------- plumbing
@@ -181,12 +177,12 @@ class RedisBroker:
         ones; the daemons' next polls go to another replica."""
         self._draining = True
         for parked in list(self._parked_by_session.values()):
-            parked.end()
+            parked.answer()
 
     async def close(self) -> None:
         self._closed = True
         for parked in list(self._parked_by_session.values()):
-            parked.end()
+            parked.answer()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -227,16 +223,16 @@ class RedisBroker:
                 if waiting.capacity > 0:
                     self._attempt(waiting)
         elif kind == "c":
-            parked = self._parked_by_session.get(target)
-            if parked is not None:
-                self._attempt(parked)
+            held = self._parked_by_session.get(target)
+            if held is not None:
+                self._attempt(held)
         elif kind == "d":
-            parked = self._parked_by_session.get(target)
-            if parked is not None:
-                parked.end()
+            held = self._parked_by_session.get(target)
+            if held is not None:
+                held.answer()
         elif kind == "r":
             for parked in list(self._parked_by_runtime.get(target, ())):
-                parked.end()
+                parked.answer()
 
     def _on_event(self, raw: bytes) -> None:
         message = orjson.loads(raw)
@@ -261,13 +257,14 @@ class RedisBroker:
         """How many of the runtime's polls this replica holds right now (tests, metrics)."""
         return len(self._parked_by_runtime.get(lattice_id, ()))
 
-    # ------------------------------------------------------------------ services.Broker
+    # ------------------------------------------------------------------------ presence
 
     async def reachable(self, lattice_ids: list[str]) -> dict[str, bool]:
         if not lattice_ids:
             return {}
         await self._ensure_started()
-        live = await self._script("reachable", time.time() - self.presence_window_seconds,
+        live = await self._script("reachable",
+                                  self._clock.time() - self.presence_window_seconds,
                                   *lattice_ids)
         return {lid: bool(flag) for lid, flag in zip(lattice_ids, live, strict=True)}
 
@@ -280,8 +277,7 @@ class RedisBroker:
 
     async def revoke_runtime(self, lattice_id: str) -> None:
         await self._ensure_started()
-        await self._script("revoke", lattice_id, ErrorCode.RUNTIME_REVOKED.value,
-                           "the personal runtime was revoked")
+        await self._script("revoke", lattice_id, ErrorCode.RUNTIME_REVOKED.value, REVOKED)
 
     # ------------------------------------------------------------------------ sessions
 
@@ -290,10 +286,10 @@ class RedisBroker:
         await self._ensure_started()
         await self.end_other_pairings(lattice_id, daemon_key or "")
         session_id = "rs_" + secrets.token_hex(12)
-        outcome = await self._script("register", lattice_id, session_id, time.time(),
+        outcome = await self._script("register", lattice_id, session_id, self._clock.time(),
                                      MAX_SESSIONS_PER_RUNTIME, daemon_key or "")
         if outcome == 0:
-            raise LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked")
+            raise revoked()
         if outcome == -1:
             raise too_many_sessions()
         return session_id
@@ -301,21 +297,20 @@ class RedisBroker:
     async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:
         await self._ensure_started()
         await self._script("end_other_pairings", lattice_id, daemon_key,
-                           ErrorCode.RUNTIME_UNREACHABLE.value,
-                           "the personal runtime was paired with another daemon")
+                           ErrorCode.RUNTIME_UNREACHABLE.value, PAIRED_ELSEWHERE)
 
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:
         await self._ensure_started()
         ended = await self._script("end_session", session_id, "", lattice_id,
-                                   ErrorCode.RUNTIME_UNREACHABLE.value,
-                                   "the personal runtime's daemon stopped")
+                                   ErrorCode.RUNTIME_UNREACHABLE.value, DAEMON_STOPPED)
         if ended is None:
             raise SessionNotFound()
 
     # --------------------------------------------------------------------------- polls
 
     async def _take(self, lattice_id: str, session_id: str, capacity: int) -> PollResult:
-        answer = await self._script("poll", lattice_id, session_id, capacity, time.time())
+        answer = await self._script("poll", lattice_id, session_id, capacity,
+                                    self._clock.time())
         if answer is None:
             raise SessionNotFound()
         envelopes, cancels = answer
@@ -328,27 +323,21 @@ class RedisBroker:
         await self._ensure_started()
         previous = self._parked_by_session.get(session_id)
         if previous is not None:
-            previous.end()  # superseded by this poll
+            previous.answer()  # superseded by this poll
         result = await self._take(lattice_id, session_id, capacity)
         if result.jobs or result.cancels or self._draining:
             return result
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[PollResult | None] = loop.create_future()
-        parked = _Parked(lattice_id, session_id, capacity, future,
-                         time.monotonic() + self.poll_window_seconds)
+        parked = _Parked(capacity=capacity, lattice_id=lattice_id, session_id=session_id,
+                         deadline=self._clock.monotonic() + self.poll_window_seconds)
         self._parked_by_session[session_id] = parked
         self._parked_by_runtime.setdefault(lattice_id, set()).add(parked)
         self._poll_deadlines.append(parked)
         # A job queued between the take above and parking published its wake before we
         # listened: look once more now that we are parked.
         self._attempt(parked)
-        watcher = loop.create_task(_watch_disconnect(receive, future)) if receive else None
         try:
-            outcome = await future
+            return await parked.held(receive)
         finally:
-            parked.future = None
-            if watcher is not None:
-                watcher.cancel()
             if self._parked_by_session.get(session_id) is parked:
                 del self._parked_by_session[session_id]
             waiting = self._parked_by_runtime.get(lattice_id)
@@ -357,8 +346,8 @@ class RedisBroker:
                 if not waiting:
                     del self._parked_by_runtime[lattice_id]
             if not self._closed:
-                self._write_behind(self._script("touch", lattice_id, session_id, time.time()))
-        return outcome if outcome is not None else PollResult()
+                self._write_behind(self._script("touch", lattice_id, session_id,
+                                                self._clock.time()))
 
     def _attempt(self, parked: _Parked) -> None:
         """Try to fill a parked poll from Redis; one attempt at a time per poll."""
@@ -378,12 +367,11 @@ class RedisBroker:
                     result = await self._take(parked.lattice_id, parked.session_id,
                                               parked.capacity)
                 except SessionNotFound:
-                    parked.end()
+                    parked.answer()
                     return
                 if result.jobs or result.cancels:
                     if parked.open:
-                        assert parked.future is not None
-                        parked.future.set_result(result)
+                        parked.answer(result)
                     else:
                         await self._give_back(parked, result)
                     return
@@ -406,7 +394,7 @@ class RedisBroker:
     async def post_events(self, lattice_id: str, session_id: str,
                           events: list[SealedEvent]) -> EventsResult:
         await self._ensure_started()
-        args: list[Any] = [lattice_id, session_id, time.time()]
+        args: list[Any] = [lattice_id, session_id, self._clock.time()]
         for event in events:
             args.append(event.job_id)
             args.append(orjson.dumps({"j": event.job_id, "e": event.to_dict()}))
@@ -420,15 +408,14 @@ class RedisBroker:
             job_id = _text(raw)
             if job_id not in seen:
                 seen.add(job_id)
-                result.refused.append(Refusal(job_id, ErrorCode.LEASE_NOT_HELD.value,
-                                              "the job is not leased to this session"))
+                result.refused.append(not_leased(job_id))
         return result
 
     # ---------------------------------------------------------------------------- jobs
 
     async def submit(self, lattice_id: str, envelope: JobEnvelope) -> RedisTicket:
         await self._ensure_started()
-        ticket = RedisTicket(self, lattice_id, envelope.job_id)
+        ticket = RedisTicket(self, lattice_id, envelope.job_id, self._clock.monotonic())
         self._tickets[envelope.job_id] = ticket
         queued = await self._script("submit", lattice_id, envelope.job_id,
                                     orjson.dumps(envelope.to_dict()), self._replica,
@@ -439,7 +426,7 @@ class RedisBroker:
         if not queued:
             self._forget(ticket)
             ticket.done = True
-            ticket.push(LatticeError(ErrorCode.RUNTIME_REVOKED, "the personal runtime was revoked"))
+            ticket.push(revoked())
             return ticket
         self._pickup_deadlines.append(ticket)
         return ticket
@@ -449,8 +436,8 @@ class RedisBroker:
     async def _sweep_forever(self) -> None:
         last_refresh = 0.0
         while not self._closed:
-            await asyncio.sleep(self._tick)
-            now = time.monotonic()
+            await self._clock.sleep(self._tick)
+            now = self._clock.monotonic()
             try:
                 await self._sweep(now, refresh=now - last_refresh >= self._refresh_every)
             except (ConnectionError, OSError, aioredis.RedisError):
@@ -462,9 +449,7 @@ class RedisBroker:
                 last_refresh = now
 
     async def _sweep(self, now: float, refresh: bool) -> None:
-        polls = self._poll_deadlines
-        while polls and polls[0].deadline <= now:
-            polls.popleft().end()
+        answer_expired(self._poll_deadlines, now)
         pickups = self._pickup_deadlines
         limit = now - self.pickup_timeout_seconds
         while pickups and pickups[0].enqueued_at <= limit:
@@ -474,11 +459,8 @@ class RedisBroker:
             if await self._script("pickup_expire", ticket.job_id):
                 self._forget(ticket)
                 ticket.done = True
-                ticket.push(LatticeError(
-                    ErrorCode.RUNTIME_TIMEOUT,
-                    f"the personal runtime did not pick the job up within "
-                    f"{self.pickup_timeout_seconds:g} s"))
-        wall = time.time()
+                ticket.push(pickup_timed_out(self.pickup_timeout_seconds))
+        wall = self._clock.time()
         if refresh and self._parked_by_session:
             # Held polls are live presence: refresh them where every replica looks.
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -491,13 +473,4 @@ class RedisBroker:
                                                     start=0, num=100)
             for raw in stale:
                 await self._script("end_session", _text(raw), cutoff, "",
-                                   ErrorCode.RUNTIME_UNREACHABLE.value,
-                                   "the personal runtime's daemon stopped answering")
-
-
-async def _watch_disconnect(receive: Receive, future: asyncio.Future[PollResult | None]) -> None:
-    while True:
-        message = await receive()
-        if message.get("type") == "http.disconnect":
-            resolve(future)
-            return
+                                   ErrorCode.RUNTIME_UNREACHABLE.value, DAEMON_SILENT)

@@ -15,8 +15,8 @@ from starlette.routing import Route
 from lattice_protocol import ErrorCode, LatticeError, SealError, decode_public_key
 
 from ..http import json_response, read_json_body
-from ..relay import RelayBroker, poll_window
-from .runtimes import services_of
+from ..relay import poll_window
+from ..services import services_of
 
 DAEMON_VERSION_MAX = 64
 
@@ -51,8 +51,7 @@ async def redeem(request: Request) -> Response:
     redeemed = await services.store.redeem_bootstrap_token(
         token.strip(), daemon_public_key=public_key, daemon_version=version)
     runtime = redeemed.runtime
-    broker: RelayBroker = services.broker  # type: ignore[assignment]
-    await broker.end_other_pairings(runtime.lattice_id, public_key)
+    await services.broker.end_other_pairings(runtime.lattice_id, public_key)
     return json_response({
         "latticeId": runtime.lattice_id,
         "accountId": runtime.account_id,

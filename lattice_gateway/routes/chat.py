@@ -15,16 +15,17 @@ first byte. If the app disconnects or the silence deadline passes, the job is ca
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
@@ -41,15 +42,13 @@ from lattice_protocol import (
     parse_model_string,
 )
 
-from ..errors import api_error_response
 from ..http import read_json_body
-from ..relay import JobTicket, RelayBroker
-from ..services import SCOPE_INFERENCE, Runtime, Services
-from ..sse import SSE_DONE, SSE_HEADERS, SSE_KEEPALIVE, sse_error, sse_frame
+from ..relay.base import JobTicket, watch_disconnect
+from ..services import SCOPE_INFERENCE, services_of
+from ..settings import Settings
+from ..sse import SSE_DONE, SSE_HEADERS, SSE_KEEPALIVE, SSE_MEDIA_TYPE, sse_error, sse_frame
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-_SEALER_CACHE_MAX = 10_000
 # Error codes a daemon's error event may carry to the app; anything else is provider_error.
 _DAEMON_CODES = {code.value: code for code in (
     ErrorCode.PROVIDER_ERROR, ErrorCode.RUNTIME_TIMEOUT, ErrorCode.INVALID_REQUEST,
@@ -173,28 +172,8 @@ def validate_chat_request(body: dict[str, Any]) -> ChatRequest:
 # ----------------------------------------------------------------------- the endpoint
 
 
-def _sealer(services: Services, runtime: Runtime) -> Sealer:
-    """One Sealer per daemon key: the Box key agreement is the expensive part."""
-    cache: dict[str, Sealer] = services.extras.setdefault("chat_sealers", {})  # type: ignore[assignment]
-    key = runtime.daemon_public_key
-    assert key is not None
-    sealer = cache.get(key)
-    if sealer is None:
-        if len(cache) >= _SEALER_CACHE_MAX:
-            cache.clear()
-        sealer = cache[key] = Sealer(services.gateway_keys, key)
-    return sealer
-
-
 async def chat_completions(request: Request) -> Response:
-    try:
-        return await _chat_completions(request)
-    except LatticeError as exc:
-        return api_error_response(exc)
-
-
-async def _chat_completions(request: Request) -> Response:
-    services: Services = request.app.state.services
+    services = services_of(request)
     settings = services.settings
     principal = await services.auth.authenticate(request, SCOPE_INFERENCE)
     body = await read_json_body(request, settings.max_body_bytes)
@@ -206,15 +185,14 @@ async def _chat_completions(request: Request) -> Response:
     if runtime.status == "revoked":
         raise LatticeError(ErrorCode.RUNTIME_REVOKED,
                            f"personal runtime {chat.lattice_id} was revoked", "model")
-    broker: RelayBroker = services.broker  # type: ignore[assignment]
     if runtime.status != "paired" or runtime.daemon_public_key is None:
         raise LatticeError(ErrorCode.RUNTIME_UNREACHABLE,
                            f"personal runtime {chat.lattice_id} is not paired with a daemon yet")
-    if not (await broker.reachable([chat.lattice_id]))[chat.lattice_id]:
+    if not (await services.broker.reachable([chat.lattice_id]))[chat.lattice_id]:
         raise LatticeError(ErrorCode.RUNTIME_UNREACHABLE,
                            f"personal runtime {chat.lattice_id} is offline: its daemon is not "
                            "connected")
-    sealer = _sealer(services, runtime)
+    sealer = services.sealers.for_daemon(runtime.daemon_public_key)
     job_id = "job_" + secrets.token_hex(12)
     deadline = time.time() + settings.job_start_deadline_seconds
     spec = JobSpec(
@@ -224,9 +202,12 @@ async def _chat_completions(request: Request) -> Response:
         idle_timeout=settings.idle_timeout_seconds,
     )
     sealed = sealer.seal(orjson.dumps(spec.to_dict()))
-    ticket = await broker.submit(chat.lattice_id, JobEnvelope(job_id, deadline, sealed))
-    relay = _RelayedJob(ticket, sealer, chat.model, services)
-    return _StreamingAnswer(relay) if chat.stream else _CompletionAnswer(relay)
+    ticket = await services.broker.submit(chat.lattice_id, JobEnvelope(job_id, deadline, sealed))
+    relay = _RelayedJob(ticket, sealer, chat.model, settings)
+    if chat.stream:
+        return _StreamedAnswer(relay)
+    async with relay.held(request.receive):
+        return await relay.completion()
 
 
 # -------------------------------------------------------------- waiting for the daemon
@@ -235,11 +216,10 @@ async def _chat_completions(request: Request) -> Response:
 class _RelayedJob:
     """Reads one job's events off its ticket: opens them, checks order, keeps deadlines."""
 
-    def __init__(self, ticket: JobTicket, sealer: Sealer, model: str, services: Services) -> None:
+    def __init__(self, ticket: JobTicket, sealer: Sealer, model: str, settings: Settings) -> None:
         self.ticket = ticket
         self.sealer = sealer
         self.model = model
-        settings = services.settings
         self.first_token_timeout = settings.first_token_timeout_seconds
         self.idle_timeout = settings.idle_timeout_seconds
         self.pickup_timeout = settings.pickup_timeout_seconds
@@ -266,7 +246,9 @@ class _RelayedJob:
                     return None
                 continue
             if isinstance(item, LatticeError):
-                return item
+                # The broker may hand one error to many tickets (a revoked runtime): each
+                # request raises its own.
+                return LatticeError(item.code, item.message, item.param, item.retry_after)
             event = self._open(item)
             if isinstance(event, ResultEvent):
                 self.silence_deadline = time.monotonic() + self.idle_timeout
@@ -316,127 +298,118 @@ class _RelayedJob:
                                 f"for the app ({exc})")
 
 
-async def _watch_disconnect(receive: Receive, ticket: JobTicket) -> None:
-    """Cancel the job when the app's connection goes away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            ticket.cancel("client_disconnected")
-            return
+    def held(self, receive: Receive) -> _Held:
+        """``async with``: while the app's request waits on the job."""
+        return _Held(self.ticket, receive)
 
+    async def completion(self) -> Response:
+        """The ``chat.completion`` of a non-streaming job; its failure is raised."""
+        event = await self.next()
+        assert event is not None  # no wait_at_most: an event or a failure
+        if isinstance(event, LatticeError):
+            self.ticket.finish()
+            raise event
+        if event.kind == "result" and event.data is not None:
+            self.ticket.finish()
+            encoded = self.encode(event.data)
+            if isinstance(encoded, LatticeError):
+                raise encoded
+            return Response(encoded, media_type="application/json")
+        if event.kind == "error":
+            self.ticket.finish()
+            raise self.failure_of(event)
+        # A chunk/end for a non-streaming job: the daemon broke the protocol.
+        self.ticket.cancel("invalid_event")
+        self.ticket.finish()
+        raise LatticeError(ErrorCode.PROVIDER_ERROR,
+                           f"the personal runtime answered a non-streaming job with {event.kind!r}")
 
-class _HeldAnswer(Response):
-    """A response that holds the request while the job runs (an ASGI app itself)."""
-
-    def __init__(self, relay: _RelayedJob) -> None:
-        self.relay = relay
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watcher = asyncio.get_running_loop().create_task(
-            _watch_disconnect(receive, self.relay.ticket))
-        try:
-            await self.answer(send)
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            self.relay.ticket.cancel("request_ended")  # no-op after a final event
-
-    async def answer(self, send: Send) -> None:
-        raise NotImplementedError
-
-    @staticmethod
-    async def send_error(send: Send, error: LatticeError) -> None:
-        retry = b"true" if error.code.retryable else b"false"
-        await send({"type": "http.response.start", "status": error.code.status,
-                    "headers": [*_JSON_HEADERS, (b"x-should-retry", retry)]})
-        await send({"type": "http.response.body", "body": orjson.dumps(error.body())})
-
-
-class _CompletionAnswer(_HeldAnswer):
-    async def answer(self, send: Send) -> None:
-        relay = self.relay
-        while True:
-            event = await relay.next()
-            if isinstance(event, LatticeError):
-                relay.ticket.finish()
-                await self.send_error(send, event)
-                return
-            assert event is not None
-            if event.kind == "result" and event.data is not None:
-                relay.ticket.finish()
-                encoded = relay.encode(event.data)
-                if isinstance(encoded, LatticeError):
-                    await self.send_error(send, encoded)
-                    return
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": _JSON_HEADERS})
-                await send({"type": "http.response.body", "body": encoded})
-                return
-            if event.kind == "error":
-                relay.ticket.finish()
-                await self.send_error(send, relay.failure_of(event))
-                return
-            # A chunk/end for a non-streaming job: the daemon broke the protocol.
-            relay.ticket.cancel("invalid_event")
-            relay.ticket.finish()
-            await self.send_error(send, LatticeError(
-                ErrorCode.PROVIDER_ERROR,
-                f"the personal runtime answered a non-streaming job with {event.kind!r}"))
-            return
-
-
-class _StreamingAnswer(_HeldAnswer):
-    async def answer(self, send: Send) -> None:
-        relay = self.relay
+    async def sse_frames(self) -> AsyncIterator[bytes]:
+        """The stream's SSE frames: chunks, keep-alive comments while nothing comes (model
+        loading), ``[DONE]``. A failure before the first frame is raised; after it, it
+        is the last frame (an in-stream error event)."""
         started = False
-
-        async def start() -> None:
-            nonlocal started
-            if not started:
-                started = True
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": SSE_HEADERS})
-
-        async def body(data: bytes, more: bool = True) -> None:
-            await send({"type": "http.response.body", "body": data, "more_body": more})
-
         while True:
-            event = await relay.next(wait_at_most=relay.keepalive)
+            event = await self.next(wait_at_most=self.keepalive)
             if event is None:  # nothing for a keep-alive interval: model loading
-                await start()
-                await body(SSE_KEEPALIVE)
+                started = True
+                yield SSE_KEEPALIVE
                 continue
-            failure: LatticeError | None = None
             if isinstance(event, LatticeError):
                 failure = event
             elif event.kind == "chunk" and event.data is not None:
-                encoded = relay.encode(event.data)
-                if isinstance(encoded, LatticeError):
-                    failure = encoded
-                else:
-                    await start()
-                    await body(sse_frame(encoded))
+                encoded = self.encode(event.data)
+                if not isinstance(encoded, LatticeError):
+                    started = True
+                    yield sse_frame(encoded)
                     continue
+                failure = encoded
             elif event.kind == "end":
-                relay.ticket.finish()
-                await start()
-                await body(SSE_DONE, more=False)
+                self.ticket.finish()
+                yield SSE_DONE
                 return
             elif event.kind == "error":
-                failure = relay.failure_of(event)
+                failure = self.failure_of(event)
             else:
-                relay.ticket.cancel("invalid_event")
+                self.ticket.cancel("invalid_event")
                 failure = LatticeError(ErrorCode.PROVIDER_ERROR,
                                        "the personal runtime answered a streaming job with a "
                                        "non-streaming result")
-            relay.ticket.finish()
+            self.ticket.finish()
             if not started:
-                await self.send_error(send, failure)
-                return
-            await body(sse_error(failure.code, failure.message, failure.param), more=False)
+                raise failure
+            yield sse_error(failure.code, failure.message, failure.param)
             return
+
+
+class _Held:
+    """While the app's request waits on a job: the app going away cancels the job at
+    once (the daemon aborts the provider call); a job left unfinished when the request
+    ends is cancelled. (A class, not a generator: this is on every chat request.)"""
+
+    __slots__ = ("_receive", "_ticket", "_watcher")
+
+    def __init__(self, ticket: JobTicket, receive: Receive) -> None:
+        self._ticket = ticket
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(watch_disconnect(
+            self._receive, partial(self._ticket.cancel, "client_disconnected")))
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._watcher is not None:
+            # Not awaited: the answer goes out now, the watcher ends on the next turn.
+            self._watcher.cancel()
+        self._ticket.cancel("request_ended")  # no-op after a final event
+
+
+class _StreamedAnswer(StreamingResponse):
+    """SSE exactly as OpenAI streams chat completions, while the job runs.
+
+    The response starts with the first frame, not before: a failure before it is raised
+    to the app's error handler, which answers with the error's status. The job's own
+    disconnect watch (``held``) replaces Starlette's: the app going away must cancel the
+    job at once, with that reason.
+    """
+
+    def __init__(self, relay: _RelayedJob) -> None:
+        self.relay = relay
+        self.frames = relay.sse_frames()
+        super().__init__(self.frames, headers=SSE_HEADERS, media_type=SSE_MEDIA_TYPE)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self.relay.held(receive):
+            first = await anext(self.frames)
+            self.body_iterator = _after(first, self.frames)
+            await self.stream_response(send)
+
+
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for frame in rest:
+        yield frame
 
 
 routes: list[BaseRoute] = [

@@ -12,8 +12,7 @@ from starlette.routing import Route
 from lattice_protocol import format_model_string
 
 from ..http import json_response
-from ..services import SCOPE_INFERENCE, Runtime
-from .runtimes import services_of
+from ..services import SCOPE_INFERENCE, Runtime, services_of
 
 
 def _unix_seconds(iso: str) -> int:

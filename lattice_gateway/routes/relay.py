@@ -2,12 +2,12 @@
 
 Every request carries the daemon token; a session is only usable with its runtime's
 token (anything else is ``404 session_not_found``). Bodies are parsed strictly; bad
-input is a ``400 invalid_request`` envelope and never disturbs other sessions.
+input raises ``400 invalid_request`` (answered by the app's one error handler) and never
+disturbs other sessions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -23,10 +23,9 @@ from lattice_protocol import (
 )
 
 from ..auth import authenticate_daemon
-from ..errors import api_error_response
 from ..http import json_response, read_json_body
-from ..relay import RelayBroker, poll_window
-from ..services import Services
+from ..relay import poll_window
+from ..services import services_of
 
 MAX_CONCURRENCY = 1024  # bounds capacity and maxConcurrency
 MAX_EVENTS_PER_REQUEST = 4096
@@ -36,27 +35,6 @@ _MAX_TEXT = 256
 
 def _invalid(message: str, param: str | None = None) -> LatticeError:
     return LatticeError(ErrorCode.INVALID_REQUEST, message, param)
-
-
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _envelope_errors(endpoint: Endpoint) -> Endpoint:
-    """Every LatticeError becomes its envelope; the process keeps serving."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except LatticeError as exc:
-            return api_error_response(exc)
-
-    wrapped.__name__ = endpoint.__name__
-    return wrapped
-
-
-def _services(request: Request) -> tuple[Services, RelayBroker]:
-    services: Services = request.app.state.services
-    return services, services.broker  # type: ignore[return-value]
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -92,13 +70,12 @@ def _parse_register(body: dict[str, Any]) -> tuple[str, list[str], str | None, i
     return daemon_version, models, default_model, max_concurrency
 
 
-@_envelope_errors
 async def register_session(request: Request) -> Response:
-    services, broker = _services(request)
+    services = services_of(request)
     runtime = await authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     daemon_version, models, default_model, max_concurrency = _parse_register(body)
-    session_id = await broker.register_session(runtime.lattice_id, max_concurrency,
+    session_id = await services.broker.register_session(runtime.lattice_id, max_concurrency,
                                                daemon_key=runtime.daemon_public_key)
     await services.store.record_daemon_session(
         runtime.lattice_id, daemon_version=daemon_version, models=models,
@@ -111,22 +88,20 @@ async def register_session(request: Request) -> Response:
     }, status_code=201)
 
 
-@_envelope_errors
 async def poll(request: Request) -> Response:
-    services, broker = _services(request)
+    services = services_of(request)
     runtime = await authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     # capacity 0 is a heartbeat that only collects cancel notices (a daemon whose slots
     # are all busy keeps one such poll outstanding).
     capacity = _count(body, "capacity", 0)
-    result = await broker.poll(runtime.lattice_id, request.path_params["session_id"], capacity,
-                               receive=request.receive)
+    result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
+                                        capacity, receive=request.receive)
     return json_response(result.to_dict())
 
 
-@_envelope_errors
 async def post_events(request: Request) -> Response:
-    services, broker = _services(request)
+    services = services_of(request)
     runtime = await authenticate_daemon(request)
     # Results can outgrow the request that asked for them (sealed, base64): the relay's
     # own bound, which the daemon batches to (docs/protocol.md §4).
@@ -140,16 +115,15 @@ async def post_events(request: Request) -> Response:
         events = [SealedEvent.from_dict(e) for e in raw_events]
     except ProtocolError as exc:
         raise _invalid(str(exc), "events") from None
-    result = await broker.post_events(runtime.lattice_id, request.path_params["session_id"],
-                                      events)
+    result = await services.broker.post_events(runtime.lattice_id,
+                                               request.path_params["session_id"], events)
     return json_response(result.to_dict())
 
 
-@_envelope_errors
 async def deregister_session(request: Request) -> Response:
-    _, broker = _services(request)
     runtime = await authenticate_daemon(request)
-    await broker.deregister_session(runtime.lattice_id, request.path_params["session_id"])
+    await services_of(request).broker.deregister_session(runtime.lattice_id,
+                                                         request.path_params["session_id"])
     return Response(status_code=204)
 
 

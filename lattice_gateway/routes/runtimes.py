@@ -22,17 +22,12 @@ from starlette.routing import Route
 from lattice_protocol import ErrorCode, LatticeError
 
 from ..http import json_response, read_json_body
-from ..services import SCOPE_INFERENCE, SCOPE_MANAGE, Principal, Runtime, Services
+from ..services import SCOPE_INFERENCE, SCOPE_MANAGE, Principal, Runtime, Services, services_of
 from ..store import iso_from_ms
 
 EXECUTION_BACKENDS = ("local-model", "assistant-runtime")
 DISPLAY_NAME_MAX = 200
 READ_SCOPES = (SCOPE_INFERENCE, SCOPE_MANAGE)
-
-
-def services_of(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
 
 
 def _iso_from_epoch(seconds: float) -> str:

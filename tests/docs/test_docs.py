@@ -127,6 +127,50 @@ def test_protocol_doc_lists_exactly_the_relay_routes() -> None:
     assert table_endpoints("protocol.md") == served
 
 
+# docs/architecture.md: routes reach the broker only as ``services.broker`` (the
+# ``relay.base.RelayBroker`` protocol), never a concrete broker.
+CONCRETE_BROKERS = {"lattice_gateway.relay.memory", "lattice_gateway.relay.redis"}
+
+
+def imports_in_source(text: str, module: str) -> set[str]:
+    """Every module (and ``module.name`` of each from-import) that the source of
+    ``module`` (a dotted name) imports, relative imports resolved."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = module.split(".")
+            base = parts[:len(parts) - node.level] if node.level else []
+            origin = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(origin)
+            found.update(f"{origin}.{alias.name}" for alias in node.names)
+    return found
+
+
+def route_broker_imports(text: str, module: str) -> set[str]:
+    imported = imports_in_source(text, module)
+    return {name for name in imported
+            if any(name == c or name.startswith(c + ".") for c in CONCRETE_BROKERS)
+            or name.rsplit(".", 1)[-1] in ("MemoryBroker", "RedisBroker")}
+
+
+@pytest.mark.parametrize("route", sorted((REPO / "lattice_gateway" / "routes").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_routes_import_no_concrete_broker(route: Path) -> None:
+    assert route_broker_imports(route.read_text(), f"lattice_gateway.routes.{route.stem}") \
+        == set()
+
+
+def test_the_broker_import_checker_catches_concrete_brokers() -> None:
+    chat = "lattice_gateway.routes.chat"
+    assert route_broker_imports("from ..relay.base import RelayBroker", chat) == set()
+    assert route_broker_imports("from ..relay.memory import MemoryBroker", chat)
+    assert route_broker_imports("from ..relay import redis", chat)
+    assert route_broker_imports("import lattice_gateway.relay.redis", chat)
+    assert route_broker_imports("from lattice_gateway.relay import MemoryBroker", chat)
+
+
 def test_control_api_doc_lists_exactly_the_daemon_routes() -> None:
     from lattice_daemon.control import routes_for
 

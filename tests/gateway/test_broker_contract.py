@@ -1,6 +1,14 @@
 """The broker contract, for the in-process and the Redis broker (real Redis at
 127.0.0.1:6379, a unique key prefix per test): pickup, parking, windows, capacity,
-leases, presence, revoke, cancel."""
+leases, presence, revoke, cancel.
+
+Where an outcome depends on time, the broker runs on a ``ManualClock``: its time moves
+only when the test advances it, so "before the window ends" and "after" are exact, and
+a poll answered while time stands still was answered by what the test did, not by its
+window. How fast is the benchmarks' business (``relay_pickup.py``), not a timed unit
+test's on a shared 2-core machine; ``HANG_GUARD`` only bounds how long a broken broker
+keeps a test waiting.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,9 @@ from typing import Any
 
 import pytest
 
-from lattice_gateway.relay import MemoryBroker, SessionNotFound
+from lattice_gateway.relay import SessionNotFound
+from lattice_gateway.relay.base import MAX_SESSIONS_PER_RUNTIME
+from lattice_gateway.relay.memory import MemoryBroker
 from lattice_gateway.relay.redis import RedisBroker
 from lattice_protocol import ErrorCode, JobEnvelope, LatticeError, SealedEvent
 from tests.support.net import async_wait_until
@@ -20,11 +30,55 @@ from tests.support.net import async_wait_until
 RUNTIME = "lat_test"
 Maker = Callable[..., Any]
 REDIS_URL = "redis://127.0.0.1:6379/0"
+HANG_GUARD = 10.0
 
-# "At once" means well inside the 30 s poll window these tests use: the poll was answered
-# by the job, not by the window. How fast is the benchmarks' business (relay_pickup.py),
-# not a timed unit test's on a shared 2-core machine.
-AT_ONCE = 1.0
+
+class ManualClock:
+    """Broker time (``relay.base.Clock``) that moves only when the test advances it.
+
+    A sleeper (a broker's sweeper) wakes at the next ``advance`` whatever it asked for:
+    the sweep it then runs reads the time anyway.
+    """
+
+    def __init__(self) -> None:
+        self._elapsed = 0.0
+        self._wall_start = time.time()  # Redis presence stamps are unix seconds
+        self._sleepers: list[asyncio.Future[None]] = []
+
+    def monotonic(self) -> float:
+        return 1000.0 + self._elapsed
+
+    def time(self) -> float:
+        return self._wall_start + self._elapsed
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append(future)
+        try:
+            await future
+        finally:
+            if future in self._sleepers:
+                self._sleepers.remove(future)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time on; return once the sweepers it woke have swept and sleep again."""
+
+        async def sleeping(count: int) -> bool:
+            return len(self._sleepers) >= count
+
+        await async_wait_until(lambda: sleeping(1), timeout=HANG_GUARD, interval=0.002,
+                               what="a broker sweeper waiting for time to move")
+        woken, self._sleepers = self._sleepers, []
+        self._elapsed += seconds
+        for future in woken:
+            future.set_result(None)
+        await async_wait_until(lambda: sleeping(len(woken)), timeout=HANG_GUARD,
+                               interval=0.002, what="the sweep at the new time")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 def envelope(n: int = 0) -> JobEnvelope:
@@ -41,7 +95,7 @@ async def make_broker(kind: str) -> AsyncIterator[Callable[..., Any]]:
     made: list[Any] = []
     prefix = f"lattice-test:{secrets.token_hex(6)}:"
 
-    def make(**overrides: float) -> Any:
+    def make(**overrides: Any) -> Any:
         options = {"poll_window_seconds": 0.3, "presence_window_seconds": 0.3,
                    "pickup_timeout_seconds": 5.0}
         options.update(overrides)
@@ -70,39 +124,40 @@ async def parked(broker: Any, count: int = 1) -> None:
     await async_wait_until(enough, timeout=2, interval=0.002, what="the poll to park")
 
 
-async def test_poll_returns_at_once_when_a_job_is_waiting(make_broker: Maker) -> None:
-    broker = make_broker(poll_window_seconds=30)
+async def test_poll_returns_at_once_when_a_job_is_waiting(make_broker: Maker,
+                                                          clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=30, clock=clock)
     session = await broker.register_session(RUNTIME, 4)
     await broker.submit(RUNTIME, envelope())
-    started = time.perf_counter()
-    result = await broker.poll(RUNTIME, session, 4)
-    assert time.perf_counter() - started < AT_ONCE
+    # Time stands still: the window cannot answer the poll, only the job.
+    result = await asyncio.wait_for(broker.poll(RUNTIME, session, 4), HANG_GUARD)
     assert [j.job_id for j in result.jobs] == ["job_0"]
     await broker.close()
 
 
-async def test_parked_poll_is_woken_by_enqueue_at_once(make_broker: Maker) -> None:
-    broker = make_broker(poll_window_seconds=30)
+async def test_parked_poll_is_woken_by_enqueue_at_once(make_broker: Maker,
+                                                       clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=30, clock=clock)
     session = await broker.register_session(RUNTIME, 1)
     poll = asyncio.create_task(broker.poll(RUNTIME, session, 1))
     await parked(broker)
     assert not poll.done()
-    started = time.perf_counter()
     await broker.submit(RUNTIME, envelope())
-    result = await poll
-    assert time.perf_counter() - started < AT_ONCE
+    result = await asyncio.wait_for(poll, HANG_GUARD)  # time stood still: the job woke it
     assert [j.job_id for j in result.jobs] == ["job_0"]
     await broker.close()
 
 
-async def test_window_expiry_returns_empty(make_broker: Maker) -> None:
-    broker = make_broker(poll_window_seconds=0.2)
+async def test_window_expiry_returns_empty(make_broker: Maker, clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=0.2, clock=clock)
     session = await broker.register_session(RUNTIME, 1)
-    started = time.monotonic()
-    result = await broker.poll(RUNTIME, session, 1)
-    elapsed = time.monotonic() - started
+    poll = asyncio.create_task(broker.poll(RUNTIME, session, 1))
+    await parked(broker)
+    await clock.advance(0.19)
+    assert not poll.done()  # still inside its window
+    await clock.advance(0.02)
+    result = await asyncio.wait_for(poll, HANG_GUARD)
     assert result.jobs == [] and result.cancels == []
-    assert 0.15 <= elapsed < 1.0
     await broker.close()
 
 
@@ -151,7 +206,7 @@ async def test_events_from_another_session_are_refused_and_job_runs_once(
     assert [(r.job_id, r.code) for r in refused.refused] == [("job_0", "lease_not_held")]
     accepted = await broker.post_events(RUNTIME, owner, [SealedEvent("job_0", 0, "v1.x")])
     assert accepted.refused == []
-    event = await ticket.next_event(1.0)
+    event = await ticket.next_event(HANG_GUARD)
     assert isinstance(event, SealedEvent) and event.sealed == "v1.x"
     ticket.finish()  # a final event releases the lease (Redis: one round trip later)
 
@@ -173,22 +228,28 @@ async def test_unknown_session_or_other_runtime_is_session_not_found(make_broker
     await broker.close()
 
 
-async def test_pickup_timeout_fails_a_queued_job(make_broker: Maker) -> None:
-    broker = make_broker(pickup_timeout_seconds=0.2)
+async def test_pickup_timeout_fails_a_queued_job(make_broker: Maker,
+                                                 clock: ManualClock) -> None:
+    broker = make_broker(pickup_timeout_seconds=0.2, clock=clock)
     ticket = await broker.submit(RUNTIME, envelope())
-    failure = await ticket.next_event(3.0)
+    await clock.advance(0.19)
+    assert await ticket.next_event(0) is None  # not yet
+    await clock.advance(0.02)
+    failure = await ticket.next_event(HANG_GUARD)
     assert isinstance(failure, LatticeError)
     assert failure.code is ErrorCode.RUNTIME_TIMEOUT
     await broker.close()
 
 
-async def test_dead_session_fails_its_leased_jobs_unreachable(make_broker: Maker) -> None:
-    broker = make_broker(presence_window_seconds=0.2)
+async def test_dead_session_fails_its_leased_jobs_unreachable(make_broker: Maker,
+                                                              clock: ManualClock) -> None:
+    broker = make_broker(presence_window_seconds=0.2, clock=clock)
     session = await broker.register_session(RUNTIME, 1)
     ticket = await broker.submit(RUNTIME, envelope())
     await broker.poll(RUNTIME, session, 1)
     assert (await broker.reachable([RUNTIME]))[RUNTIME]
-    failure = await ticket.next_event(3.0)  # the daemon never polls or answers again
+    await clock.advance(0.3)  # the daemon never polls or answers again
+    failure = await ticket.next_event(HANG_GUARD)
     assert isinstance(failure, LatticeError)
     assert failure.code is ErrorCode.RUNTIME_UNREACHABLE
     assert not (await broker.reachable([RUNTIME]))[RUNTIME]
@@ -197,18 +258,23 @@ async def test_dead_session_fails_its_leased_jobs_unreachable(make_broker: Maker
     await broker.close()
 
 
-async def test_parked_poll_keeps_the_session_present(make_broker: Maker) -> None:
-    broker = make_broker(presence_window_seconds=0.1, poll_window_seconds=0.6)
+async def test_parked_poll_keeps_the_session_present(make_broker: Maker,
+                                                     clock: ManualClock) -> None:
+    broker = make_broker(presence_window_seconds=0.1, poll_window_seconds=0.6, clock=clock)
     session = await broker.register_session(RUNTIME, 1)
     poll = asyncio.create_task(broker.poll(RUNTIME, session, 1))
-    await asyncio.sleep(0.4)  # well past the presence window, poll still held
+    await parked(broker)
+    await clock.advance(0.4)  # well past the presence window, poll still held
+    assert not poll.done()
     assert (await broker.reachable([RUNTIME]))[RUNTIME]
-    await poll
+    await clock.advance(0.3)  # past the poll window
+    await asyncio.wait_for(poll, HANG_GUARD)
     await broker.close()
 
 
-async def test_disconnect_of_a_parked_poll_ends_it_and_presence_expires(make_broker: Maker) -> None:
-    broker = make_broker(presence_window_seconds=0.2, poll_window_seconds=30)
+async def test_disconnect_of_a_parked_poll_ends_it_and_presence_expires(
+        make_broker: Maker, clock: ManualClock) -> None:
+    broker = make_broker(presence_window_seconds=0.2, poll_window_seconds=30, clock=clock)
     session = await broker.register_session(RUNTIME, 1)
     dropped = asyncio.Event()
 
@@ -219,18 +285,17 @@ async def test_disconnect_of_a_parked_poll_ends_it_and_presence_expires(make_bro
     poll = asyncio.create_task(broker.poll(RUNTIME, session, 1, receive=receive))
     await parked(broker)
     dropped.set()
-    result = await asyncio.wait_for(poll, 1.0)
+    result = await asyncio.wait_for(poll, HANG_GUARD)  # time stood still: the drop ended it
     assert result.jobs == []
-    deadline = time.monotonic() + 3
-    while (await broker.reachable([RUNTIME]))[RUNTIME]:
-        assert time.monotonic() < deadline, "runtime still reachable after the window"
-        await asyncio.sleep(0.02)
+    await broker.flush()
+    await clock.advance(0.3)  # past the presence window, counted from the poll's end
+    assert not (await broker.reachable([RUNTIME]))[RUNTIME]
     await broker.close()
 
 
 async def test_revoke_fails_queued_and_leased_jobs_and_ends_parked_polls(
-        make_broker: Maker) -> None:
-    broker = make_broker(poll_window_seconds=30)
+        make_broker: Maker, clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=30, clock=clock)
     session = await broker.register_session(RUNTIME, 1)
     leased = await broker.submit(RUNTIME, envelope(0))
     await broker.poll(RUNTIME, session, 1)
@@ -239,13 +304,13 @@ async def test_revoke_fails_queued_and_leased_jobs_and_ends_parked_polls(
     await parked(broker)
     await broker.revoke_runtime(RUNTIME)
     for ticket in (leased, queued):
-        failure = await ticket.next_event(1.0)
+        failure = await ticket.next_event(HANG_GUARD)
         assert isinstance(failure, LatticeError)
         assert failure.code is ErrorCode.RUNTIME_REVOKED
-    assert (await asyncio.wait_for(held, 1.0)).jobs == []
+    assert (await asyncio.wait_for(held, HANG_GUARD)).jobs == []
     assert not (await broker.reachable([RUNTIME]))[RUNTIME]
     late = await broker.submit(RUNTIME, envelope(2))
-    failure = await late.next_event(1.0)
+    failure = await late.next_event(HANG_GUARD)
     assert isinstance(failure, LatticeError) and failure.code is ErrorCode.RUNTIME_REVOKED
     await broker.close()
 
@@ -289,8 +354,6 @@ async def test_deregister_turns_the_runtime_offline_at_once(make_broker: Maker) 
 
 
 async def test_session_limit_ends_the_oldest_idle_session(make_broker: Maker) -> None:
-    from lattice_gateway.relay.memory import MAX_SESSIONS_PER_RUNTIME
-
     broker = make_broker(presence_window_seconds=30)
     busy = await broker.register_session(RUNTIME, 1)
     await broker.submit(RUNTIME, envelope())
@@ -305,16 +368,16 @@ async def test_session_limit_ends_the_oldest_idle_session(make_broker: Maker) ->
 
 
 async def test_release_polls_answers_held_polls_at_once_for_shutdown(
-        make_broker: Maker) -> None:
-    broker = make_broker(poll_window_seconds=30)
+        make_broker: Maker, clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=30, clock=clock)
     session = await broker.register_session(RUNTIME, 1)
     held = asyncio.create_task(broker.poll(RUNTIME, session, 1))
     await parked(broker)
     await broker.release_polls()
-    assert (await asyncio.wait_for(held, 1.0)).jobs == []
-    started = time.monotonic()
-    assert (await broker.poll(RUNTIME, session, 1)).jobs == []  # not held any more
-    assert time.monotonic() - started < 0.5
+    # Time stands still: only release_polls can have answered them.
+    assert (await asyncio.wait_for(held, HANG_GUARD)).jobs == []
+    next_poll = broker.poll(RUNTIME, session, 1)  # not held any more
+    assert (await asyncio.wait_for(next_poll, HANG_GUARD)).jobs == []
 
 
 async def old_pairing_busy_and_polling(broker: Any, held_capacity: int
@@ -329,12 +392,13 @@ async def old_pairing_busy_and_polling(broker: Any, held_capacity: int
 
 
 async def test_registering_under_a_new_pairing_ends_the_old_pairings_sessions(
-        make_broker: Maker) -> None:
-    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30)
+        make_broker: Maker, clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30, clock=clock)
     old, ticket, held = await old_pairing_busy_and_polling(broker, held_capacity=0)
     new = await broker.register_session(RUNTIME, 1, daemon_key="new-key")
-    assert (await asyncio.wait_for(held, 1.0)).jobs == []  # the old poll ends at once
-    failure = await ticket.next_event(1.0)
+    # Time stands still: the old poll ends because of the new pairing, not its window.
+    assert (await asyncio.wait_for(held, HANG_GUARD)).jobs == []
+    failure = await ticket.next_event(HANG_GUARD)
     assert isinstance(failure, LatticeError) and failure.code is ErrorCode.RUNTIME_UNREACHABLE
     with pytest.raises(SessionNotFound):
         await broker.poll(RUNTIME, old, 1)
@@ -343,14 +407,14 @@ async def test_registering_under_a_new_pairing_ends_the_old_pairings_sessions(
 
 
 async def test_a_new_pairing_ends_the_old_pairings_sessions_before_its_daemon_registers(
-        make_broker: Maker) -> None:
+        make_broker: Maker, clock: ManualClock) -> None:
     # Redeem: the old daemon's token is dead and it cannot open jobs sealed to the new
     # key, so its sessions must not stay reachable or take jobs until the new one comes.
-    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30)
+    broker = make_broker(poll_window_seconds=30, presence_window_seconds=30, clock=clock)
     old, ticket, held = await old_pairing_busy_and_polling(broker, held_capacity=1)
     await broker.end_other_pairings(RUNTIME, "new-key")
-    assert (await asyncio.wait_for(held, 1.0)).jobs == []
-    failure = await ticket.next_event(1.0)
+    assert (await asyncio.wait_for(held, HANG_GUARD)).jobs == []  # time stood still
+    failure = await ticket.next_event(HANG_GUARD)
     assert isinstance(failure, LatticeError) and failure.code is ErrorCode.RUNTIME_UNREACHABLE
     assert not (await broker.reachable([RUNTIME]))[RUNTIME]
     with pytest.raises(SessionNotFound):

@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +265,6 @@ class InProcessGateway:
     client: httpx.AsyncClient
     database: str
     clock: MovableClock
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def services(self) -> Any:
