@@ -79,6 +79,8 @@ def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provide
     p = config.provider
     if p.first_token_timeout <= 0 or p.idle_timeout <= 0:
         raise ConfigError("[provider] first_token_timeout and idle_timeout must be > 0")
+    if p.kind == "embedded":
+        return build_embedded(config)
     if p.api_key and p.kind == "ollama":
         raise ConfigError("[provider] api_key is for OpenAI-compatible servers "
                           "(kind lmstudio or openai); Ollama takes none")
@@ -91,6 +93,19 @@ def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provide
                        transport=transport, **p.adapter_options())
     except ValueError as exc:
         raise ConfigError(f"[provider] {exc}") from None
+
+
+def build_embedded(config: DaemonConfig) -> Provider:
+    """The embedded engine ([assistant]); llama.cpp loads in its worker, never here."""
+    from providers.embedded import EmbeddedProvider
+
+    a, p = config.assistant, config.provider
+    if a.n_ctx < 16 or (a.n_threads is not None and a.n_threads < 1) or a.keep_alive < 0:
+        raise ConfigError("[assistant] n_ctx must be at least 16, n_threads at least 1 and "
+                          "keep_alive >= 0")
+    return EmbeddedProvider(a.model, n_ctx=a.n_ctx, n_threads=a.n_threads,
+                            keep_alive=a.keep_alive, first_token_timeout=p.first_token_timeout,
+                            idle_timeout=p.idle_timeout)
 
 
 def validate(config: DaemonConfig) -> None:
@@ -312,6 +327,7 @@ class Daemon:
             "detail": health.detail if health else "not checked yet",
             "models": list(health.models) if health else [],
             "defaultModel": self.default_model(),
+            **({"engine": health.engine} if health and health.engine else {}),
         }
 
     # -- control API (ControlBackend) ---------------------------------------------------
