@@ -37,7 +37,9 @@ def _read_token(value: str | None) -> str:
 
 def choose_provider(kind: str | None, url: str | None, model: str | None,
                     existing: Any | None) -> Any:
-    """The ProviderConfig to save: the flags, else the existing config, else detection.
+    """The ProviderConfig to save: the flags, else the existing config, else detection;
+    None when nothing was found (decided after redeeming: an ``assistant-runtime``
+    runtime needs no model server).
 
     Decided before redeeming so a failure here does not burn the one-time token.
     """
@@ -53,7 +55,7 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
                                                if base.kind == chosen_kind else None))
     if existing is not None:
         return replace(base, default_model=model or base.default_model)
-    from providers import DEFAULT_URLS, detect_providers
+    from providers import detect_providers
 
     with output.spinner("Looking for Ollama and LM Studio..."):
         found = [h for h in detect_providers(timeout=0.5) if h.ok]
@@ -62,6 +64,14 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
         output.info(f"Using {health.kind} at {health.url}"
                     + (f" ({len(health.models)} models)" if health.models else ""))
         return replace(base, kind=health.kind, url=None, default_model=model)
+    return _ask_provider(found, model) if found else None
+
+
+def _ask_provider(found: list[Any], model: str | None) -> Any:
+    """Which of several model servers (or, with none running, which one will run)."""
+    from lattice_daemon.config import ProviderConfig
+    from providers import DEFAULT_URLS
+
     names = ", ".join(f"{h.kind} at {h.url}" for h in found)
     if sys.stdin.isatty():
         question = (f"Found {names}. Which provider should serve requests?" if found else
@@ -72,14 +82,63 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
         chosen_url = None
         if chosen == "openai":
             chosen_url = click.prompt("Its base URL (e.g. http://127.0.0.1:8000)", err=True)
-        return replace(base, kind=chosen, url=chosen_url, default_model=model)
+        return ProviderConfig(kind=chosen, url=chosen_url, default_model=model)
     if found:
         output.fail(f"found {names}; choose one with --provider ollama|lmstudio",
                     exit_code=2)
-    output.fail("no local model server found (Ollama on "
+    # The token is already redeemed: pair with the default and say what to start.
+    output.warn("no local model server found (Ollama on "
                 f"{DEFAULT_URLS['ollama']}, LM Studio on {DEFAULT_URLS['lmstudio']}). "
                 "Start one (`ollama serve`, or LM Studio's server) or name it with "
-                "--provider ollama|lmstudio|openai --provider-url URL", exit_code=2)
+                "--provider ollama|lmstudio|openai --provider-url URL; paired anyway, "
+                "requests fail until it runs")
+    return ProviderConfig(default_model=model)
+
+
+def choose_embedded(config: Any, model: str | None) -> None:
+    """An ``assistant-runtime`` runtime: the embedded engine serves it, no model server.
+
+    The model: --model, else the configured one, else one found on this machine. Says
+    what is missing (the engine, a model) rather than failing: the pairing is made.
+    """
+    from dataclasses import replace
+
+    from lattice_daemon.config import ProviderConfig
+    from providers import ProviderError
+    from providers.embedded import (
+        INSTALL_COMMAND,
+        NO_MODEL_HELP,
+        engine_installed,
+        resolve_gguf,
+    )
+
+    chosen = model or config.assistant.model or find_default_model()
+    deadlines = config.provider or ProviderConfig()
+    config.provider = ProviderConfig(kind="embedded",
+                                     first_token_timeout=deadlines.first_token_timeout,
+                                     idle_timeout=deadlines.idle_timeout)
+    config.assistant = replace(config.assistant, model=chosen)
+    if not engine_installed():
+        output.warn(f"this runtime runs models itself (assistant-runtime), and its engine "
+                    f"is not installed; install it with: {INSTALL_COMMAND}")
+    if chosen is None:
+        output.warn(f"no GGUF model found on this machine for the embedded engine; "
+                    f"{NO_MODEL_HELP}")
+        return
+    try:
+        resolve_gguf(chosen)
+    except ProviderError as exc:
+        output.warn(exc.message)
+        return
+    output.info(f"Serving with the embedded engine (model {chosen})")
+
+
+def find_default_model() -> str | None:
+    """A GGUF model already on this machine, for a pairing that names none."""
+    from providers.embedded import packaged_model
+
+    found = packaged_model()
+    return str(found) if found else None
 
 
 def _kind_at(url: str) -> str:
@@ -190,15 +249,15 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
                     "to replace that pairing", data={"code": "already_paired"})
     existing_provider = config.provider if paths.config_file.exists() else None
     config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
+    # From the environment only: never in argv (ps) or shell history.
     api_key = os.environ.get("LATTICE_PROVIDER_API_KEY")
-    if api_key:  # from the environment only: never in argv (ps) or shell history
+    if api_key and config.provider is not None:
         if config.provider.kind == "ollama":
             output.fail("LATTICE_PROVIDER_API_KEY is for OpenAI-compatible servers "
                         "(--provider lmstudio or openai); Ollama takes none", exit_code=2)
         from dataclasses import replace as replaced
 
         config.provider = replaced(config.provider, api_key=api_key.strip())
-    _warn_about_provider(config.provider)
     # A new key for every pairing: a key that served a revoked or replaced pairing (or
     # leaked with a backup) cannot open the new pairing's jobs. It is saved only once the
     # gateway accepted it, so a failed redeem leaves the current pairing working.
@@ -209,6 +268,13 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
     except PairingError as exc:
         output.fail(str(exc), data={"code": exc.code})
     config.relay = redeemed.relay
+    if redeemed.relay.execution_backend == "assistant-runtime" \
+            and not (provider_kind or provider_url):
+        choose_embedded(config, model)
+    elif config.provider is None:
+        config.provider = _ask_provider([], model)
+    else:
+        _warn_about_provider(config.provider)
     save_keypair(paths, keys)
     save_config(paths, config)
     result: dict[str, Any] = {

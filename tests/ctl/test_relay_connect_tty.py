@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.harness import CTL, ctl_env, home_paths
+from tests.e2e.harness import CTL, create_runtime, ctl_env, home_paths, mint_bootstrap
+from tests.support.gateway import run_gateway
 
 
 class Terminal:
@@ -45,32 +46,25 @@ class Terminal:
             os.close(self.master)
 
 
-def test_asks_for_the_provider_and_its_url_at_a_terminal(lattice_home: Path) -> None:
-    token = "plrt_v1_" + "T" * 43
-    terminal = Terminal([CTL, "relay", "connect", "--gateway", "http://127.0.0.1:9",
-                         "--bootstrap-token", token], ctl_env(lattice_home))
-    try:
-        terminal.expect(b"(ollama, lmstudio, openai)")
-        terminal.type("openai")
-        terminal.expect(b"base URL")
-        terminal.type("http://127.0.0.1:8000")
-        terminal.expect(b"cannot reach the gateway at http://127.0.0.1:9")
-    finally:
-        code = terminal.close()
-    assert code == 1
-    assert token.encode() not in terminal.screen
-    assert not home_paths(lattice_home).config_file.exists()  # nothing half-written
-
-
-def test_prompts_for_a_hidden_token_at_a_terminal(lattice_home: Path) -> None:
-    terminal = Terminal([CTL, "relay", "connect", "--gateway", "http://127.0.0.1:9",
-                         "--provider", "ollama"], ctl_env(lattice_home))
-    secret = "plrt_v1_" + "H" * 43
-    try:
-        terminal.expect(b"Bootstrap token")
-        terminal.type(secret)
-        terminal.expect(b"cannot reach the gateway")
-    finally:
-        code = terminal.close()
-    assert code == 1
-    assert secret.encode() not in terminal.screen  # not echoed, not in the error
+def test_asks_for_the_provider_and_its_url_at_a_terminal(lattice_home: Path,
+                                                         tmp_path: Path) -> None:
+    with run_gateway(tmp_path / "gw") as gateway:
+        key = gateway.create_key("tty")
+        runtime = create_runtime(gateway.url, key)
+        minted = mint_bootstrap(gateway.url, key, runtime["latticeId"])
+        # The question comes once the token is redeemed: only then is it known that the
+        # runtime needs a model server (an assistant-runtime one does not).
+        terminal = Terminal([CTL, "relay", "connect", "--gateway", gateway.url,
+                             "--bootstrap-token", minted["bootstrapToken"]],
+                            ctl_env(lattice_home))
+        try:
+            terminal.expect(b"(ollama, lmstudio, openai)")
+            terminal.type("openai")
+            terminal.expect(b"base URL")
+            terminal.type("http://127.0.0.1:8000")
+            terminal.expect(f"Paired: runtime {runtime['latticeId']}".encode())
+        finally:
+            code = terminal.close()
+    assert code == 0
+    config = home_paths(lattice_home).config_file.read_text()
+    assert 'kind = "openai"' in config and "http://127.0.0.1:8000" in config
