@@ -80,7 +80,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--n-threads", type=int, default=2)
+    parser.add_argument("--n-threads", type=int,
+                        help="CPU threads for both (default: llama-cpp-python's, half the "
+                        "cores; more than the idle cores makes every token wait on a "
+                        "descheduled thread)")
     parser.add_argument("--model", type=Path, help="a GGUF file (default: SmolLM2-135M)")
     args = parser.parse_args()
 
@@ -136,9 +139,10 @@ def main() -> None:
             load = float(loads[0]) if loads else float("nan")
             direct_once(llm, args.max_tokens)  # warm-up (prompt cache, pages)
             direct_runs, relayed_runs = [], []
-            for _ in range(args.rounds):
+            for index in range(args.rounds):
                 direct_runs.append(direct_once(llm, args.max_tokens))
                 relayed_runs.append(relayed_once(client, url, headers, name, args.max_tokens))
+                print(f"round {index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
             loaded = (rss_mb(daemon_pid), rss_mb(worker_pid()))
             wait_until(lambda: worker_pid() is None, timeout=KEEP_ALIVE + 10,
                        what="the worker to unload")

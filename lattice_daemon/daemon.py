@@ -380,7 +380,8 @@ class Daemon:
             try:
                 config, keys = load_startup(self.paths)
                 provider = None
-                if config.provider != self.config.provider:
+                if (config.provider, config.assistant) != (self.config.provider,
+                                                           self.config.assistant):
                     provider = build_provider(config, self._provider_factory)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)

@@ -287,5 +287,17 @@ def pair_machine(home: Path, gateway_url: str, key: str, provider: ProviderProce
     return machine
 
 
+def close_after(stream: Any, content_chunks: int) -> None:
+    """Read an openai stream until ``content_chunks`` chunks with content came, then
+    close it: the app goes away mid-stream."""
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+            if received == content_chunks:
+                break
+    stream.close()
+
+
 def elapsed_since(started: float) -> float:
     return time.monotonic() - started

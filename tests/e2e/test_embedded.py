@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.harness import (
     PairedMachine,
+    close_after,
     ctl,
     ctl_json,
     daemon_pid,
@@ -134,13 +135,7 @@ def test_closing_the_stream_stops_the_generation(
     machine = embedded_factory()
     stream = machine.openai(timeout=60.0).chat.completions.create(
         model=machine.model, messages=LONG, max_tokens=400, stream=True)
-    seen = 0
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            seen += 1
-            if seen == 3:
-                break
-    stream.close()  # the app goes away
+    close_after(stream, 3)  # the app goes away
     log = home_paths(machine.home).log_file
 
     def stopped() -> str | None:

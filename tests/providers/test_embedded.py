@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from providers import ProviderError
@@ -153,21 +154,13 @@ async def test_unloads_after_keep_alive_and_loads_again(smollm2_gguf: Path) -> N
         assert engine.engine()["loaded"] and engine.engine()["workerRssBytes"] > 50 * 2**20
 
         async def unloaded() -> bool:
-            return not engine.engine()["loaded"] and not _process_exists(pid)
+            return not engine.engine()["loaded"] and not psutil.pid_exists(pid)
 
         await async_wait_until(unloaded, timeout=10, what="the worker to exit")
         await engine.chat(_request(HELLO, max_tokens=2))
         assert engine.engine()["workerPid"] != pid
     finally:
         await engine.aclose()
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_health_and_models_name_the_model(engine: EmbeddedProvider,
