@@ -86,6 +86,19 @@ def describe_provider(provider: dict[str, Any] | None) -> str:
     return text
 
 
+def describe_engine(engine: dict[str, Any]) -> str:
+    """The embedded engine's state: its model, loaded or not, the worker's memory."""
+    text = str(engine.get("model") or "no model configured")
+    if engine.get("loaded"):
+        rss = engine.get("workerRssBytes")
+        memory = f", {rss / 2**20:.0f} MB" if rss else ""
+        text += f", loaded (worker pid {engine.get('workerPid')}{memory})"
+    else:
+        text += (f", not loaded (loads on the next request; unloads after "
+                 f"{engine.get('keepAliveSeconds'):g} s idle)")
+    return text
+
+
 RELAY_STATE_LINES = {
     "not_paired": "Not paired",
     "connecting": "Connecting",

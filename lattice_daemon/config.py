@@ -69,7 +69,7 @@ def relay_base_url(relay_url: str) -> str:
 
 @dataclass
 class ProviderConfig:
-    kind: str = "ollama"  # ollama | lmstudio | openai
+    kind: str = "ollama"  # ollama | lmstudio | openai | embedded ([assistant])
     url: str | None = None  # None: the kind's default URL
     default_model: str | None = None
     allowed_models: list[str] = field(default_factory=list)  # empty: every local model
@@ -82,6 +82,17 @@ class ProviderConfig:
     def adapter_options(self) -> AdapterOptions:
         """Extra ``make_provider`` options: only what is set (Ollama takes no API key)."""
         return {"api_key": self.api_key} if self.api_key else {}
+
+
+@dataclass
+class AssistantConfig:
+    """The embedded engine (provider kind ``embedded``, runtimes whose backend is
+    ``assistant-runtime``): which GGUF model it runs, and how."""
+
+    model: str | None = None  # a GGUF file path, or a model name found on this machine
+    n_ctx: int = 4096  # context length in tokens; longer prompts are refused (400)
+    n_threads: int | None = None  # None: llama.cpp's default for this machine
+    keep_alive: float = 300.0  # seconds without a job before the model is unloaded
 
 
 @dataclass
@@ -99,6 +110,7 @@ class DaemonConfig:
     relay: RelayConfig | None = None
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    assistant: AssistantConfig = field(default_factory=AssistantConfig)
 
     @property
     def paired(self) -> bool:
@@ -165,6 +177,10 @@ def validate(config: DaemonConfig) -> None:
     from lattice_protocol import KeyPair, Sealer, SealError  # the daemon's checks only
 
     check_provider(config.provider)
+    a = config.assistant
+    if a.n_ctx < 16 or (a.n_threads is not None and a.n_threads < 1) or a.keep_alive < 0:
+        raise ConfigError("[assistant] n_ctx must be at least 16, n_threads at least 1 and "
+                          "keep_alive >= 0")
     d = config.daemon
     if isinstance(d.max_concurrency, bool) or not isinstance(d.max_concurrency, int) \
             or not 1 <= d.max_concurrency <= 1024:
@@ -206,6 +222,8 @@ def load_config(paths: Paths) -> DaemonConfig:
         config.provider = _section(ProviderConfig, raw["provider"], "provider")
     if "daemon" in raw:
         config.daemon = _section(DaemonSettings, raw["daemon"], "daemon")
+    if "assistant" in raw:
+        config.assistant = _section(AssistantConfig, raw["assistant"], "assistant")
     return config
 
 
@@ -220,6 +238,8 @@ def save_config(paths: Paths, config: DaemonConfig) -> None:
         "provider": _drop_none(asdict(config.provider)),
         "daemon": asdict(config.daemon),
     }
+    if config.assistant != AssistantConfig():
+        data["assistant"] = _drop_none(asdict(config.assistant))
     if config.relay is not None:
         data["relay"] = asdict(config.relay)
     write_private_file(paths.config_file, tomli_w.dumps(data).encode("utf-8"))

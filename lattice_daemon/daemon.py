@@ -42,6 +42,7 @@ from .memory import trim_heap
 from .pairing import Pairing
 from .paths import Paths
 from .relay import RelayState, RelayStatus
+from .shared import build_embedded
 from .transports import provider_transport
 
 log = logging.getLogger("lattice_daemon")
@@ -58,6 +59,8 @@ def build_provider(config: DaemonConfig, factory: ProviderFactory = make_provide
                    transport: httpx.AsyncBaseTransport | None = None) -> Provider:
     p = config.provider
     check_provider(p)
+    if p.kind == "embedded":
+        return build_embedded(config)
     url = p.url or DEFAULT_URLS.get(p.kind)
     if transport is None and url:
         transport = provider_transport(url, config.daemon.max_concurrency)
@@ -250,6 +253,7 @@ class Daemon:
             "detail": health.detail if health else "not checked yet",
             "models": list(health.models) if health else [],
             "defaultModel": self.default_model(),
+            **({"engine": health.engine} if health and health.engine else {}),
         }
 
     # -- control API (ControlBackend) ---------------------------------------------------
@@ -302,7 +306,8 @@ class Daemon:
             try:
                 config, keys = load_startup(self.paths)
                 provider = None
-                if config.provider != self.config.provider:
+                if (config.provider, config.assistant) != (self.config.provider,
+                                                           self.config.assistant):
                     provider = build_provider(config, self._provider_factory)
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)

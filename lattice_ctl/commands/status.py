@@ -15,6 +15,7 @@ from lattice_ctl.control_client import NOT_RUNNING_MESSAGE, START_HINT
 from lattice_ctl.daemon_link import (
     ask,
     client_for,
+    describe_engine,
     describe_provider,
     format_duration,
     relay_state_line,
@@ -74,6 +75,9 @@ def _status_text(data: dict[str, Any]) -> str:
     if relay.get("lastError"):
         lines.append(f"Last error: {relay['lastError']}")
     lines.append(f"Provider: {describe_provider(data.get('provider'))}")
+    engine = (data.get("provider") or {}).get("engine")
+    if engine:
+        lines.append(f"Engine: {describe_engine(engine)}")
     jobs = data.get("jobs") or {}
     lines.append(f"Jobs: {jobs.get('inFlight', 0)} in flight, {jobs.get('served', 0)} served, "
                  f"{jobs.get('failed', 0)} failed (max {jobs.get('maxConcurrency', '?')} at once)")

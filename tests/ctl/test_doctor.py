@@ -233,3 +233,18 @@ def test_daemon_down_with_the_service_installed_points_at_its_log(
     assert checks["daemon"]["status"] == "fail"
     assert "service is installed but not running" in checks["daemon"]["fix"]
     assert "journalctl --user -u lattice-daemon" in checks["daemon"]["fix"]
+
+
+def test_embedded_engine_not_installed_says_the_install_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import providers.embedded
+    from lattice_ctl.commands.doctor import check_engine
+    from lattice_daemon.config import AssistantConfig
+
+    monkeypatch.setattr(providers.embedded, "engine_installed", lambda: False)
+    checks = check_engine(DaemonConfig(provider=ProviderConfig(kind="embedded"),
+                                       assistant=AssistantConfig(model="/m.gguf")))
+    assert [(c.name, c.status) for c in checks] == [
+        ("engine", "fail"), ("model", "skip"), ("generation", "skip")]
+    assert checks[0].fix is not None
+    assert providers.embedded.INSTALL_COMMAND in checks[0].fix

@@ -48,21 +48,28 @@ class Terminal:
             os.close(self.master)
 
 
-def test_asks_for_the_provider_and_its_url_at_a_terminal(lattice_home: Path) -> None:
-    token = "plrt_v1_" + "T" * 43
-    terminal = Terminal([CTL, "relay", "connect", "--gateway", "http://127.0.0.1:9",
-                         "--bootstrap-token", token], ctl_env(lattice_home))
-    try:
-        terminal.expect(b"(ollama, lmstudio, openai)")
-        terminal.type("openai")
-        terminal.expect(b"base URL")
-        terminal.type("http://127.0.0.1:8000")
-        terminal.expect(b"cannot reach the gateway at http://127.0.0.1:9")
-    finally:
-        code = terminal.close()
-    assert code == 1
-    assert token.encode() not in terminal.screen
-    assert not home_paths(lattice_home).config_file.exists()  # nothing half-written
+def test_asks_for_the_provider_and_its_url_at_a_terminal(lattice_home: Path,
+                                                         tmp_path: Path) -> None:
+    with run_gateway(tmp_path / "gw") as gateway:
+        key = gateway.create_key("tty")
+        runtime = create_runtime(gateway.url, key)
+        minted = mint_bootstrap(gateway.url, key, runtime["latticeId"])
+        # The question comes once the token is redeemed: only then is it known that the
+        # runtime needs a model server (an assistant-runtime one does not).
+        terminal = Terminal([CTL, "relay", "connect", "--gateway", gateway.url,
+                             "--bootstrap-token", minted["bootstrapToken"]],
+                            ctl_env(lattice_home))
+        try:
+            terminal.expect(b"(ollama, lmstudio, openai)")
+            terminal.type("openai")
+            terminal.expect(b"base URL")
+            terminal.type("http://127.0.0.1:8000")
+            terminal.expect(f"Paired: runtime {runtime['latticeId']}".encode())
+        finally:
+            code = terminal.close()
+    assert code == 0
+    config = home_paths(lattice_home).config_file.read_text()
+    assert 'kind = "openai"' in config and "http://127.0.0.1:8000" in config
 
 
 def test_prompts_for_a_hidden_token_at_a_terminal(lattice_home: Path) -> None:

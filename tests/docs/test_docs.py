@@ -264,7 +264,7 @@ def test_daemon_toml_example_loads_and_shows_every_setting_and_default(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import MISSING, fields
 
-    from lattice_daemon.config import DaemonSettings, ProviderConfig, load_config
+    from lattice_daemon.config import AssistantConfig, DaemonSettings, ProviderConfig, load_config
     from lattice_daemon.paths import get_paths
 
     text = (REPO / "docs" / "operations.md").read_text()
@@ -275,8 +275,11 @@ def test_daemon_toml_example_loads_and_shows_every_setting_and_default(
     paths.config_file.parent.mkdir(parents=True)
     paths.config_file.write_text(example[1])
     config = load_config(paths)  # unknown keys or wrong types would raise ConfigError
-    for section, shown in (("provider", config.provider), ("daemon", config.daemon)):
-        for setting in fields(ProviderConfig if section == "provider" else DaemonSettings):
+    sections = {"provider": (config.provider, ProviderConfig),
+                "daemon": (config.daemon, DaemonSettings),
+                "assistant": (config.assistant, AssistantConfig)}
+    for section, (shown, settings) in sections.items():
+        for setting in fields(settings):
             assert re.search(rf"^{setting.name} = ", example[1], re.MULTILINE), \
                 f"[{section}] {setting.name} is not in the example"
             default = (setting.default_factory() if setting.default is MISSING  # type: ignore[misc]

@@ -32,9 +32,10 @@ def auth(key: str) -> dict[str, str]:
     return {"x-api-key": key}
 
 
-def create_runtime(gateway_url: str, key: str, name: str = "Test laptop") -> dict[str, Any]:
+def create_runtime(gateway_url: str, key: str, name: str = "Test laptop",
+                   backend: str = "local-model") -> dict[str, Any]:
     response = httpx.post(f"{gateway_url}/v1/personal-runtimes", headers=auth(key),
-                          json={"displayName": name, "executionBackend": "local-model"},
+                          json={"displayName": name, "executionBackend": backend},
                           timeout=10)
     assert response.status_code == 201, response.text
     return response.json()["runtime"]
@@ -111,6 +112,22 @@ def write_provider_config(home: Path, kind: str, url: str,
     save_config(home_paths(home), DaemonConfig(
         provider=ProviderConfig(kind=kind, url=url, **provider),
         daemon=DaemonSettings(**{**FAST_DAEMON, **(daemon or {})})))
+
+
+def write_assistant_config(home: Path, **assistant: Any) -> None:
+    """Preset the embedded engine's settings and short test deadlines (before `relay
+    connect`, which keeps them and fills in the model it finds)."""
+    from lattice_daemon.config import (
+        AssistantConfig,
+        DaemonConfig,
+        DaemonSettings,
+        ProviderConfig,
+        save_config,
+    )
+
+    save_config(home_paths(home), DaemonConfig(
+        provider=ProviderConfig(first_token_timeout=60.0, idle_timeout=30.0),
+        daemon=DaemonSettings(**FAST_DAEMON), assistant=AssistantConfig(**assistant)))
 
 
 def home_paths(home: Path) -> Any:
@@ -233,7 +250,7 @@ class PairedMachine:
     lattice_id: str
     key: str
     gateway_url: str
-    provider: ProviderProcess
+    provider: ProviderProcess | None  # None: the embedded engine serves it
 
     @property
     def model(self) -> str:
@@ -247,13 +264,20 @@ class PairedMachine:
         return OpenAI(base_url=f"{self.gateway_url}/v1", api_key=self.key, **options)
 
 
-def pair_machine(home: Path, gateway_url: str, key: str, provider: ProviderProcess,
-                 start: bool = True) -> PairedMachine:
-    """The documented walkthrough: runtime over HTTP, command verbatim, daemon start."""
-    runtime = create_runtime(gateway_url, key)
+def pair_machine(home: Path, gateway_url: str, key: str, provider: ProviderProcess | None,
+                 start: bool = True, **assistant: Any) -> PairedMachine:
+    """The documented walkthrough: runtime over HTTP, command verbatim, daemon start.
+
+    Without a provider process the runtime is an ``assistant-runtime`` one, served by the
+    embedded engine (``assistant`` presets its [assistant] settings)."""
+    backend = "local-model" if provider is not None else "assistant-runtime"
+    runtime = create_runtime(gateway_url, key, backend=backend)
     minted = mint_bootstrap(gateway_url, key, runtime["latticeId"])
-    write_provider_config(home, provider.kind, provider.url, first_token_timeout=20.0,
-                          idle_timeout=10.0)
+    if provider is not None:
+        write_provider_config(home, provider.kind, provider.url, first_token_timeout=20.0,
+                              idle_timeout=10.0)
+    else:
+        write_assistant_config(home, **assistant)
     done = run_command_string(home, minted["command"])
     assert done.returncode == 0, done.stderr
     machine = PairedMachine(home, runtime["latticeId"], key, gateway_url, provider)
@@ -261,6 +285,18 @@ def pair_machine(home: Path, gateway_url: str, key: str, provider: ProviderProce
         start_daemon(home)
         wait_relay_state(home, "connected")
     return machine
+
+
+def close_after(stream: Any, content_chunks: int) -> None:
+    """Read an openai stream until ``content_chunks`` chunks with content came, then
+    close it: the app goes away mid-stream."""
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+            if received == content_chunks:
+                break
+    stream.close()
 
 
 def elapsed_since(started: float) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -25,17 +27,47 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _quickstart(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, SCRIPT, *args, "--dir", str(workdir)],
+                          capture_output=True, text=True, timeout=180, env=_env(),
+                          stdin=subprocess.DEVNULL)
+
+
 def test_quickstart_demo_answers_through_the_whole_path(tmp_path: Path) -> None:
     workdir = tmp_path / "qs"
-    done = subprocess.run([sys.executable, SCRIPT, "--demo", "--dir", str(workdir)],
-                          capture_output=True, text=True, timeout=120, env=_env(),
-                          stdin=subprocess.DEVNULL)
+    done = _quickstart(workdir, "--demo")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Hello from the test server!"
     assert "Answered by ollama" in done.stderr
-    assert "Paired: runtime" in done.stderr  # the command string ran
+    # the command string ran against the daemon it had started: no advice to start it
+    assert "Connected: runtime" in done.stderr
+    assert "not running" not in done.stderr
     assert (workdir / "gateway.db").exists() and (workdir / "home" / "config").is_dir()
-    # everything it started is stopped again
+    _assert_nothing_left_running(workdir)
+
+    # a second run reuses the key and the runtime instead of adding records
+    first = json.loads((workdir / "quickstart.json").read_text())
+    again = _quickstart(workdir, "--demo")
+    assert again.returncode == 0, again.stderr
+    assert f"Reusing runtime {first['runtimes']['local-model']}" in again.stderr
+    with sqlite3.connect(workdir / "gateway.db") as db:
+        runtimes = [row[0] for row in db.execute("SELECT lattice_id FROM runtimes")]
+    assert runtimes == [first["runtimes"]["local-model"]]
+
+
+def test_quickstart_without_a_model_server_answers_with_the_embedded_engine(
+        tmp_path: Path, smollm2_gguf: Path) -> None:
+    workdir = tmp_path / "qs"
+    done = _quickstart(workdir, "--provider", "embedded", "--prompt", "Say hi.")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()  # SmolLM2's own words
+    assert "Answered by the embedded engine" in done.stderr
+    assert "assistant-runtime" in done.stderr
+    assert "Serving with the embedded engine" in done.stderr  # relay connect chose it
+    _assert_nothing_left_running(workdir)
+
+
+def _assert_nothing_left_running(workdir: Path) -> None:
     leftovers = []
     for process in psutil.process_iter(["cmdline", "environ", "status"]):
         cmdline = " ".join(process.info.get("cmdline") or [])

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import MachineFactory
-from tests.e2e.harness import ctl_json, daemon_pid
+from tests.e2e.harness import close_after, ctl_json, daemon_pid
 from tests.support.net import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -68,13 +68,7 @@ def test_client_disconnect_aborts_the_provider_call(machine_factory: MachineFact
     control = machine.provider.control
     stream = machine.openai().chat.completions.create(
         model=machine.model, messages=[{"role": "user", "content": "long"}], stream=True)
-    received = 0
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            received += 1
-            if received == 2:
-                break
-    stream.close()  # the app goes away mid-stream
+    close_after(stream, 2)  # the app goes away mid-stream
     closed_at = time.monotonic()
     wait_until(lambda: control.stats()["aborts"] >= 1, timeout=5,
                what="the provider to see the call aborted")
