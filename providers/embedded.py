@@ -250,6 +250,7 @@ class EmbeddedProvider:
                                   f"with: {INSTALL_COMMAND}", kind=self.kind)
         try:
             name, path = self.model_file()
+            names = await self.models()
         except ProviderError as exc:
             return ProviderHealth(False, exc.message, kind=self.kind)
         engine = self.engine()
@@ -258,7 +259,7 @@ class EmbeddedProvider:
         from importlib.metadata import version
 
         return ProviderHealth(True, f"{self.display_name}: {state}",
-                              version("llama-cpp-python"), [name], kind=self.kind,
+                              version("llama-cpp-python"), names, kind=self.kind,
                               url=str(path), engine=engine)
 
     # -- the worker -----------------------------------------------------------------------

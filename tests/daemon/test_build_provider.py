@@ -52,11 +52,11 @@ def test_the_embedded_kind_builds_the_engine_from_assistant_without_loading_llam
 
 @pytest.mark.parametrize("settings", [{"n_ctx": 8}, {"n_threads": 0}, {"keep_alive": -1.0}])
 def test_unusable_assistant_settings_are_config_errors(settings: dict[str, Any]) -> None:
-    from lattice_daemon.config import AssistantConfig
+    from lattice_daemon.config import AssistantConfig, validate
 
     with pytest.raises(ConfigError, match=r"\[assistant\]"):
-        build_provider(DaemonConfig(provider=ProviderConfig(kind="embedded"),
-                                    assistant=AssistantConfig(**settings)))
+        validate(DaemonConfig(provider=ProviderConfig(kind="embedded"),
+                              assistant=AssistantConfig(**settings)))
 
 
 def test_the_assistant_section_round_trips_through_daemon_toml(lattice_home: Any) -> None:

@@ -26,7 +26,9 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # `gateway`; and the packages each install runs.
 INSTALLS = {
     "base": ((), ("lattice_client",)),
-    "daemon": (("daemon",), ("lattice_daemon", "lattice_ctl", "providers", "lattice_protocol")),
+    # `embedded` declares llama_cpp, which only the embedded engine's worker imports
+    "daemon": (("daemon", "embedded"),
+               ("lattice_daemon", "lattice_ctl", "providers", "lattice_protocol")),
     "gateway": (("gateway",), ("lattice_gateway", "lattice_protocol")),
 }
 

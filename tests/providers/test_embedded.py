@@ -186,7 +186,8 @@ async def test_a_file_that_is_not_a_model_fails_the_job_clearly(tmp_path: Path) 
     engine = EmbeddedProvider(str(bogus))
     with pytest.raises(ProviderError) as caught:
         await engine.chat(_request(HELLO))
-    assert "cannot load" in caught.value.message and str(bogus) in caught.value.message
+    assert "is not a GGUF model file" in caught.value.message
+    assert str(bogus) in caught.value.message
 
 
 async def test_without_the_engine_installed_the_error_names_the_install_command(
