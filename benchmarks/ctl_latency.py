@@ -1,5 +1,5 @@
 """`lattice-ctl` as a user runs it: `--version`, `ping`, `status`, and `relay connect`
-until the runtime is reachable (SPEC §7: --version <= 100 ms, ping <= 150 ms, relay
+until the runtime is reachable (budget: --version <= 100 ms, ping <= 150 ms, relay
 connect -> reachable <= 1 s with the daemon running).
 
     .venv/bin/python benchmarks/ctl_latency.py [--runs 30] [--connects 5]

@@ -1,4 +1,4 @@
-"""An idle, connected daemon: memory, CPU and relay traffic (SPEC §7: RSS <= 30 MB,
+"""An idle, connected daemon: memory, CPU and relay traffic (budget: RSS <= 30 MB,
 CPU <= 0.05 %, <= 2 MB/day of traffic).
 
     .venv/bin/python benchmarks/idle_daemon.py [--window 120] [--poll-window 25]

@@ -1,5 +1,5 @@
 """Added latency and throughput of gateway + relay + daemon, against calling the provider
-directly, in the same run (SPEC §7).
+directly, in the same run (benchmarks/README.md).
 
     .venv/bin/python benchmarks/relay_overhead.py [--requests 400] [--concurrent-requests 4000]
 

@@ -1,5 +1,5 @@
 """Job pickup by an idle connected daemon: from the app's request leaving the client to
-the job arriving at the daemon's parked poll (SPEC §7: p99 <= 20 ms).
+the job arriving at the daemon's parked poll (budget: p99 <= 20 ms).
 
     .venv/bin/python benchmarks/relay_pickup.py [--jobs 1000] [--redis redis://127.0.0.1:6379/0]
                                                 [--idle-sessions 10000]
@@ -18,7 +18,7 @@ baseline: what one local HTTP round trip costs here).
 ``--idle-sessions N`` first parks N other daemons' polls on the gateway (N paired
 runtimes made through the store, one session and one held poll each, over raw
 keep-alive connections from this process) and prints the gateway's RSS per parked poll
-and its idle CPU, then measures pickup with all of them parked (SPEC §7: >= 10,000 idle
+and its idle CPU, then measures pickup with all of them parked (budget: >= 10,000 idle
 connected daemons per gateway process). Needs ``ulimit -n`` above 2 N + 100.
 """
 

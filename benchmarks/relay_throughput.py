@@ -1,5 +1,5 @@
 """Relayed completions per second through one gateway process, next to the same load
-straight at an instant server, in the same run (SPEC §7: >= 1,500/s, no errors).
+straight at an instant server, in the same run (budget: >= 1,500/s, no errors).
 
     .venv/bin/python benchmarks/relay_throughput.py [--requests 6000] [--in-flight 32]
                                                     [--redis redis://127.0.0.1:6379/0]

@@ -1,5 +1,5 @@
 """Time to first token and inter-chunk latency of a streamed chat, direct vs through the
-gateway + relay + daemon, in the same run (SPEC §7: added TTFT p50 <= 3 ms).
+gateway + relay + daemon, in the same run (budget: added TTFT p50 <= 3 ms).
 
     .venv/bin/python benchmarks/ttft.py [--requests 200] [--chunks 8] [--chunk-delay 0.01]
 

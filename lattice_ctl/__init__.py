@@ -6,7 +6,7 @@ import sys
 def main() -> None:
     """The `lattice-ctl` program. A bare ``--version`` is answered before click loads
     (~40 ms of imports): scripts and installers run it to check what is installed, and
-    SPEC §7 gives it 100 ms, process start included."""
+    its budget is 100 ms, process start included."""
     if sys.argv[1:] == ["--version"]:
         from lattice_protocol import __version__  # the package init loads nothing else
 

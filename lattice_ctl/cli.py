@@ -1,7 +1,7 @@
 """The root of `lattice-ctl`: global options and lazily loaded command groups.
 
 Command modules are imported only when their command runs, so `lattice-ctl --version`
-and `lattice-ctl ping` stay fast (SPEC §7 budgets).
+and `lattice-ctl ping` stay fast (budgets in benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The client side of the daemon's local control API (docs/control-api.md).
 
 Raw ``socket`` plus a tiny HTTP/1.1 parser on purpose: importing httpx alone costs more
-than the whole `lattice-ctl ping` budget (SPEC §7: 150 ms). One request per connection
+than the whole `lattice-ctl ping` budget (150 ms). One request per connection
 (``Connection: close``), JSON in and out.
 """
 

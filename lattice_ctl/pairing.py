@@ -17,7 +17,7 @@ from lattice_protocol.timestamps import iso_from_ms
 
 BOOTSTRAP_PREFIX = "plrt_v1"
 
-# The gateway's codes (SPEC §1) -> what the person at the terminal should do.
+# The gateway's codes (docs/api.md) -> what the person at the terminal should do.
 REDEEM_ERRORS: dict[str, str] = {
     "bootstrap_token_expired": (
         "This bootstrap token has expired. Ask the app for a new one (a new "

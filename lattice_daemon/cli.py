@@ -1,7 +1,7 @@
 """`lattice-daemon` command line: ``run`` (the default) and ``--version``.
 
 argparse rather than click: the daemon is a long-lived process whose idle memory is
-budgeted (SPEC §7), and it has almost no command line. Secrets never come in through
+budgeted (benchmarks/README.md), and it has almost no command line. Secrets never come in through
 argv: the daemon token is only read from the 0600 config file.
 """
 

@@ -1,7 +1,7 @@
 """The daemon's local control API (docs/control-api.md) on its Unix socket.
 
 A deliberately small HTTP/1.1 server on asyncio streams, not a web framework: the
-daemon idles most of its life and must stay light (SPEC §7). One request per
+daemon idles most of its life and must stay light (benchmarks/README.md). One request per
 connection (``Connection: close``). Defences, because any local process can connect:
 
 * the socket is 0600 in a 0700 directory, created under a umask so it is never

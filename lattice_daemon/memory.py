@@ -1,7 +1,7 @@
 """Give the heap that start-up used and freed back to the operating system.
 
 Imports and the first registration allocate and drop a few MB; glibc keeps freed pages
-mapped, so they would count against the idle RSS budget (SPEC §7) for the daemon's
+mapped, so they would count against the idle RSS budget (benchmarks/README.md) for the daemon's
 whole life. ``malloc_trim(0)`` returns them. glibc only: elsewhere this does nothing.
 """
 

@@ -1,4 +1,4 @@
-"""Where the daemon keeps its files (SPEC §4).
+"""Where the daemon keeps its files.
 
 platformdirs locations under the app name ``lattice``; ``LATTICE_HOME=<dir>`` moves all
 of them under one directory (tests use it), and ``LATTICE_SOCKET`` moves the socket.

@@ -3,7 +3,7 @@
 Two measured problems, two small fixes (benchmarks/README.md has the numbers):
 
 * Every httpx transport builds an SSL context with the full CA bundle, ~1 MB of the
-  daemon's 30 MB idle budget (SPEC §7) each, even for a provider at
+  daemon's 30 MB idle budget (benchmarks/README.md) each, even for a provider at
   ``http://localhost``. Plain-http URLs get no CA bundle at all.
 * httpx's stack (httpcore's pool, anyio, h11) is most of the daemon's CPU per job, and
   httpcore's pool collapses with many concurrent connections: one pool serving 32

@@ -20,7 +20,7 @@ class ErrorCode(str, enum.Enum):
     BOOTSTRAP_TOKEN_USED = "bootstrap_token_used"
     INVALID_BOOTSTRAP_TOKEN = "invalid_bootstrap_token"
     RATE_LIMITED = "rate_limited"
-    # Beyond SPEC §1's table: routing, relay and last-resort codes.
+    # Beyond the table in docs/api.md: routing, relay and last-resort codes.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     LEASE_NOT_HELD = "lease_not_held"

@@ -1,4 +1,4 @@
-"""Local model servers behind one small interface (SPEC §5).
+"""Local model servers behind one small interface.
 
 Adding a provider: one new module with a class taking ``(url, *, first_token_timeout,
 idle_timeout, probe_timeout, transport)``, plus one line in ``_REGISTRY``.

@@ -1,6 +1,6 @@
 """The provider interface: one small async surface over every local model server.
 
-Requests and responses are OpenAI-shaped dicts (SPEC §5): ``chat`` takes an OpenAI chat
+Requests and responses are OpenAI-shaped dicts: ``chat`` takes an OpenAI chat
 request whose ``model`` is the *local* model name and returns a ``chat.completion``;
 ``stream`` yields ``chat.completion.chunk`` dicts in OpenAI order.
 """

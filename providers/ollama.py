@@ -2,7 +2,7 @@
 
 Why native and not Ollama's own ``/v1``: ``/v1`` ignores ``max_completion_tokens``,
 cannot carry ``num_ctx`` / ``keep_alive``, and forces temperature/top_p to 1.0
-(reference/provider_apis.md §1.6).
+(Ollama's OpenAI-compatibility documentation).
 """
 
 from __future__ import annotations

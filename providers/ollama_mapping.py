@@ -1,4 +1,4 @@
-"""OpenAI chat request -> Ollama native ``/api/chat`` body (reference/provider_apis.md §4).
+"""OpenAI chat request -> Ollama native ``/api/chat`` body.
 
 Pure functions, no I/O. Requests that Ollama cannot honour raise ProviderError *before*
 anything is sent: ``n > 1`` and http(s) image URLs with reason ``unsupported``,

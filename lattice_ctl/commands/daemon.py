@@ -1,4 +1,4 @@
-"""`lattice-ctl daemon start | stop | restart | status | logs` (SPEC §4)."""
+"""`lattice-ctl daemon start | stop | restart | status | logs`."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def stop_daemon(client: ControlClient, timeout: float) -> dict[str, Any]:
     with output.spinner("Stopping the Lattice daemon (draining jobs)..."):
         if not pid or _wait_gone(pid, timeout):
             return {"stopped": True, "wasRunning": True, "pid": pid, "forced": False}
-        _signal(pid, signal.SIGTERM)  # a second signal: exit at once (SPEC §4)
+        _signal(pid, signal.SIGTERM)  # a second signal: exit at once
         if _wait_gone(pid, 3.0):
             return {"stopped": True, "wasRunning": True, "pid": pid, "forced": True}
         _signal(pid, signal.SIGKILL)

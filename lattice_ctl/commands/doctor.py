@@ -1,4 +1,4 @@
-"""`lattice-ctl doctor`: the troubleshooting checks of SPEC §6, each failure with a fix.
+"""`lattice-ctl doctor`: the troubleshooting checks of docs/operations.md, each failure with a fix.
 
 Checks, in order (a check that depends on an earlier failure is skipped, not failed):
 config (readable, 0600, key 0600) -> paired -> daemon running (socket answers) -> relay

@@ -1,4 +1,4 @@
-"""`lattice-ctl providers` (SPEC §4, §5)."""
+"""`lattice-ctl providers`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`lattice-ctl relay connect | status | disconnect` (SPEC §4, docs/protocol.md §1)."""
+"""`lattice-ctl relay connect | status | disconnect` (docs/protocol.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`lattice-ctl service install | uninstall | status` (SPEC §4): the daemon as a user
+"""`lattice-ctl service install | uninstall | status`: the daemon as a user
 service (systemd user unit on Linux, LaunchAgent on macOS); see lattice_ctl.service_manager."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`lattice-ctl ping` and `lattice-ctl status` (SPEC §4).
+"""`lattice-ctl ping` and `lattice-ctl status`.
 
 Both are on the fast path (ping <= 150 ms): no httpx, no provider imports here.
 """

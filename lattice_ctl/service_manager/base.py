@@ -21,7 +21,7 @@ SERVICE_CALL_TIMEOUT = 60.0  # a stop waits for the daemon's drain (~30 s) plus 
 
 # Variables the service passes on to the daemon when they are set at install time: a
 # user service does not inherit the login shell's environment, and the daemon honours
-# these for the relay (SPEC §4).
+# these for the relay.
 PASSED_ENVIRONMENT = ("LATTICE_HOME", "LATTICE_SOCKET", *PROXY_VARIABLES, "NO_PROXY",
                       "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")
 

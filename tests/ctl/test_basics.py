@@ -16,7 +16,7 @@ CTL = [str(Path(sys.executable).parent / "lattice-ctl")]
 
 
 def test_version_prints_the_package_version(lattice_home: Path) -> None:
-    # How fast: benchmarks/ctl_latency.py (SPEC §7 budget 100 ms); what keeps it fast is
+    # How fast: benchmarks/ctl_latency.py (budget 100 ms); what keeps it fast is
     # checked below (what it imports).
     done = subprocess.run([*CTL, "--version"], capture_output=True, text=True, check=True)
     assert done.stdout == f"lattice-ctl {__version__}\n"

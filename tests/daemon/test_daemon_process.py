@@ -234,7 +234,7 @@ def test_reload_picks_up_a_new_pairing_at_once(gateway: GatewayProcess, ollama: 
         assert answer["ok"] is True and answer["relay"]["state"] == "connected"
         wait_until(lambda: runtime_status(gateway, runtime) == "reachable", timeout=2.0,
                    what="runtime reachable")
-        # SPEC budget: 1 s; typically ~0.1 s here. The margin absorbs a loaded CI box.
+        # Budget: 1 s; typically ~0.1 s here. The margin absorbs a loaded CI box.
         assert time.monotonic() - started < 2.0
         response = chat(gateway, runtime)
         assert response.status_code == 200, response.text

@@ -53,7 +53,7 @@ async def test_scope_matrix(gateway: InProcessGateway, kind: str, form: str) -> 
                 assert response.status_code == 403, (where, response.text)
                 error = response.json()["error"]
                 assert error["code"] == "insufficient_scopes"
-                # The message names the missing scope (SPEC §6).
+                # The message names the missing scope (docs/api.md).
                 assert all(scope in error["message"] for scope in needs), error["message"]
                 assert response.headers["x-should-retry"] == "false"
         if granted == [SCOPE_MANAGE]:

@@ -1,4 +1,4 @@
-"""OpenAI request -> Ollama /api/chat: one test per row of provider_apis.md §4."""
+"""OpenAI request -> Ollama /api/chat: one test per mapped field."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A fake Ollama speaking its native wire format (reference/provider_apis.md §1).
+"""A fake Ollama speaking its native wire format.
 
 ``GET /``, ``/api/version``, ``/api/tags``, ``/api/ps``, ``POST /api/chat`` (NDJSON when
 ``stream`` is true - the default - else one JSON object), errors as ``{"error": "..."}``

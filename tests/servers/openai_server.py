@@ -1,4 +1,4 @@
-"""A fake LM Studio / OpenAI-compatible server (reference/provider_apis.md §2, §3).
+"""A fake LM Studio / OpenAI-compatible server (as LM Studio and OpenAI document it).
 
 ``GET /v1/models`` (LM Studio shape: no ``created``), ``POST /v1/chat/completions`` as
 JSON or SSE (role chunk, content chunks, incremental tool-call deltas, finish chunk,
