@@ -53,7 +53,9 @@ def choose_provider(kind: str | None, url: str | None, model: str | None,
         return replace(base, kind=chosen_kind, url=url,
                        default_model=model or (base.default_model
                                                if base.kind == chosen_kind else None))
-    if existing is not None:
+    # A machine that served an assistant-runtime (kind "embedded") looks for a model server
+    # again: a local-model runtime is never silently served by the embedded engine.
+    if existing is not None and existing.kind != "embedded":
         return replace(base, default_model=model or base.default_model)
     from providers import detect_providers
 

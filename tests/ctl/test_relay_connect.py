@@ -245,6 +245,24 @@ def test_no_provider_detected_without_terminal_pairs_anyway(
     assert lattice_id in config and 'kind = "ollama"' in config
 
 
+def test_a_local_model_runtime_is_not_served_by_an_earlier_embedded_engine(
+        lattice_home: Path, gateway: GatewayProcess, key: str) -> None:
+    from lattice_daemon.config import DaemonConfig, ProviderConfig, save_config
+
+    # What an earlier assistant-runtime pairing (since disconnected) left in the config.
+    save_config(home_paths(lattice_home), DaemonConfig(provider=ProviderConfig(
+        kind="embedded", first_token_timeout=42.0)))
+    lattice_id, minted = _token(gateway, key)  # a local-model runtime
+    done = ctl(lattice_home, "relay", "connect", "--gateway", gateway.url,
+               "--bootstrap-token", minted["bootstrapToken"])
+    if "found" in done.stderr and "choose one" in done.stderr:  # a real Ollama/LM Studio
+        assert done.returncode == 2
+        return
+    assert done.returncode == 0, done.stderr
+    config = home_paths(lattice_home).config_file.read_text()
+    assert lattice_id in config and 'kind = "embedded"' not in config
+
+
 def test_a_revoked_pairing_is_replaced_without_asking(lattice_home: Path,
                                                       gateway: GatewayProcess,
                                                       key: str) -> None:
