@@ -13,7 +13,7 @@ from typing import Any
 
 from lattice_daemon.shared import RelayConfig, relay_base_url
 from lattice_protocol._version import __version__
-from lattice_protocol.timestamps import iso_from_ms
+from lattice_protocol.timestamps import iso_from_seconds
 
 BOOTSTRAP_PREFIX = "plrt_v1"
 
@@ -228,7 +228,7 @@ def _parse_redeem(gateway: str, token: str, status: int, content: bytes) -> Rede
             execution_backend=str(data.get("executionBackend") or "local-model"),
             daemon_token=str(data["daemonToken"]),
             gateway_public_key=str(data["gatewayPublicKey"]),
-            paired_at=iso_from_ms(int(time.time() * 1000)),
+            paired_at=iso_from_seconds(time.time()),
         )
     except KeyError as exc:
         raise PairingError(f"the gateway's pairing answer lacks {exc.args[0]}",

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, __version__, iso_from_ms
+from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, __version__, iso_from_seconds
 from providers import (
     DEFAULT_URLS,
     Provider,
@@ -265,7 +265,7 @@ class Daemon:
         return {
             "daemonVersion": __version__,
             "pid": os.getpid(),
-            "startedAt": iso_from_ms(int(self.started_at * 1000)),
+            "startedAt": iso_from_seconds(self.started_at),
             "uptimeSeconds": round(now - self.started_at, 3),
             "relay": self.relay_status.to_dict(),
             "provider": self.provider_dict(),

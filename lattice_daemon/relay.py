@@ -32,7 +32,7 @@ from lattice_protocol import (
     ProtocolError,
     SealedEvent,
     __version__,
-    iso_from_ms,
+    iso_from_seconds,
 )
 
 from .backoff import Backoff, parse_retry_after
@@ -78,10 +78,10 @@ class RelayStatus:
     def to_dict(self) -> dict[str, Any]:
         return {
             "state": self.state.value,
-            "since": iso_from_ms(int(self.since * 1000)),
+            "since": iso_from_seconds(self.since),
             "gateway": self.gateway,
             "lastPollAt": (None if self.last_poll_at is None
-                           else iso_from_ms(int(self.last_poll_at * 1000))),
+                           else iso_from_seconds(self.last_poll_at)),
             "lastError": self.last_error,
         }
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .sealing import decode_public_key as decode_public_key
     from .sealing import encode_public_key as encode_public_key
     from .timestamps import iso_from_ms as iso_from_ms
+    from .timestamps import iso_from_seconds as iso_from_seconds
     from .tokens import TokenKind as TokenKind
     from .tokens import hash_secret as hash_secret
     from .tokens import new_access_token as new_access_token
@@ -56,7 +57,7 @@ _MODULE_OF = {
     "ModelRef": "models", "format_model_string": "models", "parse_model_string": "models",
     "KeyPair": "sealing", "Sealer": "sealing", "SealError": "sealing",
     "decode_public_key": "sealing", "encode_public_key": "sealing",
-    "iso_from_ms": "timestamps",
+    "iso_from_ms": "timestamps", "iso_from_seconds": "timestamps",
     "TokenKind": "tokens", "hash_secret": "tokens", "new_access_token": "tokens",
     "new_account_id": "tokens",
     "new_api_key": "tokens", "new_bootstrap_token": "tokens", "new_daemon_token": "tokens",

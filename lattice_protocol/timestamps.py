@@ -10,3 +10,8 @@ def iso_from_ms(ms: int) -> str:
     seconds, millis = divmod(int(ms), 1000)
     stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{millis:03d}Z"
+
+
+def iso_from_seconds(seconds: float) -> str:
+    """The same format for a Unix time in seconds (``time.time()``)."""
+    return iso_from_ms(int(seconds * 1000))

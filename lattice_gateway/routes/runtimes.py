@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lattice_protocol import ErrorCode, LatticeError
+from lattice_protocol import ErrorCode, LatticeError, iso_from_seconds
 
 from ..http import json_response, read_json_body
 from ..services import SCOPE_INFERENCE, SCOPE_MANAGE, Principal, Runtime, Services, services_of
@@ -28,10 +28,6 @@ from ..store import iso_from_ms
 EXECUTION_BACKENDS = ("local-model", "assistant-runtime")
 DISPLAY_NAME_MAX = 200
 READ_SCOPES = (SCOPE_INFERENCE, SCOPE_MANAGE)
-
-
-def _iso_from_epoch(seconds: float) -> str:
-    return iso_from_ms(int(seconds * 1000))
 
 
 async def public_records(services: Services, runtimes: list[Runtime]) -> list[dict[str, Any]]:
@@ -58,7 +54,7 @@ async def public_records(services: Services, runtimes: list[Runtime]) -> list[di
             "status": status,
             "createdAt": runtime.created_at,
             "updatedAt": runtime.updated_at,
-            "lastSeenAt": _iso_from_epoch(seen) if seen else runtime.last_seen_at,
+            "lastSeenAt": iso_from_seconds(seen) if seen else runtime.last_seen_at,
             "daemonVersion": runtime.daemon_version,
             "models": list(runtime.models),
             "defaultModel": runtime.default_model,
