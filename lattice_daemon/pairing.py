@@ -17,7 +17,7 @@ from providers import Provider
 from .backoff import Backoff
 from .config import DaemonConfig, RelayConfig
 from .relay import Outbox, RelayApi, RelayClient, RelayStatus
-from .runner import JobRunner
+from .runner import AdmitFn, JobObserver, JobRunner
 
 
 @dataclass
@@ -31,14 +31,17 @@ class Pairing:
     @classmethod
     def start(cls, relay_config: RelayConfig, config: DaemonConfig, keys: KeyPair,
               provider: Provider, status: RelayStatus, *, replay_guard: ReplayGuard,
-              describe_provider: Callable[[], Awaitable[dict[str, Any]]]) -> Pairing:
+              describe_provider: Callable[[], Awaitable[dict[str, Any]]],
+              admit: AdmitFn | None = None,
+              observers: tuple[JobObserver, ...] = ()) -> Pairing:
         """Build the pairing's parts around one outbox and start polling."""
         outbox = Outbox()
         settings = config.daemon
         runner = JobRunner(provider, Sealer(keys, relay_config.gateway_public_key),
                            relay_config.lattice_id, config.provider, emit=outbox.put,
                            max_concurrency=settings.max_concurrency,
-                           replay_guard=replay_guard, log_prompts=settings.log_prompts)
+                           replay_guard=replay_guard, log_prompts=settings.log_prompts,
+                           admit=admit, observers=observers)
         relay = RelayClient(RelayApi(relay_config.relay_url, relay_config.daemon_token),
                             runner, status, outbox=outbox,
                             describe_provider=describe_provider,

@@ -21,8 +21,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from lattice_protocol import (
     MAX_SEALED_EVENT_BYTES,
@@ -31,6 +31,7 @@ from lattice_protocol import (
     JobSpec,
     ProtocolError,
     ReplayGuard,
+    Requester,
     ResultEvent,
     SealedEvent,
     Sealer,
@@ -57,6 +58,46 @@ class JobRefused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+@dataclass
+class JobRecord:
+    """One job as the runner saw it; observers get it when it starts and when it ends.
+
+    Times are the runner's clock (unix seconds). ``outcome`` is ``"ok"``,
+    ``"cancelled"`` or the ErrorCode value the app got.
+    """
+
+    job_id: str
+    requester: Requester | None
+    stream: bool
+    started_at: float
+    model: str | None = None
+    first_output_at: float | None = None  # first chunk (streams) or the result
+    ended_at: float | None = None
+    outcome: str | None = None
+    message: str | None = None
+    chunks: int = 0
+    prompt_tokens: int | None = None  # as the provider reported them (usage)
+    completion_tokens: int | None = None
+    request: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class JobObserver(Protocol):
+    """Sees jobs start, produce and end (the owner's activity log and live view)."""
+
+    def job_started(self, record: JobRecord) -> None: ...
+
+    def job_output(self, record: JobRecord) -> None:
+        """A chunk or the result arrived; ``record`` counts it already."""
+        ...
+
+    def job_ended(self, record: JobRecord) -> None: ...
+
+
+# Decides whether a job may run, before the provider is called: returns the spec to run
+# (a request it may have changed, e.g. a capped max_tokens) or raises JobRefused.
+AdmitFn = Callable[[JobSpec], JobSpec]
 
 
 @dataclass
@@ -147,6 +188,8 @@ class JobRunner:
         replay_guard: ReplayGuard | None = None,
         log_prompts: bool = False,
         clock: Callable[[], float] = time.time,
+        admit: AdmitFn | None = None,
+        observers: tuple[JobObserver, ...] = (),
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -160,6 +203,8 @@ class JobRunner:
         self._replays = replay_guard if replay_guard is not None else ReplayGuard()
         self._log_prompts = log_prompts
         self._clock = clock
+        self._admit = admit
+        self._observers = observers
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._aborts: dict[str, tuple[ErrorCode, str]] = {}
         self._slot_freed = asyncio.Event()
@@ -216,7 +261,9 @@ class JobRunner:
             self.counters.refused += 1
             job.error(ErrorCode.RUNTIME_UNREACHABLE, "the runtime has no free job slot")
             return False
-        task = asyncio.get_running_loop().create_task(self._run(spec, job),
+        record = JobRecord(job_id=spec.job_id, requester=spec.requester, stream=spec.stream,
+                           started_at=self._clock(), request=spec.request)
+        task = asyncio.get_running_loop().create_task(self._run(spec, job, record),
                                                        name=f"job-{spec.job_id}")
         self._tasks[spec.job_id] = task
         task.add_done_callback(lambda _task: self._finished(spec.job_id))
@@ -278,10 +325,39 @@ class JobRunner:
                              "job was already received once (replay refused)") from None
         return spec
 
-    async def _run(self, spec: JobSpec, job: _Job) -> None:
+    def _notify(self, event: str, record: JobRecord) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, event)(record)
+            except Exception:  # an observer's bug must not fail the job
+                log.exception("job %s: %s observer failed", record.job_id, event)
+
+    def _output(self, record: JobRecord, data: dict[str, Any]) -> None:
+        if record.first_output_at is None:
+            record.first_output_at = self._clock()
+        record.chunks += 1
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            for name in ("prompt_tokens", "completion_tokens"):
+                value = usage.get(name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    setattr(record, name, value)
+        self._notify("job_output", record)
+
+    def _end(self, record: JobRecord, outcome: str, message: str | None = None) -> None:
+        record.ended_at = self._clock()
+        record.outcome = outcome
+        record.message = message
+        self._notify("job_ended", record)
+
+    async def _run(self, spec: JobSpec, job: _Job, record: JobRecord) -> None:
         started = time.monotonic()
+        self._notify("job_started", record)
         try:
+            if self._admit is not None:
+                spec = self._admit(spec)
             model = await self._pick_model(spec)
+            record.model = model
             request = dict(spec.request)
             request["model"] = model
             log.debug("job %s started: model %s, %s", spec.job_id, model,
@@ -289,7 +365,7 @@ class JobRunner:
             if self._log_prompts:
                 log.info("job %s request: %s", spec.job_id, request.get("messages"))
             if spec.stream:
-                chunks = await self._stream(spec, request, job)
+                chunks = await self._stream(spec, request, job, record)
                 job.send("end")
                 outcome = f"{chunks} chunks"
             else:
@@ -298,35 +374,43 @@ class JobRunner:
                                                   _progress_interval(spec.idle_timeout))
                 if self._log_prompts:
                     log.info("job %s completion: %s", spec.job_id, completion.get("choices"))
+                self._output(record, completion)
                 job.send("result", data=completion)
                 outcome = "result"
             self.counters.served += 1
+            self._end(record, "ok")
             log.info("job %s done in %.1f ms (model %s, %s)", spec.job_id,
                      (time.monotonic() - started) * 1000, model, outcome)
         except asyncio.CancelledError:
             abort = self._aborts.pop(spec.job_id, None)
             if abort is None:
                 self.counters.cancelled += 1
+                self._end(record, "cancelled")
             else:
                 self.counters.failed += 1
                 job.error(*abort)
+                self._end(record, abort[0].value, abort[1])
             raise
         except JobRefused as exc:
             self.counters.failed += 1
             log.warning("job %s refused: %s", spec.job_id, exc.message)
             job.error(exc.code, exc.message)
+            self._end(record, exc.code.value, exc.message)
         except ProviderError as exc:
             self.counters.failed += 1
             code = _code_for(exc)
             log.warning("job %s failed (%s): %s", spec.job_id, code.value, exc.message)
             job.error(code, _message_for_the_app(exc))
+            self._end(record, code.value, _message_for_the_app(exc))
         except Exception as exc:  # a bug here must fail one job, never the daemon
             self.counters.failed += 1
             log.exception("job %s failed inside the daemon", spec.job_id)
-            job.error(ErrorCode.PROVIDER_ERROR,
-                      f"the daemon failed while running the job ({type(exc).__name__})")
+            message = f"the daemon failed while running the job ({type(exc).__name__})"
+            job.error(ErrorCode.PROVIDER_ERROR, message)
+            self._end(record, ErrorCode.PROVIDER_ERROR.value, message)
 
-    async def _stream(self, spec: JobSpec, request: dict[str, Any], job: _Job) -> int:
+    async def _stream(self, spec: JobSpec, request: dict[str, Any], job: _Job,
+                      record: JobRecord) -> int:
         request["stream"] = True
         chunks: AsyncIterator[dict[str, Any]] = aiter(self.provider.stream(request))
         timeout = _deadline(spec.first_token_timeout)
@@ -339,6 +423,7 @@ class JobRunner:
                     return count
                 except asyncio.TimeoutError:
                     raise self._silence_error(first=count == 0, spec=spec) from None
+                self._output(record, chunk)
                 job.send("chunk", data=chunk)
                 count += 1
                 timeout = _deadline(spec.idle_timeout)

@@ -65,7 +65,8 @@ class CredentialAuthenticator:
         if not any(s in record.scopes for s in required):
             raise _scope_error(required)
         return Principal(account_id=record.account_id, scopes=record.scopes,
-                         credential_kind=record.kind)
+                         credential_kind=record.kind, credential_id=record.credential_id,
+                         credential_name=record.name)
 
 
 async def authenticate_daemon(request: Request) -> Runtime:

@@ -206,6 +206,21 @@ def _scopes_option(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Scope to grant (repeatable).")(func)
 
 
+def _name_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--name", default=None, callback=_check_name,
+        help="The app this credential is for, as the runtime's owner sees it in their "
+             "activity log and rules (default: its id).")(func)
+
+
+def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not (0 < len(value) <= 200 and value.isprintable()
+                                  and value.strip() == value):
+        raise click.BadParameter("must be 1 to 200 printable characters, without leading "
+                                 "or trailing spaces")
+    return value
+
+
 async def _issue(database: str | None,
                  issue: Callable[[SqlStore], Awaitable[IssuedCredential]]
                  ) -> tuple[IssuedCredential, dict[str, Any]]:
@@ -241,7 +256,8 @@ def _print_secret(payload: dict[str, Any], secret_field: str, as_json: bool,
         click.echo(json.dumps(payload))
     else:
         click.echo(payload[secret_field])
-        click.echo(f"{label} for account {payload['accountId']} "
+        click.echo(f"{label} {payload['credentialId']} ({payload['name']}) for account "
+                   f"{payload['accountId']} "
                    f"(scopes: {' '.join(payload['scopes'])}), stored in the database "
                    f"{payload['database']}. It is shown only once.", err=True)
     for warning in payload["warnings"]:
@@ -256,17 +272,20 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--account", required=True, help="Account name (created if needed).")
 @_scopes_option
+@_name_option
 @click.option("--database", default=None, help=_DATABASE_HELP)
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: apiKey, accountId, scopes, database, warnings.")
-def keys_create(account: str, scopes: tuple[str, ...], database: str | None,
-                as_json: bool) -> None:
+              help="Print JSON: apiKey, credentialId, name, accountId, scopes, database, "
+                   "warnings.")
+def keys_create(account: str, scopes: tuple[str, ...], name: str | None,
+                database: str | None, as_json: bool) -> None:
     """Create an API key and print it once."""
 
     async def create() -> dict[str, Any]:
-        issued, where = await _issue(_database(database),
-                                     lambda store: store.create_api_key(account, scopes))
-        return {"apiKey": issued.secret, "accountId": issued.account_id,
+        issued, where = await _issue(
+            _database(database), lambda store: store.create_api_key(account, scopes, name=name))
+        return {"apiKey": issued.secret, "credentialId": issued.credential_id,
+                "name": issued.name, "accountId": issued.account_id,
                 "scopes": list(issued.scopes), **where}
 
     _print_secret(_run(create, _database(database)), "apiKey", as_json, "API key")
@@ -302,21 +321,25 @@ def tokens() -> None:
 @tokens.command("create")
 @click.option("--account", required=True, help="Account name (created if needed).")
 @_scopes_option
+@_name_option
 @click.option("--ttl", default=3600, show_default=True, type=click.IntRange(1, 366 * 86400),
               help="Lifetime in seconds.")
 @click.option("--database", default=None, help=_DATABASE_HELP)
 @click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: accessToken, accountId, scopes, expiresAt, database, warnings.")
-def tokens_create(account: str, scopes: tuple[str, ...], ttl: int, database: str | None,
-                  as_json: bool) -> None:
+              help="Print JSON: accessToken, credentialId, name, accountId, scopes, "
+                   "expiresAt, database, warnings.")
+def tokens_create(account: str, scopes: tuple[str, ...], name: str | None, ttl: int,
+                  database: str | None, as_json: bool) -> None:
     """Issue an expiring access token and print it once."""
     from .store import iso_from_ms
 
     async def create() -> dict[str, Any]:
         issued, where = await _issue(
-            _database(database), lambda store: store.create_access_token(account, scopes, ttl))
+            _database(database),
+            lambda store: store.create_access_token(account, scopes, ttl, name=name))
         assert issued.expires_ms is not None
-        return {"accessToken": issued.secret, "accountId": issued.account_id,
+        return {"accessToken": issued.secret, "credentialId": issued.credential_id,
+                "name": issued.name, "accountId": issued.account_id,
                 "scopes": list(issued.scopes), "expiresAt": iso_from_ms(issued.expires_ms),
                 **where}
 

@@ -1,8 +1,10 @@
-"""Request-body reading shared by all routes: size bound and JSON-object parsing."""
+"""What all routes share: the request id, body size bound and JSON-object parsing."""
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from typing import Any
 
 import orjson
@@ -24,6 +26,26 @@ class OrjsonResponse(Response):
 def json_response(content: Any, status_code: int = 200,
                   headers: dict[str, str] | None = None) -> Response:
     return OrjsonResponse(content, status_code=status_code, headers=headers)
+
+
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+def request_id_of(request: Request) -> str:
+    """This request's id: the caller's ``x-request-id`` when it is a sane value (1 to 128
+    characters of letters, digits and ``._:/+=@-``), else a new ``req_<hex>``.
+
+    Kept in the ASGI scope's state, so every part of the gateway that handles the
+    request (logs, the sealed job, the response header) names the same id.
+    """
+    state = request.scope.setdefault("state", {})
+    request_id: str | None = state.get("request_id")
+    if request_id is None:
+        offered = request.headers.get("x-request-id", "")
+        request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else (
+            "req_" + secrets.token_hex(12))
+        state["request_id"] = request_id
+    return request_id
 
 
 async def read_json_body(request: Request, max_bytes: int,

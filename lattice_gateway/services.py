@@ -32,9 +32,13 @@ StoredStatus = Literal["unpaired", "paired", "revoked"]
 
 @dataclass(frozen=True)
 class Principal:
+    """An authenticated app: its account, and the credential it acts with."""
+
     account_id: str
     scopes: frozenset[str]
     credential_kind: Literal["api_key", "access_token"]
+    credential_id: str  # public id (key_... / tok_...), never the secret
+    credential_name: str  # the app's name as the operator gave it; the id if none
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .messages import JobSpec as JobSpec
     from .messages import ProtocolError as ProtocolError
     from .messages import ReplayGuard as ReplayGuard
+    from .messages import Requester as Requester
     from .messages import ResultEvent as ResultEvent
     from .messages import SealedEvent as SealedEvent
     from .messages import parse_event as parse_event
@@ -53,6 +54,7 @@ _MODULE_OF = {
     "MAX_EVENTS_POST_BYTES": "messages", "MAX_SEALED_EVENT_BYTES": "messages",
     "PROTOCOL_VERSION": "messages", "CancelNotice": "messages", "JobEnvelope": "messages",
     "JobSpec": "messages", "ProtocolError": "messages", "ReplayGuard": "messages",
+    "Requester": "messages",
     "ResultEvent": "messages", "SealedEvent": "messages", "parse_event": "messages",
     "ModelRef": "models", "format_model_string": "models", "parse_model_string": "models",
     "KeyPair": "sealing", "Sealer": "sealing", "SealError": "sealing",

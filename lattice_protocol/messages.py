@@ -77,6 +77,58 @@ def _number(d: dict[str, Any], name: str, what: str) -> float:
 
 # --------------------------------------------------------------------------- jobs
 
+CredentialKind = Literal["apiKey", "oauth"]
+_CREDENTIAL_KINDS = ("apiKey", "oauth")
+_MAX_TEXT = 256
+
+
+def _text(d: dict[str, Any], name: str, what: str) -> str | None:
+    value = d.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise ProtocolError(f"{what}: field {name!r} must be a string of at most "
+                            f"{_MAX_TEXT} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked for a job, as the gateway vouches for it inside the sealed job.
+
+    The relay never sees it, and it never holds a secret: the credential is named by its
+    id and its human name (an app), not by its value. ``user`` is the OpenAI ``user``
+    field if the app set one; ``request_id`` is the gateway's ``x-request-id``, so the
+    owner's activity log and the app's logs can be matched.
+    """
+
+    account_id: str
+    credential_kind: CredentialKind
+    credential_id: str
+    credential_name: str
+    user: str | None = None
+    request_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accountId": self.account_id, "credentialKind": self.credential_kind,
+                "credentialId": self.credential_id, "credentialName": self.credential_name,
+                "user": self.user, "requestId": self.request_id}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> Requester:
+        what = "job.requester"
+        d = _obj(value, what)
+        kind = d.get("credentialKind")
+        if kind not in _CREDENTIAL_KINDS:
+            raise ProtocolError(f"{what}: field 'credentialKind' must be one of "
+                                + ", ".join(_CREDENTIAL_KINDS))
+        name = _text(d, "credentialName", what)
+        if not name:
+            raise ProtocolError(f"{what}: field 'credentialName' must be a non-empty string")
+        return cls(account_id=_id(d, "accountId", what), credential_kind=kind,
+                   credential_id=_id(d, "credentialId", what), credential_name=name,
+                   user=_text(d, "user", what), request_id=_text(d, "requestId", what))
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -95,9 +147,11 @@ class JobSpec:
     model: str | None = None  # local model; None means the runtime's default
     first_token_timeout: float = 300.0
     idle_timeout: float = 120.0
+    # None only from a gateway older than the requester field.
+    requester: Requester | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "type": "job",
             "jobId": self.job_id,
@@ -109,6 +163,9 @@ class JobSpec:
             "firstTokenTimeout": self.first_token_timeout,
             "idleTimeout": self.idle_timeout,
         }
+        if self.requester is not None:
+            d["requester"] = self.requester.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, value: Any) -> JobSpec:
@@ -129,6 +186,8 @@ class JobSpec:
             model=model,
             first_token_timeout=_number(d, "firstTokenTimeout", what),
             idle_timeout=_number(d, "idleTimeout", what),
+            requester=None if d.get("requester") is None
+            else Requester.from_dict(d["requester"]),
         )
 
 

@@ -35,6 +35,7 @@ from lattice_protocol import (
     JobSpec,
     LatticeError,
     ProtocolError,
+    Requester,
     ResultEvent,
     SealedEvent,
     Sealer,
@@ -42,9 +43,9 @@ from lattice_protocol import (
     parse_model_string,
 )
 
-from ..http import read_json_body
+from ..http import read_json_body, request_id_of
 from ..relay.base import JobTicket, watch_disconnect
-from ..services import SCOPE_INFERENCE, services_of
+from ..services import SCOPE_INFERENCE, Principal, services_of
 from ..settings import Settings
 from ..sse import SSE_DONE, SSE_HEADERS, SSE_KEEPALIVE, SSE_MEDIA_TYPE, sse_error, sse_frame
 
@@ -200,6 +201,7 @@ async def chat_completions(request: Request) -> Response:
         request=chat.request, model=chat.local_model or runtime.default_model,
         first_token_timeout=settings.first_token_timeout_seconds,
         idle_timeout=settings.idle_timeout_seconds,
+        requester=_requester(principal, chat, request_id_of(request)),
     )
     sealed = sealer.seal(orjson.dumps(spec.to_dict()))
     ticket = await services.broker.submit(chat.lattice_id, JobEnvelope(job_id, deadline, sealed))
@@ -208,6 +210,16 @@ async def chat_completions(request: Request) -> Response:
         return _StreamedAnswer(relay)
     async with relay.held(request.receive):
         return await relay.completion()
+
+
+def _requester(principal: Principal, chat: ChatRequest, request_id: str) -> Requester:
+    """Who asks, for the owner's rules and activity log (sealed with the job)."""
+    user = chat.request.get("user")
+    return Requester(
+        account_id=principal.account_id,
+        credential_kind="apiKey" if principal.credential_kind == "api_key" else "oauth",
+        credential_id=principal.credential_id, credential_name=principal.credential_name,
+        user=user[:256] if isinstance(user, str) and user else None, request_id=request_id)
 
 
 # -------------------------------------------------------------- waiting for the daemon

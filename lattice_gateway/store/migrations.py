@@ -86,9 +86,34 @@ def _v2_default_model_256(conn: Connection) -> None:
             "ALTER TABLE runtimes ALTER COLUMN default_model TYPE VARCHAR(256)"))
 
 
+def _v3_credential_ids(conn: Connection) -> None:
+    # Credentials get a public id (what lists, revocation and the owner's activity log
+    # name), a human name (the app), and when they were last used. Rows from before get
+    # an id, and their id as their name.
+    import secrets
+
+    for column in ("credential_id VARCHAR(40)", "name VARCHAR(200)",
+                   "last_used_ms BIGINT"):
+        conn.execute(sa.text(f"ALTER TABLE credentials ADD COLUMN {column}"))
+    rows = conn.execute(sa.text("SELECT secret_hash, kind FROM credentials")).all()
+    for secret_hash, kind in rows:
+        credential_id = new_credential_id(kind, secrets.token_hex(8))
+        conn.execute(sa.text("UPDATE credentials SET credential_id = :id, name = :id "
+                             "WHERE secret_hash = :hash"),
+                     {"id": credential_id, "hash": secret_hash})
+    conn.execute(sa.text(
+        "CREATE UNIQUE INDEX ix_credentials_credential_id ON credentials (credential_id)"))
+
+
+def new_credential_id(kind: str, random_hex: str) -> str:
+    """``key_<hex>`` for API keys, ``tok_<hex>`` for access tokens: public, not secret."""
+    return ("key_" if kind == "api_key" else "tok_") + random_hex
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_initial),
     Migration(2, "runtimes.default_model up to 256 characters", _v2_default_model_256),
+    Migration(3, "credentials: public id, name, last used", _v3_credential_ids),
 )
 
 

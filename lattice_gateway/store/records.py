@@ -16,6 +16,8 @@ CredentialKind = Literal["api_key", "access_token"]
 class CredentialRecord:
     """What a stored API key or access token grants (looked up by the secret's hash)."""
 
+    credential_id: str  # public: what lists and the owners' activity logs show
+    name: str  # the app it was made for; its id unless named
     account_id: str
     kind: CredentialKind
     scopes: frozenset[str]
@@ -28,6 +30,8 @@ class IssuedCredential:
     """A newly created secret: the plaintext exists only in this value."""
 
     secret: str
+    credential_id: str
+    name: str
     account_id: str
     scopes: tuple[str, ...]
     expires_ms: int | None

@@ -25,16 +25,20 @@ accounts = sa.Table(
 )
 
 # API keys (kind "api_key", no expiry) and OAuth-style access tokens (kind
-# "access_token", expiring), found by the hash of the presented secret.
+# "access_token", expiring), found by the hash of the presented secret; named in lists,
+# revocation and the owners' activity logs by their public ``credential_id``.
 credentials = sa.Table(
     "credentials", metadata,
     sa.Column("secret_hash", sa.String(64), primary_key=True),
+    sa.Column("credential_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.account_id"), nullable=False),
     sa.Column("scopes", sa.Text, nullable=False),  # space-separated
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Column("expires_ms", sa.BigInteger, nullable=True),
     sa.Column("revoked_ms", sa.BigInteger, nullable=True),
+    sa.Column("last_used_ms", sa.BigInteger, nullable=True),
 )
 
 runtimes = sa.Table(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,7 +37,7 @@ from lattice_protocol import (
 from ..services import Runtime
 from . import schema as t
 from .cache import TtlCache
-from .migrations import migrate
+from .migrations import migrate, new_credential_id
 from .records import (
     CredentialKind,
     CredentialRecord,
@@ -187,29 +188,35 @@ class SqlStore:
             async with self._engine.connect() as conn:
                 return str((await conn.execute(query)).scalar_one())
 
-    async def create_api_key(self, account_name: str, scopes: Iterable[str]) -> IssuedCredential:
-        return await self._issue("api_key", new_api_key(), account_name, scopes, None)
+    async def create_api_key(self, account_name: str, scopes: Iterable[str], *,
+                             name: str | None = None) -> IssuedCredential:
+        return await self._issue("api_key", new_api_key(), account_name, scopes, None, name)
 
     async def create_access_token(self, account_name: str, scopes: Iterable[str],
-                                  ttl_seconds: int) -> IssuedCredential:
+                                  ttl_seconds: int, *,
+                                  name: str | None = None) -> IssuedCredential:
         if ttl_seconds <= 0:
             raise ValueError("ttl must be positive")
         return await self._issue("access_token", new_access_token(), account_name, scopes,
-                                 ttl_seconds)
+                                 ttl_seconds, name)
 
     async def _issue(self, kind: CredentialKind, secret: str, account_name: str,
-                     scopes: Iterable[str], ttl_seconds: int | None) -> IssuedCredential:
+                     scopes: Iterable[str], ttl_seconds: int | None,
+                     name: str | None) -> IssuedCredential:
         scope_list = tuple(dict.fromkeys(scopes))
         if not scope_list:
             raise ValueError("at least one scope is required")
         account_id = await self.ensure_account(account_name)
         now = self._now_ms()
         expires = now + ttl_seconds * 1000 if ttl_seconds is not None else None
+        credential_id = new_credential_id(kind, secrets.token_hex(8))
+        name = name or credential_id
         async with self._writer.begin() as conn:
             await conn.execute(sa.insert(t.credentials).values(
-                secret_hash=hash_secret(secret), kind=kind, account_id=account_id,
-                scopes=" ".join(scope_list), created_ms=now, expires_ms=expires))
-        return IssuedCredential(secret, account_id, scope_list, expires)
+                secret_hash=hash_secret(secret), credential_id=credential_id, name=name,
+                kind=kind, account_id=account_id, scopes=" ".join(scope_list),
+                created_ms=now, expires_ms=expires))
+        return IssuedCredential(secret, credential_id, name, account_id, scope_list, expires)
 
     async def credential(self, secret: str) -> CredentialRecord | None:
         """What a presented API key / access token grants (cached), or None if unknown.
@@ -225,12 +232,13 @@ class SqlStore:
         c = t.credentials.c
         # Lookup by the hash (primary key): the hash is what is secret-equivalent here,
         # and finding a row by it leaks nothing about other rows' hashes.
-        query = sa.select(c.account_id, c.kind, c.scopes, c.expires_ms, c.revoked_ms).where(
-            c.secret_hash == digest)
+        query = sa.select(c.credential_id, c.name, c.account_id, c.kind, c.scopes,
+                          c.expires_ms, c.revoked_ms).where(c.secret_hash == digest)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         record = None if row is None else CredentialRecord(
-            account_id=row.account_id, kind=row.kind, scopes=frozenset(row.scopes.split()),
+            credential_id=row.credential_id, name=row.name, account_id=row.account_id,
+            kind=row.kind, scopes=frozenset(row.scopes.split()),
             expires_ms=row.expires_ms, revoked=row.revoked_ms is not None)
         if record is not None:  # unknown secrets are not cached: the CLI may create them
             self._credentials.put(digest, record)

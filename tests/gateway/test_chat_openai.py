@@ -72,6 +72,42 @@ async def test_non_streaming_answer_and_sealed_job_shape(
         await daemon.stop()
 
 
+async def test_the_sealed_job_names_the_app_that_asked(
+        gateway: GatewayProcess, api_key: str) -> None:
+    # Two apps of one account: a named key and a named access token.
+    notes_key = gateway.create_key("acme", name="Notes app")
+    chat_token = gateway.create_token("acme", name="Chat web")
+    daemon = await start_daemon(gateway, api_key, Reply(text="hi"))
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+            answered = await http.post(
+                "/v1/chat/completions", headers={"authorization": f"Bearer {notes_key}",
+                                                 "x-request-id": "app-req-42"},
+                json={"model": model_of(daemon), "messages": MESSAGES, "user": "u-7"})
+            assert answered.status_code == 200, answered.text
+            first = daemon.jobs[-1].requester
+            answered = await http.post(
+                "/v1/chat/completions", headers={"authorization": f"Bearer {chat_token}",
+                                                 "x-request-id": "bad id with spaces"},
+                json={"model": model_of(daemon), "messages": MESSAGES})
+            assert answered.status_code == 200, answered.text
+            second = daemon.jobs[-1].requester
+        assert first is not None and second is not None
+        assert (first.credential_kind, first.credential_name, first.user,
+                first.request_id) == ("apiKey", "Notes app", "u-7", "app-req-42")
+        assert first.credential_id.startswith("key_")
+        assert first.account_id == second.account_id
+        assert (second.credential_kind, second.credential_name, second.user) == (
+            "oauth", "Chat web", None)
+        assert second.credential_id.startswith("tok_")
+        # Not a sane id: the gateway made its own rather than pass the header on.
+        assert second.request_id is not None and second.request_id.startswith("req_")
+        for secret in (notes_key, chat_token):
+            assert secret not in repr(first) + repr(second)
+    finally:
+        await daemon.stop()
+
+
 async def test_streaming_without_and_with_usage(
         gateway: GatewayProcess, api_key: str, client: openai.AsyncOpenAI) -> None:
     daemon = await start_daemon(gateway, api_key, Reply(text="one two three"))

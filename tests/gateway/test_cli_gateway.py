@@ -45,7 +45,10 @@ def test_keys_create_json(tmp_path: Path, lattice_home: Path) -> None:
                                        "--database", database, "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"apiKey", "accountId", "scopes", "database", "warnings"}
+    assert set(payload) == {"apiKey", "credentialId", "name", "accountId", "scopes",
+                            "database", "warnings"}
+    assert payload["credentialId"].startswith("key_")
+    assert payload["name"] == payload["credentialId"]  # unnamed: named by its id
     assert payload["database"] == f"sqlite:///{database}"
     assert token_kind(payload["apiKey"]) is TokenKind.API_KEY
     assert payload["scopes"] == [SCOPE_INFERENCE, SCOPE_MANAGE]
@@ -56,6 +59,24 @@ def test_keys_create_json(tmp_path: Path, lattice_home: Path) -> None:
     second = json.loads(again.stdout)
     assert second["accountId"] == payload["accountId"]  # the account is reused
     assert second["apiKey"] != payload["apiKey"]
+
+
+def test_credentials_are_named_for_their_app(tmp_path: Path, lattice_home: Path) -> None:
+    database = str(tmp_path / "gw.db")
+    made = CliRunner().invoke(main, ["tokens", "create", "--account", "acme", "--scope",
+                                     SCOPE_INFERENCE, "--name", "Notes app", "--database",
+                                     database, "--json"])
+    assert made.exit_code == 0, made.output
+    payload = json.loads(made.stdout)
+    assert payload["name"] == "Notes app" and payload["credentialId"].startswith("tok_")
+    record = run_coroutine_blocking(_lookup(database, payload["accessToken"]))
+    assert record is not None
+    assert (record.credential_id, record.name) == (payload["credentialId"], "Notes app")
+    for bad in ("", " padded", "line\nbreak", "x" * 201):
+        refused = CliRunner().invoke(main, ["keys", "create", "--account", "acme", "--scope",
+                                            SCOPE_INFERENCE, "--name", bad, "--database",
+                                            database])
+        assert refused.exit_code == 2 and "--name" in refused.output, bad
 
 
 def test_keys_create_human_prints_only_the_key_on_stdout(lattice_home: Path) -> None:
@@ -95,8 +116,8 @@ def test_tokens_create_json(tmp_path: Path, lattice_home: Path) -> None:
                                        "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"accessToken", "accountId", "scopes", "expiresAt", "database",
-                            "warnings"}
+    assert set(payload) == {"accessToken", "credentialId", "name", "accountId", "scopes",
+                            "expiresAt", "database", "warnings"}
     assert token_kind(payload["accessToken"]) is TokenKind.ACCESS
     assert payload["scopes"] == [SCOPE_INFERENCE]
     record = run_coroutine_blocking(_lookup(database, payload["accessToken"]))

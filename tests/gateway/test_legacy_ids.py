@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from lattice_gateway.services import ALL_SCOPES
 from lattice_gateway.store import SqlStore
-from lattice_gateway.store import schema as t
+from lattice_gateway.store.migrations import MIGRATIONS, migrate
+from lattice_gateway.store.records import CredentialRecord
 from lattice_protocol import hash_secret
 from tests.e2e.harness import create_runtime
 from tests.support.gateway import run_coroutine_blocking, run_gateway
@@ -22,20 +23,34 @@ from tests.support.gateway import run_coroutine_blocking, run_gateway
 pytestmark = pytest.mark.e2e
 
 
-async def _write_as_an_earlier_gateway(database: str, legacy_token: str,
-                                       legacy_id: str) -> str:
-    store = await SqlStore.open(database)
+def _write_as_an_earlier_gateway(database: Path, legacy_token: str, legacy_id: str) -> str:
+    """The schema and rows as a gateway of migration 2 left them: credentials without
+    ids or names (migration 3 gives them both)."""
+    engine = sa.create_engine(f"sqlite:///{database}")
+    account_id = "acct_" + secrets.token_hex(10)
+    now = int(time.time() * 1000)
+    with engine.begin() as conn:
+        migrate(conn, MIGRATIONS[:2])
+        conn.execute(sa.text("INSERT INTO accounts VALUES (:id, 'acme', :now)"),
+                     {"id": account_id, "now": now})
+        conn.execute(sa.text(
+            "INSERT INTO credentials (secret_hash, kind, account_id, scopes, created_ms, "
+            "expires_ms) VALUES (:hash, 'access_token', :account, :scopes, :now, :expires)"),
+            {"hash": hash_secret(legacy_token), "account": account_id,
+             "scopes": " ".join(ALL_SCOPES), "now": now, "expires": now + 3_600_000})
+        conn.execute(sa.text(
+            "INSERT INTO runtimes (lattice_id, account_id, display_name, execution_backend, "
+            "status, created_ms, updated_ms) VALUES (:id, :account, 'Old laptop', "
+            "'local-model', 'unpaired', :now, :now)"),
+            {"id": legacy_id, "account": account_id, "now": now})
+    engine.dispose()
+    return account_id
+
+
+async def _stored_credential(database: Path, secret: str) -> CredentialRecord | None:
+    store = await SqlStore.open(str(database))
     try:
-        account_id = await store.ensure_account("acme")
-        now = int(time.time() * 1000)
-        await store.execute(sa.insert(t.credentials).values(
-            secret_hash=hash_secret(legacy_token), kind="access_token", account_id=account_id,
-            scopes=" ".join(ALL_SCOPES), created_ms=now, expires_ms=now + 3_600_000))
-        await store.execute(sa.insert(t.runtimes).values(
-            lattice_id=legacy_id, account_id=account_id, display_name="Old laptop",
-            execution_backend="local-model", status="unpaired", created_ms=now,
-            updated_ms=now))
-        return account_id
+        return await store.credential(secret)
     finally:
         await store.close()
 
@@ -43,8 +58,7 @@ async def _write_as_an_earlier_gateway(database: str, legacy_token: str,
 def test_old_ids_and_access_tokens_keep_working(tmp_path: Path, lattice_home: Path) -> None:
     legacy_token = "lat_v1_" + secrets.token_urlsafe(32)
     legacy_id = "prt_" + secrets.token_hex(10)
-    account_id = run_coroutine_blocking(_write_as_an_earlier_gateway(
-        str(tmp_path / "gateway.db"), legacy_token, legacy_id))
+    account_id = _write_as_an_earlier_gateway(tmp_path / "gateway.db", legacy_token, legacy_id)
     with run_gateway(tmp_path) as gw:
         bearer = {"authorization": f"Bearer {legacy_token}"}
         old = httpx.get(f"{gw.url}/v1/personal-runtimes/{legacy_id}", headers=bearer, timeout=10)
@@ -63,3 +77,8 @@ def test_old_ids_and_access_tokens_keep_working(tmp_path: Path, lattice_home: Pa
                            headers={"authorization": f"Bearer {fresh_token}"}, timeout=10)
         assert [r["latticeId"] for r in listed.json()["runtimes"]] == [legacy_id,
                                                                        new["latticeId"]]
+
+    # Migration 3 named the old credential by a new public id.
+    record = run_coroutine_blocking(_stored_credential(tmp_path / "gateway.db", legacy_token))
+    assert record is not None and record.credential_id.startswith("tok_")
+    assert record.name == record.credential_id

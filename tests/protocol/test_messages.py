@@ -14,6 +14,7 @@ from lattice_protocol import (
     JobSpec,
     ProtocolError,
     ReplayGuard,
+    Requester,
     ResultEvent,
     SealedEvent,
     parse_event,
@@ -52,6 +53,34 @@ def test_job_round_trip() -> None:
 def test_job_parsing_says_what_is_wrong(mutate: Any, message: str) -> None:
     d = job().to_dict()
     mutate(d)
+    with pytest.raises(ProtocolError, match=message):
+        JobSpec.from_dict(d)
+
+
+REQUESTER = Requester(account_id="acct_1", credential_kind="apiKey", credential_id="key_1",
+                      credential_name="Notes app", user="u-7", request_id="req_1")
+
+
+def test_requester_round_trip_and_its_absence() -> None:
+    spec = job(requester=REQUESTER)
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    assert "requester" not in job().to_dict()  # as an older gateway sealed it
+    assert JobSpec.from_dict(job().to_dict()).requester is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(credentialKind="password"), "'credentialKind' must be one of"),
+        (lambda r: r.pop("accountId"), "missing field 'accountId'"),
+        (lambda r: r.update(credentialName=""), "'credentialName' must be a non-empty"),
+        (lambda r: r.update(user=5), "'user' must be a string"),
+        (lambda r: r.update(requestId="x" * 257), "'requestId' must be a string of at most"),
+    ],
+)
+def test_requester_parsing_says_what_is_wrong(mutate: Any, message: str) -> None:
+    d = job(requester=REQUESTER).to_dict()
+    mutate(d["requester"])
     with pytest.raises(ProtocolError, match=message):
         JobSpec.from_dict(d)
 

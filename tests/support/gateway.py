@@ -77,13 +77,13 @@ def run_coroutine_blocking(coro: Any) -> Any:
 
 
 async def _issue(database: str, kind: str, account: str, scopes: Sequence[str],
-                 ttl: int) -> str:
+                 ttl: int, name: str | None = None) -> str:
     store = await SqlStore.open(database)
     try:
         if kind == "key":
-            issued = await store.create_api_key(account, scopes)
+            issued = await store.create_api_key(account, scopes, name=name)
         else:
-            issued = await store.create_access_token(account, scopes, ttl)
+            issued = await store.create_access_token(account, scopes, ttl, name=name)
         return issued.secret
     finally:
         await store.close()
@@ -126,12 +126,14 @@ class GatewayProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def create_key(self, account: str = "acme", scopes: Sequence[str] = ALL_SCOPES) -> str:
-        return run_coroutine_blocking(_issue(self.database, "key", account, scopes, 0))
+    def create_key(self, account: str = "acme", scopes: Sequence[str] = ALL_SCOPES, *,
+                   name: str | None = None) -> str:
+        return run_coroutine_blocking(_issue(self.database, "key", account, scopes, 0, name))
 
     def create_token(self, account: str = "acme", scopes: Sequence[str] = ALL_SCOPES,
-                     ttl: int = 3600) -> str:
-        return run_coroutine_blocking(_issue(self.database, "token", account, scopes, ttl))
+                     ttl: int = 3600, *, name: str | None = None) -> str:
+        return run_coroutine_blocking(
+            _issue(self.database, "token", account, scopes, ttl, name))
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         if self.process and self.process.poll() is None:
