@@ -323,6 +323,11 @@ class RedisBroker:
         await self._ensure_started()
         previous = self._parked_by_session.get(session_id)
         if previous is not None:
+            # Ownership first: session ids are not secret (access logs), so another
+            # runtime's daemon naming this one must get session_not_found and must not
+            # end its parked poll. A parked poll's runtime was checked when it parked.
+            if previous.lattice_id != lattice_id:
+                raise SessionNotFound()
             previous.answer()  # superseded by this poll
         result = await self._take(lattice_id, session_id, capacity)
         if result.jobs or result.cancels or self._draining:

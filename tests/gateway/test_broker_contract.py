@@ -228,6 +228,28 @@ async def test_unknown_session_or_other_runtime_is_session_not_found(make_broker
     await broker.close()
 
 
+async def test_another_runtimes_poll_naming_a_session_leaves_its_parked_poll_alone(
+        make_broker: Maker, clock: ManualClock) -> None:
+    # Session ids are not secret (they appear in access logs): a daemon paired to another
+    # runtime that polls with the victim's session id gets session_not_found, and the
+    # victim's parked poll neither ends nor stops taking jobs.
+    broker = make_broker(poll_window_seconds=30, clock=clock)
+    victim = await broker.register_session(RUNTIME, 1)
+    await broker.register_session("lat_attacker", 1)
+    held = asyncio.create_task(broker.poll(RUNTIME, victim, 1))
+    await parked(broker)
+    for _ in range(3):
+        with pytest.raises(SessionNotFound) as refused:
+            await broker.poll("lat_attacker", victim, 1)
+        assert refused.value.code is ErrorCode.SESSION_NOT_FOUND
+    assert broker.parked_polls(RUNTIME) == 1
+    # Time stands still: only the job can answer the victim's poll, and it must.
+    await broker.submit(RUNTIME, envelope())
+    result = await asyncio.wait_for(held, HANG_GUARD)
+    assert [j.job_id for j in result.jobs] == ["job_0"]
+    await broker.close()
+
+
 async def test_pickup_timeout_fails_a_queued_job(make_broker: Maker,
                                                  clock: ManualClock) -> None:
     broker = make_broker(pickup_timeout_seconds=0.2, clock=clock)
