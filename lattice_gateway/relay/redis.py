@@ -10,14 +10,15 @@ Events and failures for the replica holding the app's request must not be lost (
 pub/sub, at-most-once, a reconnect lost the final event and the app waited for its idle
 timeout). Each replica has a Redis stream, ``evs:<replica>``, that the scripts append
 to, and one reader that blocks on it (``XREAD BLOCK``) from the last entry it handled:
-after a cut connection or a Redis restart it reads on from there, so nothing is lost and
-nothing is handed twice. One stream per replica rather than one per job: a single
-blocking read covers every job the replica waits for, with no re-issued read when a job
-is added and no connection per waiting job. Memory stays bounded: the replica trims
-what it has read on every sweep, the stream is capped (``MAXLEN ~``) and expires once
-its replica is gone. Each event entry carries its job's event count, so a ticket sees
-when an entry was trimmed before it was read (a replica cut off for very long): that
-job fails with runtime_unreachable at once rather than at the app's idle timeout.
+after a cut connection (or a Redis restart that kept its data) it reads on from there,
+so nothing is lost and nothing is handed twice. One stream per replica rather than one
+per job: a single blocking read covers every job the replica waits for, with no
+re-issued read when a job is added and no connection per waiting job. Memory stays
+bounded: the replica trims what it has read on every sweep, the stream is capped
+(``MAXLEN ~``) and expires once its replica is gone. Each event entry carries its job's
+event count, so a ticket sees when an entry was trimmed before it was read (a replica
+cut off for very long): that job fails with runtime_unreachable at once rather than at
+the app's idle timeout.
 
 Parked polls stay local to the replica that holds them (a future each, as in the
 in-process broker); their presence is refreshed in Redis by the replica's sweeper, so
