@@ -75,7 +75,7 @@ _EVENTS_BATCH = 512  # entries handled per read
 # (half-open, Redis gone without a reset): give up on it and reconnect.
 _EVENTS_SOCKET_SLACK = 5.0
 _RECONNECT_PAUSE = 0.05
-_ATTEMPT_TRIES = 3  # tries to fill a parked poll when Redis errs, before waiting for a wake
+_ATTEMPT_TRIES = 3  # tries of a parked poll's retake or a write-behind when Redis errs
 EVENTS_LOST = "the relay lost events of this job (the gateway was cut off from Redis)"
 
 
@@ -107,7 +107,7 @@ class RedisTicket(EventInbox):
         if not self.done:
             self.done = True
             self._broker._forget(self)
-            self._broker._write_behind(self._broker._script("finish", self.job_id))
+            self._broker._write_behind("finish", self.job_id)
 
     def cancel(self, reason: str = "cancelled") -> None:
         self.fail(LatticeError(ErrorCode.CANCELLED, f"job cancelled ({reason})"), reason)
@@ -120,7 +120,7 @@ class RedisTicket(EventInbox):
         self._broker._forget(self)
         self.push(error)
         notice = orjson.dumps(CancelNotice(self.job_id, reason).to_dict()).decode()
-        self._broker._write_behind(self._broker._script("cancel", self.job_id, notice))
+        self._broker._write_behind("cancel", self.job_id, notice)
 
 
 @dataclass(eq=False)
@@ -182,11 +182,25 @@ class RedisBroker:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _write_behind(self, coroutine: Any) -> None:
-        """A write the caller does not wait for (finish, cancel, touch)."""
-        task = self._background(coroutine)
+    def _write_behind(self, script: str, *args: Any) -> None:
+        """A script the caller does not wait for (finish, cancel, touch: each may run
+        twice harmlessly)."""
+        task = self._background(self._script_retried(script, *args))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    async def _script_retried(self, script: str, *args: Any) -> None:
+        # A pooled connection that Redis lost (a cut, a restart) fails its next command
+        # once; nobody waits for this write to see the error, so try again.
+        for attempt in range(_ATTEMPT_TRIES):
+            try:
+                await self._script(script, *args)
+                return
+            except (ConnectionError, OSError, aioredis.RedisError):
+                if attempt + 1 == _ATTEMPT_TRIES or self._closed:
+                    log.warning("relay %s of %s lost: Redis unreachable", script, args[0])
+                    return
+                await asyncio.sleep(_RECONNECT_PAUSE)
 
     async def flush(self) -> None:
         """Wait for the writes started so far (finish, cancel) to reach Redis."""
@@ -423,8 +437,7 @@ class RedisBroker:
                 if not waiting:
                     del self._parked_by_runtime[lattice_id]
             if not self._closed:
-                self._write_behind(self._script("touch", lattice_id, session_id,
-                                                self._clock.time()))
+                self._write_behind("touch", lattice_id, session_id, self._clock.time())
 
     def _attempt(self, parked: _Parked) -> None:
         """Try to fill a parked poll from Redis; one attempt at a time per poll."""

@@ -562,6 +562,8 @@ async def test_redis_events_posted_while_the_waiting_replica_is_cut_off_all_arri
         assert got == [f"v1.chunk{n}" for n in range(1, 8)]
         assert redis_cut.accepted > reconnects  # A really reconnected through the proxy
         ticket.finish()
+        await a.flush()  # the release reached Redis, though A's pooled connection was cut
+        assert not await b._redis.exists(redis_prefix + "job:job_0")
 
         # Nothing twice: A has read its stream to the last entry and handed nothing more.
         last = (await b._redis.xrevrange(redis_prefix + "evs:" + a._replica, count=1))[0][0]
@@ -616,6 +618,36 @@ async def test_redis_poll_parked_on_a_cut_off_replica_gets_a_job_queued_meanwhil
         redis_cut.restore()
         result = await asyncio.wait_for(held, HANG_GUARD)
         assert [j.job_id for j in result.jobs] == ["job_0"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
+async def test_redis_job_whose_events_were_trimmed_unread_fails_at_once(
+        redis_prefix: str, redis_cut: CutProxy) -> None:
+    # The stream is capped: if a replica cut off for very long loses entries to the cap,
+    # the job fails with runtime_unreachable (and its daemon is told to stop) rather
+    # than the app missing chunks or waiting for its idle timeout.
+    options: dict[str, Any] = {"key_prefix": redis_prefix, "presence_window_seconds": 30}
+    a = RedisBroker(redis_cut.url(), **options)
+    b = RedisBroker(REDIS_URL, **options)
+    try:
+        ticket = await a.submit(RUNTIME, envelope())
+        session = await b.register_session(RUNTIME, 1)
+        assert (await b.poll(RUNTIME, session, 1)).jobs
+        redis_cut.cut()
+        await b.post_events(RUNTIME, session, [chunk(0), chunk(1), chunk(2)])
+        stream = redis_prefix + "evs:" + a._replica
+        oldest = (await b._redis.xrange(stream, count=1))[0][0]
+        await b._redis.xdel(stream, oldest)  # what the cap would trim first
+        redis_cut.restore()
+        failure = await ticket.next_event(HANG_GUARD)
+        assert isinstance(failure, LatticeError)
+        assert failure.code is ErrorCode.RUNTIME_UNREACHABLE
+        await a.flush()
+        answer = await b.post_events(RUNTIME, session, [])
+        assert [(c.job_id, c.reason) for c in answer.cancels] == [("job_0", "events_lost")]
     finally:
         await a.close()
         await b.close()
