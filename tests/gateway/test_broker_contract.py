@@ -651,3 +651,33 @@ async def test_redis_job_whose_events_were_trimmed_unread_fails_at_once(
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.redis
+async def test_redis_client_kill_of_the_event_reader_mid_stream_loses_nothing(
+        redis_prefix: str) -> None:
+    # An operator (or Redis) closing the event reader's connection, found by the client
+    # name docs/gateway.md gives: the replica reads on from the last entry it handled.
+    options: dict[str, Any] = {"key_prefix": redis_prefix, "presence_window_seconds": 30}
+    a = RedisBroker(REDIS_URL, **options)
+    b = RedisBroker(REDIS_URL, **options)
+    try:
+        ticket = await a.submit(RUNTIME, envelope())
+        session = await b.register_session(RUNTIME, 1)
+        assert (await b.poll(RUNTIME, session, 1)).jobs
+        received: list[str] = []
+        for n in range(6):
+            await b.post_events(RUNTIME, session, [chunk(n)])
+            if n in (1, 3):
+                name = "lattice-relay-events-" + a._replica
+                readers = [c for c in await b._redis.client_list() if c["name"] == name]
+                assert len(readers) == 1
+                assert await b._redis.client_kill_filter(_id=readers[0]["id"]) == 1
+            event = await ticket.next_event(HANG_GUARD)
+            assert isinstance(event, SealedEvent), event
+            received.append(event.sealed)
+        assert received == [f"v1.chunk{n}" for n in range(6)]
+        assert await ticket.next_event(0) is None
+    finally:
+        await a.close()
+        await b.close()
