@@ -3,8 +3,22 @@
 Every relay step is one Lua script (``redis_scripts``), so leasing is atomic across
 replicas and a job runs at most once. Pub/sub carries what must reach another replica
 at once: ``wake`` (a job was queued, a cancel or revocation happened) to whichever
-replica holds the daemon's parked poll, and ``ev:<replica>`` (events, failures) to the
-replica holding the app's request.
+replica holds the daemon's parked poll. A lost wake costs one retake: every parked poll
+looks again once the subscription is back.
+
+Events and failures for the replica holding the app's request must not be lost (with
+pub/sub, at-most-once, a reconnect lost the final event and the app waited for its idle
+timeout). Each replica has a Redis stream, ``evs:<replica>``, that the scripts append
+to, and one reader that blocks on it (``XREAD BLOCK``) from the last entry it handled:
+after a cut connection (or a Redis restart that kept its data) it reads on from there,
+so nothing is lost and nothing is handed twice. One stream per replica rather than one
+per job: a single blocking read covers every job the replica waits for, with no
+re-issued read when a job is added and no connection per waiting job. Memory stays
+bounded: the replica trims what it has read on every sweep, the stream is capped
+(``MAXLEN ~``) and expires once its replica is gone. Each event entry carries its job's
+event count, so a ticket sees when an entry was trimmed before it was read (a replica
+cut off for very long): that job fails with runtime_unreachable at once rather than at
+the app's idle timeout.
 
 Parked polls stay local to the replica that holds them (a future each, as in the
 in-process broker); their presence is refreshed in Redis by the replica's sweeper, so
@@ -55,6 +69,14 @@ log = logging.getLogger("lattice_gateway.relay")
 
 _JOB_TTL_SECONDS = 24 * 3600  # a safety net; finished jobs are deleted at once
 _CLOSE_SECONDS = 2.0  # bound on waiting for background tasks at close
+_EVENTS_BLOCK_MS = 5000  # one blocking read of the event stream; the loop re-issues it
+_EVENTS_BATCH = 512  # entries handled per read
+# A blocking read that outlives its block time by this much is on a dead connection
+# (half-open, Redis gone without a reset): give up on it and reconnect.
+_EVENTS_SOCKET_SLACK = 5.0
+_RECONNECT_PAUSE = 0.05
+_ATTEMPT_TRIES = 3  # tries of a parked poll's retake or a write-behind when Redis errs
+EVENTS_LOST = "the relay lost events of this job (the gateway was cut off from Redis)"
 
 
 def _text(value: Any) -> str:
@@ -62,7 +84,8 @@ def _text(value: Any) -> str:
 
 
 class RedisTicket(EventInbox):
-    __slots__ = ("_broker", "done", "enqueued_at", "job_id", "lattice_id", "seen_event")
+    __slots__ = ("_broker", "done", "enqueued_at", "events_read", "job_id", "lattice_id",
+                 "seen_event")
 
     def __init__(self, broker: RedisBroker, lattice_id: str, job_id: str,
                  enqueued_at: float) -> None:
@@ -73,6 +96,7 @@ class RedisTicket(EventInbox):
         self.enqueued_at = enqueued_at
         self.done = False
         self.seen_event = False
+        self.events_read = 0  # the per-job count of the last event read from the stream
 
     def push(self, item: SealedEvent | LatticeError) -> None:
         if isinstance(item, SealedEvent):
@@ -83,16 +107,20 @@ class RedisTicket(EventInbox):
         if not self.done:
             self.done = True
             self._broker._forget(self)
-            self._broker._write_behind(self._broker._script("finish", self.job_id))
+            self._broker._write_behind("finish", self.job_id)
 
     def cancel(self, reason: str = "cancelled") -> None:
+        self.fail(LatticeError(ErrorCode.CANCELLED, f"job cancelled ({reason})"), reason)
+
+    def fail(self, error: LatticeError, reason: str = "cancelled") -> None:
+        """End the job with ``error`` for the app; its daemon gets a cancel notice."""
         if self.done:
             return
         self.done = True
         self._broker._forget(self)
-        self.push(LatticeError(ErrorCode.CANCELLED, f"job cancelled ({reason})"))
+        self.push(error)
         notice = orjson.dumps(CancelNotice(self.job_id, reason).to_dict()).decode()
-        self._broker._write_behind(self._broker._script("cancel", self.job_id, notice))
+        self._broker._write_behind("cancel", self.job_id, notice)
 
 
 @dataclass(eq=False)
@@ -116,6 +144,14 @@ class RedisBroker:
         self._prefix = key_prefix
         self._replica = secrets.token_hex(8)
         self._redis = aioredis.from_url(url)
+        # The event reader's own connection: its blocking read would hold a pooled one,
+        # and a socket timeout just above the block time notices a dead connection.
+        self._events_key = key_prefix + "evs:" + self._replica
+        self._events_redis = aioredis.from_url(
+            url, socket_timeout=_EVENTS_BLOCK_MS / 1000 + _EVENTS_SOCKET_SLACK,
+            client_name="lattice-relay-events-" + self._replica)
+        self._events_seen = "0-0"  # the last stream entry handled
+        self._events_trimmed = "0-0"
         self._scripts = {name.lower(): self._redis.register_script(getattr(lua, name))
                          for name in ("REACHABLE", "SUBMIT", "END_OTHER_PAIRINGS", "REGISTER",
                                       "POLL", "UNLEASE", "TOUCH", "EVENTS", "FINISH", "CANCEL",
@@ -146,11 +182,25 @@ class RedisBroker:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _write_behind(self, coroutine: Any) -> None:
-        """A write the caller does not wait for (finish, cancel, touch)."""
-        task = self._background(coroutine)
+    def _write_behind(self, script: str, *args: Any) -> None:
+        """A script the caller does not wait for (finish, cancel, touch: each may run
+        twice harmlessly)."""
+        task = self._background(self._script_retried(script, *args))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+
+    async def _script_retried(self, script: str, *args: Any) -> None:
+        # A pooled connection that Redis lost (a cut, a restart) fails its next command
+        # once; nobody waits for this write to see the error, so try again.
+        for attempt in range(_ATTEMPT_TRIES):
+            try:
+                await self._script(script, *args)
+                return
+            except (ConnectionError, OSError, aioredis.RedisError):
+                if attempt + 1 == _ATTEMPT_TRIES or self._closed:
+                    log.warning("relay %s of %s lost: Redis unreachable", script, args[0])
+                    return
+                await asyncio.sleep(_RECONNECT_PAUSE)
 
     async def flush(self) -> None:
         """Wait for the writes started so far (finish, cancel) to reach Redis."""
@@ -167,9 +217,10 @@ class RedisBroker:
 
     async def _start(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._prefix + "wake", self._prefix + "ev:" + self._replica)
+        await pubsub.subscribe(self._prefix + "wake")
         self._pubsub = pubsub
         self._background(self._read_messages())
+        self._background(self._read_events())
         self._background(self._sweep_forever())
 
     async def release_polls(self) -> None:
@@ -197,24 +248,51 @@ class RedisBroker:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
         await self._redis.aclose()
+        await self._events_redis.aclose()
 
     async def _read_messages(self) -> None:
-        wake_channel = (self._prefix + "wake").encode()
+        resubscribed = False
         while not self._closed:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (ConnectionError, OSError, aioredis.RedisError):
                 await asyncio.sleep(0.1)  # Redis restarting; the subscription reconnects
+                resubscribed = True
                 continue
+            if resubscribed:
+                # Wakes published while we were not subscribed are gone: every parked
+                # poll looks for its jobs and cancels once more.
+                resubscribed = False
+                for parked in list(self._parked_by_session.values()):
+                    self._attempt(parked)
             if message is None or message.get("type") != "message":
                 continue
             try:
-                if message["channel"] == wake_channel:
-                    self._on_wake(_text(message["data"]))
-                else:
-                    self._on_event(message["data"])
+                self._on_wake(_text(message["data"]))
             except (ValueError, KeyError, TypeError):
-                log.warning("ignored a malformed relay message on %s", message["channel"])
+                log.warning("ignored a malformed relay wake %r", message["data"])
+
+    async def _read_events(self) -> None:
+        """Hand this replica's event stream to its tickets, in order, each entry once."""
+        while not self._closed:
+            try:
+                answer = await self._events_redis.xread(
+                    {self._events_key: self._events_seen}, count=_EVENTS_BATCH,
+                    block=_EVENTS_BLOCK_MS)
+            except (ConnectionError, OSError, aioredis.RedisError):
+                # Cut off: read on from _events_seen once Redis answers again.
+                await asyncio.sleep(_RECONNECT_PAUSE)
+                continue
+            # [[stream, entries]] (RESP2) or {stream: entries} (RESP3)
+            streams: Any = answer.items() if isinstance(answer, dict) else answer or ()
+            for _, entries in streams:
+                for entry_id, fields in entries:
+                    self._events_seen = _text(entry_id)
+                    try:
+                        self._on_event(fields)
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("ignored a malformed relay event entry %s",
+                                    self._events_seen)
 
     def _on_wake(self, data: str) -> None:
         kind, _, target = data.partition(" ")
@@ -234,21 +312,29 @@ class RedisBroker:
             for parked in list(self._parked_by_runtime.get(target, ())):
                 parked.answer()
 
-    def _on_event(self, raw: bytes) -> None:
-        message = orjson.loads(raw)
-        ticket = self._tickets.get(message["j"])
+    def _on_event(self, fields: dict[bytes, bytes]) -> None:
+        """One entry of this replica's event stream (written by ``redis_scripts``)."""
+        ticket = self._tickets.get(_text(fields[b"j"]))
         if ticket is None:
             return
-        if "e" in message:
-            ticket.push(SealedEvent.from_dict(message["e"]))
+        if b"e" in fields:
+            count = int(fields[b"n"])
+            if count != ticket.events_read + 1:
+                # Entries of this job were trimmed before this replica read them: its
+                # stream cannot be trusted any more. Fail it now; its daemon stops.
+                ticket.fail(LatticeError(ErrorCode.RUNTIME_UNREACHABLE, EVENTS_LOST),
+                            "events_lost")
+                return
+            ticket.events_read = count
+            ticket.push(SealedEvent.from_dict(orjson.loads(fields[b"e"])))
             return
         try:
-            code = ErrorCode(message["f"])
+            code = ErrorCode(_text(fields[b"f"]))
         except ValueError:
             code = ErrorCode.RUNTIME_UNREACHABLE
         self._forget(ticket)
         ticket.done = True
-        ticket.push(LatticeError(code, message.get("m") or code.value))
+        ticket.push(LatticeError(code, _text(fields.get(b"m", b"")) or code.value))
 
     def _forget(self, ticket: RedisTicket) -> None:
         self._tickets.pop(ticket.job_id, None)
@@ -323,6 +409,11 @@ class RedisBroker:
         await self._ensure_started()
         previous = self._parked_by_session.get(session_id)
         if previous is not None:
+            # Ownership first: session ids are not secret (access logs), so another
+            # runtime's daemon naming this one must get session_not_found and must not
+            # end its parked poll. A parked poll's runtime was checked when it parked.
+            if previous.lattice_id != lattice_id:
+                raise SessionNotFound()
             previous.answer()  # superseded by this poll
         result = await self._take(lattice_id, session_id, capacity)
         if result.jobs or result.cancels or self._draining:
@@ -346,8 +437,7 @@ class RedisBroker:
                 if not waiting:
                     del self._parked_by_runtime[lattice_id]
             if not self._closed:
-                self._write_behind(self._script("touch", lattice_id, session_id,
-                                                self._clock.time()))
+                self._write_behind("touch", lattice_id, session_id, self._clock.time())
 
     def _attempt(self, parked: _Parked) -> None:
         """Try to fill a parked poll from Redis; one attempt at a time per poll."""
@@ -360,6 +450,7 @@ class RedisBroker:
         self._background(self._attempt_loop(parked))
 
     async def _attempt_loop(self, parked: _Parked) -> None:
+        failures = 0
         try:
             while True:
                 parked.dirty = False
@@ -369,6 +460,15 @@ class RedisBroker:
                 except SessionNotFound:
                     parked.answer()
                     return
+                except (ConnectionError, OSError, aioredis.RedisError):
+                    # A pooled connection that Redis lost fails its next command once;
+                    # Redis down for longer: the poll stays parked and looks again when
+                    # the wake subscription is back (_read_messages).
+                    failures += 1
+                    if failures >= _ATTEMPT_TRIES or not parked.open:
+                        return
+                    await asyncio.sleep(_RECONNECT_PAUSE)
+                    continue
                 if result.jobs or result.cancels:
                     if parked.open:
                         parked.answer(result)
@@ -397,7 +497,7 @@ class RedisBroker:
         args: list[Any] = [lattice_id, session_id, self._clock.time()]
         for event in events:
             args.append(event.job_id)
-            args.append(orjson.dumps({"j": event.job_id, "e": event.to_dict()}))
+            args.append(orjson.dumps(event.to_dict()))
         answer = await self._script("events", *args)
         if answer is None:
             raise SessionNotFound()
@@ -450,6 +550,11 @@ class RedisBroker:
 
     async def _sweep(self, now: float, refresh: bool) -> None:
         answer_expired(self._poll_deadlines, now)
+        seen = self._events_seen
+        if seen != self._events_trimmed:
+            # What the reader handled is done with (MINID keeps the last entry read).
+            await self._redis.xtrim(self._events_key, minid=seen, approximate=False)
+            self._events_trimmed = seen
         pickups = self._pickup_deadlines
         limit = now - self.pickup_timeout_seconds
         while pickups and pickups[0].enqueued_at <= limit:

@@ -4,20 +4,36 @@ Keys (``P`` = the key prefix): ``P job:<id>`` hash {state queued|leased, env, ow
 rt, session}; ``P q:<rt>`` list of queued job ids; ``P s:<sid>`` hash {rt};
 ``P sj:<sid>`` set of leased job ids; ``P sc:<sid>`` list of pending cancel notices;
 ``P rs:<rt>`` set of session ids; ``P sessions`` zset session -> last activity;
-``P seen:<rt>`` last activity (unix s); ``P revoked:<rt>`` flag. Channels: ``P wake``
-(``j <rt>`` job queued, ``c <sid>`` cancel, ``d <sid>`` session ended, ``r <rt>``
-revoked) and ``P ev:<replica>`` (events and failures for the replica holding the app's
-request). A single Redis (not Cluster): scripts touch keys they compute.
+``P seen:<rt>`` last activity (unix s); ``P revoked:<rt>`` flag; ``P evs:<replica>``
+stream of events and failures for the replica holding the app's request (entries
+{j job id, n per-job count, e event} or {j, f code, m message}; the job hash counts its
+events in ``n``). Channel ``P wake``: ``j <rt>`` job queued, ``c <sid>`` cancel, ``d <sid>``
+session ended, ``r <rt>`` revoked. A single Redis (not Cluster): scripts touch keys they
+compute.
+"""
+
+# Bounds of a replica's event stream (the replica trims what it has read, every sweep):
+# at most ~EVENTS_MAXLEN entries, and the key goes EVENTS_TTL_SECONDS after its last
+# write (a replica that died). Both far beyond what a reading replica leaves behind.
+EVENTS_MAXLEN = 20_000
+EVENTS_TTL_SECONDS = 600
+
+_DELIVER = f"""
+local function deliver(P, owner, ...)
+  local key = P..'evs:'..owner
+  redis.call('XADD', key, 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', ...)
+  redis.call('EXPIRE', key, {EVENTS_TTL_SECONDS})
+end
 """
 
 # Shared by the scripts that end sessions or fail jobs (prepended to their text: a
 # script cannot call another).
-_ENDING = """
+_ENDING = _DELIVER + """
 local function fail_job(P, id, code, message)
   local jk = P..'job:'..id
   local owner = redis.call('HGET', jk, 'owner')
   if owner then
-    redis.call('PUBLISH', P..'ev:'..owner, cjson.encode({j = id, f = code, m = message}))
+    deliver(P, owner, 'j', id, 'f', code, 'm', message)
   end
   redis.call('DEL', jk)
 end
@@ -146,7 +162,7 @@ return 1
 """
 
 # Forward each event whose job is leased to this session to its owner; refuse the rest.
-EVENTS = """
+EVENTS = _DELIVER + """
 local P, rt, sid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('HGET', P..'s:'..sid, 'rt') ~= rt then return false end
 redis.call('ZADD', P..'sessions', now, sid)
@@ -154,9 +170,10 @@ redis.call('SET', P..'seen:'..rt, now)
 local refused = {}
 for i = 5, #ARGV, 2 do
   local id, payload = ARGV[i], ARGV[i + 1]
-  local st = redis.call('HMGET', P..'job:'..id, 'state', 'session', 'owner')
+  local jk = P..'job:'..id
+  local st = redis.call('HMGET', jk, 'state', 'session', 'owner')
   if st[1] == 'leased' and st[2] == sid then
-    redis.call('PUBLISH', P..'ev:'..st[3], payload)
+    deliver(P, st[3], 'j', id, 'n', redis.call('HINCRBY', jk, 'n', 1), 'e', payload)
   else
     table.insert(refused, id)
   end

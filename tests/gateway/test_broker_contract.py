@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from lattice_gateway.relay.base import MAX_SESSIONS_PER_RUNTIME
 from lattice_gateway.relay.memory import MemoryBroker
 from lattice_gateway.relay.redis import RedisBroker
 from lattice_protocol import ErrorCode, JobEnvelope, LatticeError, SealedEvent
+from tests.support.cut_proxy import CutProxy
 from tests.support.net import async_wait_until
 
 RUNTIME = "lat_test"
@@ -225,6 +226,28 @@ async def test_unknown_session_or_other_runtime_is_session_not_found(make_broker
         await broker.poll("lat_other", session, 1)
     with pytest.raises(SessionNotFound):
         await broker.poll(RUNTIME, "rs_nope", 1)
+    await broker.close()
+
+
+async def test_another_runtimes_poll_naming_a_session_leaves_its_parked_poll_alone(
+        make_broker: Maker, clock: ManualClock) -> None:
+    # Session ids are not secret (they appear in access logs): a daemon paired to another
+    # runtime that polls with the victim's session id gets session_not_found, and the
+    # victim's parked poll neither ends nor stops taking jobs.
+    broker = make_broker(poll_window_seconds=30, clock=clock)
+    victim = await broker.register_session(RUNTIME, 1)
+    await broker.register_session("lat_attacker", 1)
+    held = asyncio.create_task(broker.poll(RUNTIME, victim, 1))
+    await parked(broker)
+    for _ in range(3):
+        with pytest.raises(SessionNotFound) as refused:
+            await broker.poll("lat_attacker", victim, 1)
+        assert refused.value.code is ErrorCode.SESSION_NOT_FOUND
+    assert broker.parked_polls(RUNTIME) == 1
+    # Time stands still: only the job can answer the victim's poll, and it must.
+    await broker.submit(RUNTIME, envelope())
+    result = await asyncio.wait_for(held, HANG_GUARD)
+    assert [j.job_id for j in result.jobs] == ["job_0"]
     await broker.close()
 
 
@@ -475,3 +498,186 @@ async def test_redis_broker_close_ends_even_when_a_loop_loses_its_cancellation()
     await asyncio.wait_for(broker.close(), 5)
     assert time.monotonic() - started < 1.0
     assert not broker._tasks or all(task.done() for task in broker._tasks)
+
+
+# --------------------------------------------- Redis: a replica cut off from Redis
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    import redis.asyncio as aioredis
+
+    prefix = f"lattice-test:{secrets.token_hex(6)}:"
+    yield prefix
+    client = aioredis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(match=prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def redis_cut() -> Iterator[CutProxy]:
+    """A path to the test Redis that the test can cut and restore."""
+    with CutProxy("127.0.0.1", 6379) as proxy:
+        yield proxy
+
+
+def chunk(n: int) -> SealedEvent:
+    return SealedEvent("job_0", n, f"v1.chunk{n}")
+
+
+@pytest.mark.redis
+async def test_redis_events_posted_while_the_waiting_replica_is_cut_off_all_arrive_once(
+        redis_prefix: str, redis_cut: CutProxy) -> None:
+    # The app's request waits on replica A (its Redis connections go through a proxy the
+    # test cuts); the daemon polls and posts to replica B. Everything B accepts while A
+    # is cut off reaches A once its connection is back: every chunk and the final event,
+    # in order, none twice. (Pub/sub lost them, and the app waited for its idle timeout.)
+    options: dict[str, Any] = {"key_prefix": redis_prefix, "poll_window_seconds": 0.3,
+                               "presence_window_seconds": 30}
+    a = RedisBroker(redis_cut.url(), **options)
+    b = RedisBroker(REDIS_URL, **options)
+    try:
+        ticket = await a.submit(RUNTIME, envelope())
+        session = await b.register_session(RUNTIME, 1)
+        assert [j.job_id for j in (await b.poll(RUNTIME, session, 1)).jobs] == ["job_0"]
+        await b.post_events(RUNTIME, session, [chunk(0)])
+        first = await ticket.next_event(HANG_GUARD)
+        assert isinstance(first, SealedEvent) and first.sealed == "v1.chunk0"
+
+        redis_cut.cut()  # mid-stream: A's blocking read of its events is dropped
+        reconnects = redis_cut.accepted
+        for n in range(1, 6):
+            assert (await b.post_events(RUNTIME, session, [chunk(n)])).refused == []
+        assert (await b.post_events(RUNTIME, session, [chunk(6), chunk(7)])).refused == []
+        assert await ticket.next_event(0) is None  # A cannot have them yet
+        redis_cut.restore()
+
+        got = []
+        for _ in range(7):
+            event = await ticket.next_event(HANG_GUARD)
+            assert isinstance(event, SealedEvent), event
+            got.append(event.sealed)
+        assert got == [f"v1.chunk{n}" for n in range(1, 8)]
+        assert redis_cut.accepted > reconnects  # A really reconnected through the proxy
+        ticket.finish()
+        await a.flush()  # the release reached Redis, though A's pooled connection was cut
+        assert not await b._redis.exists(redis_prefix + "job:job_0")
+
+        # Nothing twice: A has read its stream to the last entry and handed nothing more.
+        last = (await b._redis.xrevrange(redis_prefix + "evs:" + a._replica, count=1))[0][0]
+
+        async def read_to_the_end() -> bool:
+            return a._events_seen == last.decode()
+
+        await async_wait_until(read_to_the_end, timeout=HANG_GUARD, what="A to read all")
+        assert await ticket.next_event(0) is None
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
+async def test_redis_failure_while_the_waiting_replica_is_cut_off_reaches_the_app(
+        redis_prefix: str, redis_cut: CutProxy) -> None:
+    # A failure (here: the daemon deregisters with the job leased) is a final event too.
+    options: dict[str, Any] = {"key_prefix": redis_prefix, "presence_window_seconds": 30}
+    a = RedisBroker(redis_cut.url(), **options)
+    b = RedisBroker(REDIS_URL, **options)
+    try:
+        ticket = await a.submit(RUNTIME, envelope())
+        session = await b.register_session(RUNTIME, 1)
+        assert (await b.poll(RUNTIME, session, 1)).jobs
+        redis_cut.cut()
+        await b.deregister_session(RUNTIME, session)
+        redis_cut.restore()
+        failure = await ticket.next_event(HANG_GUARD)
+        assert isinstance(failure, LatticeError)
+        assert failure.code is ErrorCode.RUNTIME_UNREACHABLE
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
+async def test_redis_poll_parked_on_a_cut_off_replica_gets_a_job_queued_meanwhile(
+        redis_prefix: str, redis_cut: CutProxy, clock: ManualClock) -> None:
+    # The job's wake is published while A is not subscribed: A's parked poll must look
+    # again once it is back, not sit out its window (time stands still here).
+    options: dict[str, Any] = {"key_prefix": redis_prefix, "poll_window_seconds": 30,
+                               "presence_window_seconds": 30, "clock": clock}
+    a = RedisBroker(redis_cut.url(), **options)
+    b = RedisBroker(REDIS_URL, **options)
+    try:
+        session = await a.register_session(RUNTIME, 1)
+        held = asyncio.create_task(a.poll(RUNTIME, session, 1))
+        await parked(a)
+        redis_cut.cut()
+        await b.submit(RUNTIME, envelope())
+        redis_cut.restore()
+        result = await asyncio.wait_for(held, HANG_GUARD)
+        assert [j.job_id for j in result.jobs] == ["job_0"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
+async def test_redis_job_whose_events_were_trimmed_unread_fails_at_once(
+        redis_prefix: str, redis_cut: CutProxy) -> None:
+    # The stream is capped: if a replica cut off for very long loses entries to the cap,
+    # the job fails with runtime_unreachable (and its daemon is told to stop) rather
+    # than the app missing chunks or waiting for its idle timeout.
+    options: dict[str, Any] = {"key_prefix": redis_prefix, "presence_window_seconds": 30}
+    a = RedisBroker(redis_cut.url(), **options)
+    b = RedisBroker(REDIS_URL, **options)
+    try:
+        ticket = await a.submit(RUNTIME, envelope())
+        session = await b.register_session(RUNTIME, 1)
+        assert (await b.poll(RUNTIME, session, 1)).jobs
+        redis_cut.cut()
+        await b.post_events(RUNTIME, session, [chunk(0), chunk(1), chunk(2)])
+        stream = redis_prefix + "evs:" + a._replica
+        oldest = (await b._redis.xrange(stream, count=1))[0][0]
+        await b._redis.xdel(stream, oldest)  # what the cap would trim first
+        redis_cut.restore()
+        failure = await ticket.next_event(HANG_GUARD)
+        assert isinstance(failure, LatticeError)
+        assert failure.code is ErrorCode.RUNTIME_UNREACHABLE
+        await a.flush()
+        answer = await b.post_events(RUNTIME, session, [])
+        assert [(c.job_id, c.reason) for c in answer.cancels] == [("job_0", "events_lost")]
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
+async def test_redis_client_kill_of_the_event_reader_mid_stream_loses_nothing(
+        redis_prefix: str) -> None:
+    # An operator (or Redis) closing the event reader's connection, found by the client
+    # name docs/gateway.md gives: the replica reads on from the last entry it handled.
+    options: dict[str, Any] = {"key_prefix": redis_prefix, "presence_window_seconds": 30}
+    a = RedisBroker(REDIS_URL, **options)
+    b = RedisBroker(REDIS_URL, **options)
+    try:
+        ticket = await a.submit(RUNTIME, envelope())
+        session = await b.register_session(RUNTIME, 1)
+        assert (await b.poll(RUNTIME, session, 1)).jobs
+        received: list[str] = []
+        for n in range(6):
+            await b.post_events(RUNTIME, session, [chunk(n)])
+            if n in (1, 3):
+                name = "lattice-relay-events-" + a._replica
+                readers = [c for c in await b._redis.client_list() if c["name"] == name]
+                assert len(readers) == 1
+                assert await b._redis.client_kill_filter(_id=readers[0]["id"]) == 1
+            event = await ticket.next_event(HANG_GUARD)
+            assert isinstance(event, SealedEvent), event
+            received.append(event.sealed)
+        assert received == [f"v1.chunk{n}" for n in range(6)]
+        assert await ticket.next_event(0) is None
+    finally:
+        await a.close()
+        await b.close()

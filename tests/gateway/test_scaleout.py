@@ -4,15 +4,18 @@ enters replica A while the daemon polls replica B."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
 import redis
 
+from tests.support.cut_proxy import CutProxy
 from tests.support.fake_daemon import FakeDaemon, Reply, paired_daemon
 from tests.support.gateway import GatewayProcess, run_gateway
 from tests.support.net import async_wait_until
@@ -24,15 +27,17 @@ PRESENCE_WINDOW = 1.0
 MESSAGES = [{"role": "user", "content": "across replicas"}]
 
 
-@pytest.fixture
-def replicas(postgres_url: str) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+@contextmanager
+def two_replicas(postgres_url: str, a_redis_url: str = REDIS_URL, **extra: object
+                 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Replicas A and B on one PostgreSQL and one Redis (A's path to it: ``a_redis_url``)."""
     prefix = f"lattice-test:{secrets.token_hex(6)}:"
-    settings = {"redis_url": REDIS_URL, "poll_window_seconds": 2,
-                "presence_window_seconds": PRESENCE_WINDOW, "sse_keepalive_seconds": 0.2}
+    settings = {"poll_window_seconds": 2, "presence_window_seconds": PRESENCE_WINDOW,
+                "sse_keepalive_seconds": 0.2, **extra}
     env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
     try:
-        with run_gateway(postgres_url, env=env, **settings) as a, \
-                run_gateway(postgres_url, env=env, **settings) as b:
+        with run_gateway(postgres_url, env=env, redis_url=a_redis_url, **settings) as a, \
+                run_gateway(postgres_url, env=env, redis_url=REDIS_URL, **settings) as b:
             yield a, b
     finally:
         client = redis.Redis.from_url(REDIS_URL)
@@ -40,6 +45,12 @@ def replicas(postgres_url: str) -> Iterator[tuple[GatewayProcess, GatewayProcess
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.fixture
+def replicas(postgres_url: str) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    with two_replicas(postgres_url) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -104,3 +115,65 @@ async def test_disconnect_on_a_cancels_on_b_and_crash_turns_offline(
 
         await async_wait_until(offline, timeout=PRESENCE_WINDOW + 4,
                                what="offline on A after the daemon crashed on B")
+
+
+async def test_a_stream_on_a_survives_a_cut_of_as_redis_connection_mid_stream(
+        postgres_url: str) -> None:
+    # The app streams from A; the daemon polls and posts to B. Mid-stream, A's path to
+    # Redis is cut (every connection reset, reconnects refused) until the daemon has
+    # posted the rest of the answer to B: every chunk and the final event still reach the
+    # app, in order and once each, as soon as A's path is back (with pub/sub they were
+    # lost and the app waited for the idle timeout: 120 s by default, 30 s here so that
+    # the old code fails in reasonable time).
+    words = [f"w{n} " for n in range(12)]
+    with CutProxy("127.0.0.1", 6379) as proxy, \
+            two_replicas(postgres_url, a_redis_url=proxy.url(),
+                         idle_timeout_seconds=30) as (a, b):
+        key = a.create_key("acme")
+        daemon = await paired_daemon(b.url, key, reply=Reply(chunks=words, chunk_delay=0.05))
+        contents: list[str] = []
+        finishes: list[str] = []
+        errors: list[object] = []
+        done = 0
+        restored_at = None
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=20) as http, http.stream(
+                    "POST", a.url + "/v1/chat/completions",
+                    headers={"authorization": f"Bearer {key}"},
+                    json={"model": f"lattice:personal:{daemon.lattice_id}",
+                          "messages": MESSAGES, "stream": True}) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        done += 1
+                        continue
+                    payload = json.loads(line[len("data: "):])
+                    if "error" in payload:
+                        errors.append(payload["error"])
+                        continue
+                    choice = payload["choices"][0]
+                    if choice["delta"].get("content"):
+                        contents.append(choice["delta"]["content"])
+                    if choice.get("finish_reason"):
+                        finishes.append(choice["finish_reason"])
+                    if len(contents) == 1 and restored_at is None:
+                        proxy.cut()
+
+                        async def answered_on_b() -> bool:
+                            return bool(daemon.completed)
+
+                        await async_wait_until(answered_on_b, timeout=10,
+                                               what="the daemon to post the rest to B")
+                        proxy.restore()
+                        restored_at = time.monotonic()
+            assert restored_at is not None
+            elapsed = time.monotonic() - restored_at
+        finally:
+            await daemon.kill()
+    assert errors == []
+    assert contents == words  # every chunk, in order, none twice
+    assert finishes == ["stop"] and done == 1
+    assert elapsed < 10  # read on after the reconnect, far inside the idle timeout
+    assert len(daemon.jobs) == 1
