@@ -7,6 +7,7 @@ OpenAI envelope with the contract's code; nothing unexpected leaks a stack trace
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -103,6 +104,20 @@ class _LastResort:
             await response(scope, receive, send)
 
 
+async def _flush_credential_usage(store: SqlStore, interval: float) -> None:
+    """Write credentials' ``last used`` every ``interval`` seconds (not per request)."""
+    while True:
+        await asyncio.sleep(interval)
+        await _flush_once(store)
+
+
+async def _flush_once(store: SqlStore) -> None:
+    try:
+        await store.flush_credential_usage()
+    except Exception as exc:  # the database is away: the times wait for the next flush
+        log.warning("could not record credentials' last use: %s", type(exc).__name__)
+
+
 def create_app(settings: Settings, *,
                store_clock: Callable[[], float] | None = None) -> Starlette:
     """The gateway ASGI app. ``store_clock`` (tests) replaces the store's wall clock."""
@@ -121,10 +136,14 @@ def create_app(settings: Settings, *,
                      settings.public_url)
             if advice := legacy_location_advice(store.target):
                 log.warning("%s", advice)
+            flusher = asyncio.create_task(
+                _flush_credential_usage(store, settings.credential_usage_flush_seconds))
             try:
                 yield
             finally:
+                flusher.cancel()
                 await broker.close()
+                await _flush_once(store)  # the uses since the last flush, at shutdown
         finally:
             await store.close()
 

@@ -59,11 +59,17 @@ class CredentialAuthenticator:
         if record.revoked:
             raise LatticeError(ErrorCode.INVALID_API_KEY,
                                "this API key or access token has been revoked")
-        if record.expires_ms is not None and self._store.clock() * 1000 >= record.expires_ms:
+        now_ms = self._store.clock() * 1000
+        if record.expires_ms is not None and now_ms >= record.expires_ms:
             raise LatticeError(ErrorCode.INVALID_API_KEY, "this access token has expired")
+        if record.grace_until_ms is not None and now_ms >= record.grace_until_ms:
+            raise LatticeError(ErrorCode.INVALID_API_KEY,
+                               "this API key was rotated and its grace period has ended; "
+                               "use the new key")
         required = (scope,) if isinstance(scope, str) else scope
         if not any(s in record.scopes for s in required):
             raise _scope_error(required)
+        self._store.note_credential_used(record.credential_id)
         return Principal(account_id=record.account_id, scopes=record.scopes,
                          credential_kind=record.kind, credential_id=record.credential_id,
                          credential_name=record.name)

@@ -39,6 +39,8 @@ class Settings:
     bootstrap_ttl_default: int = 600
     bootstrap_ttl_min: int = 60
     bootstrap_ttl_max: int = 3600
+    # Credentials' "last used" is kept in memory and written this often (and at shutdown).
+    credential_usage_flush_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
