@@ -25,6 +25,7 @@ from lattice_protocol import ErrorCode, LatticeError
 from . import relay as relay_broker
 from .auth import CredentialAuthenticator
 from .errors import error_response
+from .oauth import JwtVerifier, oauth_config
 from .routes import bootstrap, chat, install, meta, models, runtimes
 from .routes import relay as relay_routes
 from .services import Services
@@ -126,11 +127,15 @@ def create_app(settings: Settings, *,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await (SqlStore.open(settings.database) if store_clock is None
                        else SqlStore.open(settings.database, clock=store_clock))
+        oauth_settings = oauth_config(settings.oauth_issuers, settings.oauth_audience,
+                                      settings.oauth_account_claim)
+        verifier = None if oauth_settings is None else JwtVerifier(
+            oauth_settings, min_refresh_seconds=settings.oauth_jwks_min_refresh_seconds)
         try:
             keys = await store.gateway_keypair()
             broker = relay_broker.create_broker(settings)
             app.state.services = Services(settings=settings, store=store, broker=broker,
-                                          auth=CredentialAuthenticator(store),
+                                          auth=CredentialAuthenticator(store, verifier),
                                           gateway_keys=keys)
             log.info("gateway ready: database %s, public url %s", store.target.display(),
                      settings.public_url)
@@ -145,6 +150,8 @@ def create_app(settings: Settings, *,
                 await broker.close()
                 await _flush_once(store)  # the uses since the last flush, at shutdown
         finally:
+            if verifier is not None:
+                await verifier.close()
             await store.close()
 
     all_routes = [*meta.routes, *runtimes.routes, *bootstrap.routes, *models.routes,

@@ -65,13 +65,23 @@ main.add_command(tokens)
 @click.option("--fd", type=int, default=None,
               help="Serve on this inherited, already bound TCP socket (socket activation, "
                    "a test harness) instead of binding --host/--port.")
+@click.option("--oauth-issuer", "oauth_issuers", multiple=True,
+              help="Accept JWT access tokens from this identity provider (its issuer URL; "
+                   "repeatable) [env LATTICE_GATEWAY_OAUTH_ISSUERS, space-separated]")
+@click.option("--oauth-audience", default=None,
+              help="The `aud` those tokens must name [env LATTICE_GATEWAY_OAUTH_AUDIENCE]")
+@click.option("--oauth-account-claim", default=None,
+              help="The claim naming the Lattice account (default: sub) "
+                   "[env LATTICE_GATEWAY_OAUTH_ACCOUNT_CLAIM]")
 def serve(host: str, port: int, database: str | None, public_url: str | None,
           redis_url: str | None, log_level: str, access_log: bool,
-          shutdown_timeout: float, fd: int | None) -> None:
+          shutdown_timeout: float, fd: int | None, oauth_issuers: tuple[str, ...],
+          oauth_audience: str | None, oauth_account_claim: str | None) -> None:
     """Run the gateway (uvicorn; uvloop and httptools when installed)."""
     import uvicorn
 
     from .app import create_app
+    from .oauth import oauth_config
     from .store import resolve_database
 
     sockets = None
@@ -85,9 +95,13 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         public_url = f"http://{shown_host}:{port}"
     try:
         settings = Settings.from_env(database=database, public_url=public_url,
-                                     redis_url=redis_url)
+                                     redis_url=redis_url, oauth_issuers=oauth_issuers or None,
+                                     oauth_audience=oauth_audience,
+                                     oauth_account_claim=oauth_account_claim)
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
+        oauth_config(settings.oauth_issuers, settings.oauth_audience,
+                     settings.oauth_account_claim)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,

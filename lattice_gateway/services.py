@@ -68,6 +68,10 @@ class Store(Protocol):
         below), or None."""
         ...
 
+    async def ensure_account(self, name: str) -> str:
+        """The id of the account called ``name``, created if needed."""
+        ...
+
     def note_credential_used(self, credential_id: str) -> None:
         """Remember a use for the credential's ``last used`` (written in batches)."""
         ...
