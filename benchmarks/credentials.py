@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lattice_gateway.oauth import JwtVerifier, OAuthConfig  # noqa: E402
-from lattice_gateway.store import SqlStore  # noqa: E402
-from lattice_gateway.store.sql import CREDENTIAL_CACHE_SECONDS  # noqa: E402
-from tests.servers.oauth_issuer import AUDIENCE, run_oauth_issuer  # noqa: E402
+from lattice_gateway.oauth import JwtVerifier, OAuthConfig
+from lattice_gateway.store import SqlStore
+from lattice_gateway.store.sql import CREDENTIAL_CACHE_SECONDS
+from tests.servers.oauth_issuer import AUDIENCE, run_oauth_issuer
 
 ROUNDS = 2000
 
