@@ -14,10 +14,13 @@ from typing import Any
 
 import openai
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lattice_gateway.cli import main
 from lattice_gateway.oauth import JwtVerifier, OAuthConfig
+from lattice_gateway.settings import Settings
 from lattice_protocol import LatticeError
 from tests.servers.oauth_issuer import AUDIENCE, Issuer, run_oauth_issuer
 from tests.support.fake_daemon import Reply, paired_daemon
@@ -224,3 +227,23 @@ def _b64(data: bytes) -> str:
 def _compact(header: dict[str, Any], claims: dict[str, Any], signature: bytes) -> str:
     return ".".join((_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode()),
                      _b64(signature)))
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (["--oauth-issuer", "https://login.example.com/"], "needs --oauth-audience"),
+    (["--oauth-issuer", "ftp://login.example.com", "--oauth-audience", "a"],
+     "must be an http(s) URL"),
+])
+def test_serve_refuses_an_incomplete_issuer_configuration(
+        args: list[str], reason: str, tmp_path: Path, lattice_home: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--database", str(tmp_path / "gw.db"),
+                                       "--port", "1", *args])
+    assert result.exit_code != 0 and reason in result.output
+
+
+def test_issuers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_GATEWAY_OAUTH_ISSUERS", "https://a.example/ https://b.example")
+    monkeypatch.setenv("LATTICE_GATEWAY_OAUTH_AUDIENCE", "api")
+    settings = Settings.from_env()
+    assert settings.oauth_issuers == ("https://a.example/", "https://b.example")
+    assert settings.oauth_audience == "api" and settings.oauth_account_claim == "sub"
