@@ -7,6 +7,7 @@ OpenAI envelope with the contract's code; nothing unexpected leaks a stack trace
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from lattice_protocol import ErrorCode, LatticeError
 from . import relay as relay_broker
 from .auth import CredentialAuthenticator
 from .errors import error_response
+from .oauth import JwtVerifier, oauth_config
 from .routes import bootstrap, chat, install, meta, models, runtimes
 from .routes import relay as relay_routes
 from .services import Services
@@ -103,6 +105,20 @@ class _LastResort:
             await response(scope, receive, send)
 
 
+async def _flush_credential_usage(store: SqlStore, interval: float) -> None:
+    """Write credentials' ``last used`` every ``interval`` seconds (not per request)."""
+    while True:
+        await asyncio.sleep(interval)
+        await _flush_once(store)
+
+
+async def _flush_once(store: SqlStore) -> None:
+    try:
+        await store.flush_credential_usage()
+    except Exception as exc:  # the database is away: the times wait for the next flush
+        log.warning("could not record credentials' last use: %s", type(exc).__name__)
+
+
 def create_app(settings: Settings, *,
                store_clock: Callable[[], float] | None = None) -> Starlette:
     """The gateway ASGI app. ``store_clock`` (tests) replaces the store's wall clock."""
@@ -111,21 +127,31 @@ def create_app(settings: Settings, *,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await (SqlStore.open(settings.database) if store_clock is None
                        else SqlStore.open(settings.database, clock=store_clock))
+        oauth_settings = oauth_config(settings.oauth_issuers, settings.oauth_audience,
+                                      settings.oauth_account_claim)
+        verifier = None if oauth_settings is None else JwtVerifier(
+            oauth_settings, min_refresh_seconds=settings.oauth_jwks_min_refresh_seconds)
         try:
             keys = await store.gateway_keypair()
             broker = relay_broker.create_broker(settings)
             app.state.services = Services(settings=settings, store=store, broker=broker,
-                                          auth=CredentialAuthenticator(store),
+                                          auth=CredentialAuthenticator(store, verifier),
                                           gateway_keys=keys)
             log.info("gateway ready: database %s, public url %s", store.target.display(),
                      settings.public_url)
             if advice := legacy_location_advice(store.target):
                 log.warning("%s", advice)
+            flusher = asyncio.create_task(
+                _flush_credential_usage(store, settings.credential_usage_flush_seconds))
             try:
                 yield
             finally:
+                flusher.cancel()
                 await broker.close()
+                await _flush_once(store)  # the uses since the last flush, at shutdown
         finally:
+            if verifier is not None:
+                await verifier.close()
             await store.close()
 
     all_routes = [*meta.routes, *runtimes.routes, *bootstrap.routes, *models.routes,

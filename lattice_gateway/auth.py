@@ -1,7 +1,8 @@
 """Credentials and scopes: API keys and OAuth access tokens for apps, daemon tokens for daemons.
 
 Apps send ``x-api-key: sk_...`` or ``Authorization: Bearer <api key or access token>`` (the
-official openai clients send the Bearer form). Lookups go through the store's short-TTL
+official openai clients send the Bearer form); a JWT from the operator's identity provider
+is verified by ``oauth.JwtVerifier``. Lookups go through the store's short-TTL
 cache, so authenticating a chat request normally costs one hash and a dict lookup.
 """
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from lattice_protocol import ErrorCode, LatticeError
 
+from .oauth import JwtVerifier, looks_like_jwt
 from .services import Principal, Runtime, Store, services_of
 
 if TYPE_CHECKING:
@@ -43,15 +45,24 @@ def _scope_error(required: tuple[str, ...]) -> LatticeError:
 
 
 class CredentialAuthenticator:
-    """Implements ``services.Authenticator`` on the store's credential records."""
+    """Implements ``services.Authenticator`` on the store's credential records, and on
+    JWT access tokens of the operator's identity provider when ``oauth`` is given."""
 
-    def __init__(self, store: Store) -> None:
+    _MAX_ACCOUNTS = 10_000
+
+    def __init__(self, store: Store, oauth: JwtVerifier | None = None) -> None:
         self._store = store
+        self._oauth = oauth
+        # account name (from a JWT) -> account id: an account is never renamed or deleted
+        self._accounts: dict[str, str] = {}
 
     async def authenticate(self, request: Request, scope: str | tuple[str, ...]) -> Principal:
         secret = presented_secret(request)
         if secret is None:
             raise LatticeError(ErrorCode.INVALID_API_KEY, _MISSING_MESSAGE)
+        required = (scope,) if isinstance(scope, str) else scope
+        if looks_like_jwt(secret):
+            return await self._authenticate_jwt(secret, required)
         record = await self._store.credential(secret)
         # The message never echoes the presented secret.
         if record is None:
@@ -59,14 +70,38 @@ class CredentialAuthenticator:
         if record.revoked:
             raise LatticeError(ErrorCode.INVALID_API_KEY,
                                "this API key or access token has been revoked")
-        if record.expires_ms is not None and self._store.clock() * 1000 >= record.expires_ms:
+        now_ms = self._store.clock() * 1000
+        if record.expires_ms is not None and now_ms >= record.expires_ms:
             raise LatticeError(ErrorCode.INVALID_API_KEY, "this access token has expired")
-        required = (scope,) if isinstance(scope, str) else scope
+        if record.grace_until_ms is not None and now_ms >= record.grace_until_ms:
+            raise LatticeError(ErrorCode.INVALID_API_KEY,
+                               "this API key was rotated and its grace period has ended; "
+                               "use the new key")
         if not any(s in record.scopes for s in required):
             raise _scope_error(required)
+        self._store.note_credential_used(record.credential_id)
         return Principal(account_id=record.account_id, scopes=record.scopes,
                          credential_kind=record.kind, credential_id=record.credential_id,
                          credential_name=record.name)
+
+    async def _authenticate_jwt(self, token: str, required: tuple[str, ...]) -> Principal:
+        if self._oauth is None:
+            raise LatticeError(ErrorCode.INVALID_API_KEY,
+                               "JWT access tokens are not accepted here: this gateway "
+                               "trusts no identity provider (--oauth-issuer)")
+        verified = await self._oauth.verify(token)
+        if not any(s in verified.scopes for s in required):
+            raise _scope_error(required)
+        account_id = self._accounts.get(verified.account_name)
+        if account_id is None:
+            # The account claim names a Lattice account; the first token creates it.
+            account_id = await self._store.ensure_account(verified.account_name)
+            if len(self._accounts) >= self._MAX_ACCOUNTS:
+                self._accounts.clear()
+            self._accounts[verified.account_name] = account_id
+        return Principal(account_id=account_id, scopes=verified.scopes,
+                         credential_kind="access_token", credential_id=verified.client_id,
+                         credential_name=verified.client_id)
 
 
 async def authenticate_daemon(request: Request) -> Runtime:

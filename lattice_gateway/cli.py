@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from lattice_protocol import __version__
 
-from .services import ALL_SCOPES
+from .cli_common import DATABASE_HELP, database_failure, database_of, run_admin
+from .cli_credentials import keys, tokens
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -26,38 +26,12 @@ if TYPE_CHECKING:
     import uvicorn
     from starlette.applications import Starlette
 
-    from .store import IssuedCredential, SqlStore
 
-T = TypeVar("T")
-
-_DATABASE_HELP = ("SQLite path or sqlite:///PATH, or postgresql://... "
-                  "[env LATTICE_GATEWAY_DATABASE; default: gateway.db in the "
-                  "lattice-gateway data dir]")
-
-
-def _run(make: Callable[[], Coroutine[Any, Any, T]], database: str | None) -> T:
-    """Run an admin command's coroutine; bad input and database failures are one line."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        return asyncio.run(make())
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (OSError, SQLAlchemyError) as exc:
-        raise click.ClickException(_database_failure(database, exc)) from None
-
-
-def _database_failure(database: str | None, exc: Exception) -> str:
-    """One line naming the database (never its password) and the driver's reason."""
-    from .store import resolve_database
-
-    reason = (str(exc).splitlines() or [""])[0]
-    return (f"cannot open the database {resolve_database(database).display()}: "
-            f"{type(exc).__name__}: {reason}")
-
-
-def _database(option: str | None) -> str | None:
-    return Settings.from_env(database=option).database
+# Shared with the other command groups (cli_credentials.py); the old names stay here.
+_DATABASE_HELP = DATABASE_HELP
+_run = run_admin
+_database_failure = database_failure
+_database = database_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +39,11 @@ def _database(option: str | None) -> str | None:
                       message="%(prog)s %(version)s")
 def main() -> None:
     """Lattice gateway: the public API, the relay, and its records."""
+
+
+# The keys and tokens groups live in their own module; `keys` stays importable from here.
+main.add_command(keys)
+main.add_command(tokens)
 
 
 @main.command()
@@ -86,13 +65,23 @@ def main() -> None:
 @click.option("--fd", type=int, default=None,
               help="Serve on this inherited, already bound TCP socket (socket activation, "
                    "a test harness) instead of binding --host/--port.")
+@click.option("--oauth-issuer", "oauth_issuers", multiple=True,
+              help="Accept JWT access tokens from this identity provider (its issuer URL; "
+                   "repeatable) [env LATTICE_GATEWAY_OAUTH_ISSUERS, space-separated]")
+@click.option("--oauth-audience", default=None,
+              help="The `aud` those tokens must name [env LATTICE_GATEWAY_OAUTH_AUDIENCE]")
+@click.option("--oauth-account-claim", default=None,
+              help="The claim naming the Lattice account (default: sub) "
+                   "[env LATTICE_GATEWAY_OAUTH_ACCOUNT_CLAIM]")
 def serve(host: str, port: int, database: str | None, public_url: str | None,
           redis_url: str | None, log_level: str, access_log: bool,
-          shutdown_timeout: float, fd: int | None) -> None:
+          shutdown_timeout: float, fd: int | None, oauth_issuers: tuple[str, ...],
+          oauth_audience: str | None, oauth_account_claim: str | None) -> None:
     """Run the gateway (uvicorn; uvloop and httptools when installed)."""
     import uvicorn
 
     from .app import create_app
+    from .oauth import oauth_config
     from .store import resolve_database
 
     sockets = None
@@ -106,9 +95,13 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         public_url = f"http://{shown_host}:{port}"
     try:
         settings = Settings.from_env(database=database, public_url=public_url,
-                                     redis_url=redis_url)
+                                     redis_url=redis_url, oauth_issuers=oauth_issuers or None,
+                                     oauth_audience=oauth_audience,
+                                     oauth_account_claim=oauth_account_claim)
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
+        oauth_config(settings.oauth_issuers, settings.oauth_audience,
+                     settings.oauth_account_claim)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -198,152 +191,6 @@ def _check_public_url(url: str) -> None:
     if not url.startswith(("http://", "https://")) or any(
             c.isspace() or c in "'\"\\`$" for c in url):
         raise ValueError(f"--public-url must be a plain http(s):// URL, got {url!r}")
-
-
-def _scopes_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--scope", "scopes", multiple=True, required=True, type=click.Choice(ALL_SCOPES),
-        help="Scope to grant (repeatable).")(func)
-
-
-def _name_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--name", default=None, callback=_check_name,
-        help="The app this credential is for, as the runtime's owner sees it in their "
-             "activity log and rules (default: its id).")(func)
-
-
-def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not (0 < len(value) <= 200 and value.isprintable()
-                                  and value.strip() == value):
-        raise click.BadParameter("must be 1 to 200 printable characters, without leading "
-                                 "or trailing spaces")
-    return value
-
-
-async def _issue(database: str | None,
-                 issue: Callable[[SqlStore], Awaitable[IssuedCredential]]
-                 ) -> tuple[IssuedCredential, dict[str, Any]]:
-    """Issue a credential in ``database``; also say which database that was and what
-    could keep a gateway from accepting it (the common 401: a key made in a database no
-    gateway serves)."""
-    from .store import SqlStore, legacy_location_advice
-
-    store = await SqlStore.open(database)
-    try:
-        issued = await issue(store)
-        served = await store.served_by_a_gateway()
-    finally:
-        await store.close()
-    shown = store.target.display()
-    warnings = []
-    if store.created_now or not served:
-        state = "did not exist until now" if store.created_now else "has never been served"
-        warnings.append(
-            f"the database {shown} {state}: no gateway has served it yet. A gateway "
-            f"accepts this secret only when it serves this database (`lattice-gateway "
-            f"serve` with the same --database or LATTICE_GATEWAY_DATABASE); any other "
-            f"answers 401 invalid_api_key.")
-    if advice := legacy_location_advice(store.target):
-        warnings.append(advice)
-    return issued, {"database": shown, "warnings": warnings}
-
-
-def _print_secret(payload: dict[str, Any], secret_field: str, as_json: bool,
-                  label: str) -> None:
-    """The secret (or the JSON) on stdout; for people, the rest on stderr."""
-    if as_json:
-        click.echo(json.dumps(payload))
-    else:
-        click.echo(payload[secret_field])
-        click.echo(f"{label} {payload['credentialId']} ({payload['name']}) for account "
-                   f"{payload['accountId']} "
-                   f"(scopes: {' '.join(payload['scopes'])}), stored in the database "
-                   f"{payload['database']}. It is shown only once.", err=True)
-    for warning in payload["warnings"]:
-        click.echo(f"warning: {warning}", err=True)
-
-
-@main.group()
-def keys() -> None:
-    """API keys (sk_...) for app backends."""
-
-
-@keys.command("create")
-@click.option("--account", required=True, help="Account name (created if needed).")
-@_scopes_option
-@_name_option
-@click.option("--database", default=None, help=_DATABASE_HELP)
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: apiKey, credentialId, name, accountId, scopes, database, "
-                   "warnings.")
-def keys_create(account: str, scopes: tuple[str, ...], name: str | None,
-                database: str | None, as_json: bool) -> None:
-    """Create an API key and print it once."""
-
-    async def create() -> dict[str, Any]:
-        issued, where = await _issue(
-            _database(database), lambda store: store.create_api_key(account, scopes, name=name))
-        return {"apiKey": issued.secret, "credentialId": issued.credential_id,
-                "name": issued.name, "accountId": issued.account_id,
-                "scopes": list(issued.scopes), **where}
-
-    _print_secret(_run(create, _database(database)), "apiKey", as_json, "API key")
-
-
-@keys.command("revoke")
-@click.option("--database", default=None, help=_DATABASE_HELP)
-def keys_revoke(database: str | None) -> None:
-    """Revoke an API key or access token read from stdin (never from argv)."""
-    from .store import SqlStore
-
-    secret = sys.stdin.readline().strip()
-    if not secret:
-        raise click.ClickException("give the key or token to revoke on stdin")
-
-    async def revoke() -> bool:
-        store = await SqlStore.open(_database(database))
-        try:
-            return await store.revoke_credential(secret)
-        finally:
-            await store.close()
-
-    if not _run(revoke, _database(database)):
-        raise click.ClickException("no such active key or token")
-    click.echo("revoked (gateways stop accepting it within a few seconds)", err=True)
-
-
-@main.group()
-def tokens() -> None:
-    """OAuth-style access tokens (loat_v1_...) for user accounts."""
-
-
-@tokens.command("create")
-@click.option("--account", required=True, help="Account name (created if needed).")
-@_scopes_option
-@_name_option
-@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(1, 366 * 86400),
-              help="Lifetime in seconds.")
-@click.option("--database", default=None, help=_DATABASE_HELP)
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: accessToken, credentialId, name, accountId, scopes, "
-                   "expiresAt, database, warnings.")
-def tokens_create(account: str, scopes: tuple[str, ...], name: str | None, ttl: int,
-                  database: str | None, as_json: bool) -> None:
-    """Issue an expiring access token and print it once."""
-    from .store import iso_from_ms
-
-    async def create() -> dict[str, Any]:
-        issued, where = await _issue(
-            _database(database),
-            lambda store: store.create_access_token(account, scopes, ttl, name=name))
-        assert issued.expires_ms is not None
-        return {"accessToken": issued.secret, "credentialId": issued.credential_id,
-                "name": issued.name, "accountId": issued.account_id,
-                "scopes": list(issued.scopes), "expiresAt": iso_from_ms(issued.expires_ms),
-                **where}
-
-    _print_secret(_run(create, _database(database)), "accessToken", as_json, "Access token")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,16 @@ class Settings:
     bootstrap_ttl_default: int = 600
     bootstrap_ttl_min: int = 60
     bootstrap_ttl_max: int = 3600
+    # JWT access tokens from the operator's identity provider (oauth.py): trusted issuers
+    # (LATTICE_GATEWAY_OAUTH_ISSUERS: space-separated), the audience tokens must name, and
+    # the claim that names the Lattice account.
+    oauth_issuers: tuple[str, ...] = ()
+    oauth_audience: str | None = None
+    oauth_account_claim: str = "sub"
+    # At most one JWKS fetch per issuer this often when tokens name an unknown key id.
+    oauth_jwks_min_refresh_seconds: float = 30.0
+    # Credentials' "last used" is kept in memory and written this often (and at shutdown).
+    credential_usage_flush_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -54,6 +64,8 @@ class Settings:
                     values[f.name] = float(raw)
                 elif f.type in ("int", int):
                     values[f.name] = int(raw)
+                elif f.type == "tuple[str, ...]":
+                    values[f.name] = tuple(raw.replace(",", " ").split())
                 else:
                     values[f.name] = raw
             except ValueError:

@@ -1,6 +1,7 @@
 """Durable records (SQLAlchemy Core, async): SQLite by default, PostgreSQL when scaled out."""
 
 from .records import (
+    CredentialInfo,
     CredentialRecord,
     IssuedCredential,
     MintedBootstrapToken,
@@ -16,6 +17,7 @@ from .url import (
 )
 
 __all__ = [
+    "CredentialInfo",
     "CredentialRecord",
     "DatabaseTarget",
     "IssuedCredential",

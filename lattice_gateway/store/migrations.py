@@ -105,6 +105,16 @@ def _v3_credential_ids(conn: Connection) -> None:
         "CREATE UNIQUE INDEX ix_credentials_credential_id ON credentials (credential_id)"))
 
 
+def _v4_credential_rotation(conn: Connection) -> None:
+    # Rotation keeps a credential's id, name and scopes and gives it a new secret; the
+    # secret it replaced stays valid until ``previous_valid_until_ms`` (the grace period),
+    # found by its own hash through the index.
+    for column in ("previous_secret_hash VARCHAR(64)", "previous_valid_until_ms BIGINT"):
+        conn.execute(sa.text(f"ALTER TABLE credentials ADD COLUMN {column}"))
+    conn.execute(sa.text("CREATE UNIQUE INDEX ix_credentials_previous_secret_hash "
+                         "ON credentials (previous_secret_hash)"))
+
+
 def new_credential_id(kind: str, random_hex: str) -> str:
     """``key_<hex>`` for API keys, ``tok_<hex>`` for access tokens: public, not secret."""
     return ("key_" if kind == "api_key" else "tok_") + random_hex
@@ -114,6 +124,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_initial),
     Migration(2, "runtimes.default_model up to 256 characters", _v2_default_model_256),
     Migration(3, "credentials: public id, name, last used", _v3_credential_ids),
+    Migration(4, "credentials: previous secret during a rotation's grace period",
+              _v4_credential_rotation),
 )
 
 

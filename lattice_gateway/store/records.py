@@ -23,6 +23,25 @@ class CredentialRecord:
     scopes: frozenset[str]
     expires_ms: int | None
     revoked: bool
+    # Set when the presented secret is the one a rotation replaced: accepted until then.
+    grace_until_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """A credential as ``keys list`` / ``tokens list`` show it (never its secret)."""
+
+    credential_id: str
+    name: str
+    kind: CredentialKind
+    account_id: str
+    account_name: str
+    scopes: tuple[str, ...]
+    created_ms: int
+    expires_ms: int | None
+    revoked_ms: int | None
+    last_used_ms: int | None
+    previous_valid_until_ms: int | None  # a rotation's grace period for the old secret
 
 
 @dataclass(frozen=True)

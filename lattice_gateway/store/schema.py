@@ -39,6 +39,9 @@ credentials = sa.Table(
     sa.Column("expires_ms", sa.BigInteger, nullable=True),
     sa.Column("revoked_ms", sa.BigInteger, nullable=True),
     sa.Column("last_used_ms", sa.BigInteger, nullable=True),
+    # After `keys rotate`: the replaced secret's hash, accepted until previous_valid_until_ms.
+    sa.Column("previous_secret_hash", sa.String(64), nullable=True, unique=True),
+    sa.Column("previous_valid_until_ms", sa.BigInteger, nullable=True),
 )
 
 runtimes = sa.Table(

@@ -3,6 +3,8 @@
 Hot paths (every daemon poll authenticates its token, every chat request looks up its
 runtime and credential) are served from short-TTL in-memory caches; anything this process
 changes (revoke, redeem, session register) invalidates the affected entries at once.
+Credentials are cached for at most ``CREDENTIAL_CACHE_SECONDS``: a key revoked by the CLI
+or another replica fails on every replica within that bound.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from . import schema as t
 from .cache import TtlCache
 from .migrations import migrate, new_credential_id
 from .records import (
+    CredentialInfo,
     CredentialKind,
     CredentialRecord,
     IssuedCredential,
@@ -51,6 +54,10 @@ from .url import DatabaseTarget, resolve_database
 log = logging.getLogger("lattice_gateway.store")
 
 _GATEWAY_KEY = "gateway_private_key"
+# How long a credential lookup is reused. Revocation promises "fails within one second on
+# every replica"; 0.5 s leaves the other half for the request that notices it. A miss costs
+# one primary-key query, so a busy credential costs each replica two queries a second.
+CREDENTIAL_CACHE_SECONDS = 0.5
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -88,7 +95,10 @@ class SqlStore:
         self.target = target
         # Wall clock for expiry decisions; tests replace it to move time without sleeping.
         self.clock = clock
-        self._credentials: TtlCache[str, CredentialRecord | None] = TtlCache(cache_ttl)
+        self._credentials: TtlCache[str, CredentialRecord | None] = TtlCache(
+            min(cache_ttl, CREDENTIAL_CACHE_SECONDS))
+        # credential_id -> when it was last used, since the last flush (see note_used).
+        self._used_since_flush: dict[str, int] = {}
         self._runtimes: TtlCache[str, Runtime | None] = TtlCache(cache_ttl)
         self._daemon_tokens: TtlCache[str, Runtime] = TtlCache(cache_ttl)
         # Whether opening this store created the schema (a database nobody used before).
@@ -230,28 +240,129 @@ class SqlStore:
         if token_kind(secret) not in (TokenKind.API_KEY, TokenKind.ACCESS):
             return None
         c = t.credentials.c
-        # Lookup by the hash (primary key): the hash is what is secret-equivalent here,
-        # and finding a row by it leaks nothing about other rows' hashes.
+        # Lookup by the hash (primary key, or the unique index of a rotation's replaced
+        # secret): the hash is what is secret-equivalent here, and finding a row by it
+        # leaks nothing about other rows' hashes.
         query = sa.select(c.credential_id, c.name, c.account_id, c.kind, c.scopes,
-                          c.expires_ms, c.revoked_ms).where(c.secret_hash == digest)
+                          c.expires_ms, c.revoked_ms, c.secret_hash,
+                          c.previous_valid_until_ms).where(
+            sa.or_(c.secret_hash == digest, c.previous_secret_hash == digest))
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         record = None if row is None else CredentialRecord(
             credential_id=row.credential_id, name=row.name, account_id=row.account_id,
             kind=row.kind, scopes=frozenset(row.scopes.split()),
-            expires_ms=row.expires_ms, revoked=row.revoked_ms is not None)
+            expires_ms=row.expires_ms, revoked=row.revoked_ms is not None,
+            grace_until_ms=None if row.secret_hash == digest
+            else row.previous_valid_until_ms or 0)
         if record is not None:  # unknown secrets are not cached: the CLI may create them
             self._credentials.put(digest, record)
         return record
 
     async def revoke_credential(self, secret: str) -> bool:
+        """Revoke the credential this secret (current, or replaced in a rotation's grace
+        period) belongs to."""
         digest = hash_secret(secret)
         c = t.credentials.c
         async with self._writer.begin() as conn:
             result = await conn.execute(sa.update(t.credentials).where(
-                c.secret_hash == digest, c.revoked_ms.is_(None)).values(revoked_ms=self._now_ms()))
+                sa.or_(c.secret_hash == digest, c.previous_secret_hash == digest),
+                c.revoked_ms.is_(None)).values(revoked_ms=self._now_ms()))
         self._credentials.pop(digest)
         return result.rowcount == 1
+
+    async def revoke_credential_by_id(self, credential_id: str) -> bool:
+        """Revoke by public id (both secrets, if in a rotation's grace period). False when
+        there is no such credential or it was already revoked."""
+        c = t.credentials.c
+        async with self._writer.begin() as conn:
+            result = await conn.execute(sa.update(t.credentials).where(
+                c.credential_id == credential_id, c.revoked_ms.is_(None)).values(
+                revoked_ms=self._now_ms()))
+        self._credentials.drop_where(
+            lambda record: record is not None and record.credential_id == credential_id)
+        return result.rowcount == 1
+
+    async def rotate_api_key(self, credential_id: str, grace_seconds: int) -> IssuedCredential:
+        """A new secret for this API key (same id, name, scopes); the current secret stays
+        valid for ``grace_seconds`` more (0: it fails at once). A secret replaced by an
+        earlier rotation stops working now: only the latest one has a grace period.
+
+        ValueError when there is no such active API key.
+        """
+        if grace_seconds < 0:
+            raise ValueError("the grace period cannot be negative")
+        c = t.credentials.c
+        secret = new_api_key()
+        now = self._now_ms()
+        async with self._writer.begin() as conn:
+            row = (await conn.execute(sa.select(
+                c.secret_hash, c.name, c.account_id, c.scopes, c.kind, c.revoked_ms).where(
+                c.credential_id == credential_id))).first()
+            if row is None or row.kind != "api_key":
+                raise ValueError(f"no API key with id {credential_id}")
+            if row.revoked_ms is not None:
+                raise ValueError(f"the API key {credential_id} is revoked; create a new one")
+            await conn.execute(sa.update(t.credentials).where(
+                c.credential_id == credential_id, c.secret_hash == row.secret_hash).values(
+                secret_hash=hash_secret(secret), previous_secret_hash=row.secret_hash,
+                previous_valid_until_ms=now + grace_seconds * 1000))
+        self._credentials.drop_where(
+            lambda record: record is not None and record.credential_id == credential_id)
+        scopes = tuple(row.scopes.split())
+        return IssuedCredential(secret, credential_id, row.name, row.account_id, scopes, None)
+
+    async def list_credentials(self, kind: CredentialKind,
+                               account_name: str | None = None) -> list[CredentialInfo]:
+        """API keys or access tokens, oldest first, optionally of one account (by name)."""
+        c, a = t.credentials.c, t.accounts.c
+        query = sa.select(
+            c.credential_id, c.name, c.kind, c.account_id, a.name.label("account_name"),
+            c.scopes, c.created_ms, c.expires_ms, c.revoked_ms, c.last_used_ms,
+            c.previous_valid_until_ms,
+        ).join_from(t.credentials, t.accounts, c.account_id == a.account_id).where(
+            c.kind == kind).order_by(c.created_ms, c.credential_id)
+        if account_name is not None:
+            query = query.where(a.name == account_name.strip())
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [CredentialInfo(
+            credential_id=r.credential_id, name=r.name, kind=r.kind, account_id=r.account_id,
+            account_name=r.account_name, scopes=tuple(r.scopes.split()),
+            created_ms=r.created_ms, expires_ms=r.expires_ms, revoked_ms=r.revoked_ms,
+            last_used_ms=r.last_used_ms, previous_valid_until_ms=r.previous_valid_until_ms,
+        ) for r in rows]
+
+    def note_credential_used(self, credential_id: str) -> None:
+        """Remember that a credential was just used; ``flush_credential_usage`` writes it.
+
+        Memory only (no write per request): at most one entry per credential between
+        flushes, so the batch is bounded by the number of credentials in use.
+        """
+        self._used_since_flush[credential_id] = self._now_ms()
+
+    async def flush_credential_usage(self) -> int:
+        """Write the remembered last-used times: one UPDATE statement for the batch (at
+        most one row write per credential), never moving a time backwards (another replica
+        may have written a later one). The number of credentials written."""
+        batch, self._used_since_flush = self._used_since_flush, {}
+        if not batch:
+            return 0
+        c = t.credentials.c
+        statement = sa.update(t.credentials).where(
+            c.credential_id == sa.bindparam("id"),
+            sa.or_(c.last_used_ms.is_(None), c.last_used_ms < sa.bindparam("used"))).values(
+            last_used_ms=sa.bindparam("used"))
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(statement, [{"id": credential_id, "used": used}
+                                               for credential_id, used in batch.items()])
+        except Exception:
+            # Keep them for the next flush (unless newer uses replaced them meanwhile).
+            for credential_id, used in batch.items():
+                self._used_since_flush.setdefault(credential_id, used)
+            raise
+        return len(batch)
 
     # -- runtimes --------------------------------------------------------------------------
 
