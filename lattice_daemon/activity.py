@@ -148,7 +148,8 @@ class ActivityLog:
                 self._remove(path)
             else:
                 kept.append((path, info.st_size))
-        total = self._size + sum(size for _, size in kept)
+        # Room for the current file to grow to its limit: the total never passes the cap.
+        total = max(self._size, self.max_file_bytes) + sum(size for _, size in kept)
         for path, size in kept:
             if total <= self.max_total_bytes:
                 break
@@ -173,10 +174,17 @@ class ActivityLog:
         A line being written while it is read, or damaged, is skipped.
         """
         since_iso = iso_from_seconds(since) if since is not None else ""
-        for path in self.files():
+        files = self.files()
+        if since is not None:
+            # A file holds nothing newer than the next file's first entry: start at the
+            # newest file that begins at or before ``since`` (one line read per file).
+            for index in range(len(files) - 1, -1, -1):
+                first = self._first_entry_time(files[index])
+                if first is not None and first <= since:
+                    files = files[index:]
+                    break
+        for path in files:
             try:
-                if since is not None and path.stat().st_mtime < since:
-                    continue  # nothing this new in it
                 handle = path.open("rb")
             except FileNotFoundError:
                 continue  # rotated or pruned meanwhile
