@@ -36,13 +36,14 @@ def _console(stderr: bool = False):  # -> rich.console.Console (imported lazily:
 
 
 def emit(data: Any, human: Callable[[Any], Any] | None = None, *,
-         markup: bool = False) -> None:
+         markup: bool = False, min_width: int = 0) -> None:
     """Print ``data``: JSON under --json, otherwise ``human(data)``.
 
     The human text is plain unless ``markup`` says it carries rich markup (whose
     callers escape the data in it): rich would otherwise eat text such as
     "[provider]" from a config error, taking it for a style tag. ``human`` may also
-    return a rich renderable (a table), printed as such.
+    return a rich renderable (a table), printed as such; ``min_width`` widens it when
+    stdout is not a terminal (a pipe or a file has no width to fit: rich assumes 80).
     """
     if _json_mode():
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
@@ -53,7 +54,10 @@ def emit(data: Any, human: Callable[[Any], Any] | None = None, *,
     if not markup and isinstance(text, str):  # plain: no rich import (`ping`'s budget)
         sys.stdout.write(text + "\n")
         return
-    _console().print(text)
+    console = _console()
+    if min_width and not console.is_terminal and console.width < min_width:
+        console.width = min_width
+    console.print(text)
 
 
 def _escape(message: str) -> str:

@@ -20,6 +20,7 @@ from lattice_ctl.daemon_link import ask, client_for
 
 FOLLOW_INTERVAL = 1.0  # seconds between polls under -f
 LIMIT = 1000  # the most the daemon answers at once; -f asks for that many per poll
+WIDE = 140  # the table's natural width: piped output is not cut to 80 columns
 
 
 def _fetch(since: str, app: str | None, limit: int) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def activity(since: str, app: str | None, limit: int, follow: bool) -> None:
     """
     data = _fetch(since, app, limit)
     if not follow:
-        output.emit(data, output.activity_view)
+        output.emit(data, output.activity_view, min_width=WIDE)
         return
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how -f ends: exit 0
         _follow(data, app)
