@@ -136,7 +136,9 @@ def test_each_job_is_logged_for_its_app_with_tokens_and_no_prompt_text(
 
         paths = home_paths(lattice_home)
         config = load_config(paths)
-        save_config(paths, replace(config, daemon=replace(config.daemon, log_prompts=True)))
+        save_config(paths, replace(
+            config, daemon=replace(config.daemon, log_prompts=True),
+            provider=replace(config.provider, allowed_models=["qwen2.5-7b-instruct"])))
         done = ctl(lattice_home, "daemon", "restart", "--timeout", "20")
         assert done.returncode == 0, done.stderr
         wait_relay_state(lattice_home, "connected")
@@ -151,6 +153,21 @@ def test_each_job_is_logged_for_its_app_with_tokens_and_no_prompt_text(
         assert logged["completion"] == REPLY
         # The API leaves the text out unless asked for it.
         assert "messages" not in ctl_json(lattice_home, "activity")["entries"][-1]
+
+        # A job the daemon refuses (a model the owner did not allow) is logged as such.
+        import openai
+
+        with pytest.raises(openai.BadRequestError):
+            notes_app.chat.completions.create(model=f"{machine.model}/other-model",
+                                              messages=[{"role": "user", "content": "hi"}])
+        wait_until(lambda: len(log_entries(lattice_home)) == 6, timeout=10,
+                   what="the refused job's entry")
+        refused = log_entries(lattice_home)[-1]
+        assert (refused["app"], refused["outcome"], refused["refused"]) == (
+            "notes-app", "invalid_request", True)
+        assert "not allowed" in refused["message"]
+        apps = {app["app"]: app for app in ctl_json(lattice_home, "activity")["apps"]}
+        assert apps["notes-app"]["refusals"] == 1 and apps["chat-app"]["refusals"] == 0
 
 
 def test_activity_follow_prints_new_jobs_until_ctrl_c(
@@ -218,14 +235,15 @@ def test_top_shows_the_running_job_under_tmux_and_q_quits(
         worker.start()
         socket = tmp_path / "tmux.sock"  # a private tmux server: nothing shared
         session = f"top-{uuid.uuid4().hex[:8]}"
-        env = " ".join(f"{k}={v}" for k, v in
-                       {"LATTICE_HOME": str(lattice_home), "TERM": "xterm-256color"}.items())
-        subprocess.run(["tmux", "-S", str(socket), "new-session", "-d", "-s", session,
-                        "-x", "120", "-y", "40", f"env {env} {CTL} top --interval 0.3"],
-                       check=True)
+        command = f"env LATTICE_HOME={lattice_home} {CTL} top --interval 0.3"
+        # remain-on-exit is set before the command starts, so its exit status is kept.
+        subprocess.run(["tmux", "-S", str(socket), "new-session", "-d", "-s", "idle",
+                        "-x", "120", "-y", "40"], check=True)
         try:
-            subprocess.run(["tmux", "-S", str(socket), "set-option", "-t", session,
+            subprocess.run(["tmux", "-S", str(socket), "set-option", "-g",
                             "remain-on-exit", "on"], check=True)
+            subprocess.run(["tmux", "-S", str(socket), "new-session", "-d", "-s", session,
+                            "-x", "120", "-y", "40", command], check=True)
             assert streaming.wait(20), "the slow stream did not start"
 
             def shows_the_job() -> bool:
@@ -236,9 +254,19 @@ def test_top_shows_the_running_job_under_tmux_and_q_quits(
             assert "Today, per app" in screen and "tokens/s" in screen
             subprocess.run(["tmux", "-S", str(socket), "send-keys", "-t", session, "q"],
                            check=True)
-            assert wait_until(lambda: _pane_exit(socket, session) is not None, timeout=10,
-                              what="top exiting on q") is not None
+            wait_until(lambda: _pane_exit(socket, session) is not None, timeout=10,
+                       what="top exiting on q")
             assert _pane_exit(socket, session) == 0
+            # Ctrl-C quits as well, with exit 0 and the terminal given back.
+            subprocess.run(["tmux", "-S", str(socket), "new-session", "-d", "-s", "ctrl-c",
+                            "-x", "120", "-y", "40", command], check=True)
+            wait_until(lambda: "Running now" in _pane(socket, "ctrl-c"), timeout=15,
+                       what="the second top drawing")
+            subprocess.run(["tmux", "-S", str(socket), "send-keys", "-t", "ctrl-c", "C-c"],
+                           check=True)
+            wait_until(lambda: _pane_exit(socket, "ctrl-c") is not None, timeout=10,
+                       what="top exiting on Ctrl-C")
+            assert _pane_exit(socket, "ctrl-c") == 0
         finally:
             stop.set()
             subprocess.run(["tmux", "-S", str(socket), "kill-server"], check=False)
