@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "models": "lattice_ctl.commands.models:models",
     "service": "lattice_ctl.commands.service:service",
     "doctor": "lattice_ctl.commands.doctor:doctor",
+    "activity": "lattice_ctl.commands.activity:activity",
+    "top": "lattice_ctl.commands.top:top",
 }
 
 _HELP = {
@@ -34,6 +36,8 @@ _HELP = {
     "models": "List the provider's models and the GGUF files here; pull a GGUF model.",
     "service": "Install the daemon as a launchd/systemd user service.",
     "doctor": "Run the troubleshooting checks and print a fix for each failure.",
+    "activity": "The jobs this machine ran: who asked, tokens, time; per-app totals.",
+    "top": "Live view: jobs running now, tokens/s, each app's usage today.",
 }
 
 

@@ -97,6 +97,16 @@ class ControlClient:
     def shutdown(self) -> Answer:
         return self.request("POST", "/v1/shutdown", {})
 
+    def activity(self, **params: str) -> Answer:
+        """GET /v1/activity with ``since``, ``app``, ``limit`` (None values left out)."""
+        from urllib.parse import urlencode
+
+        query = urlencode({name: value for name, value in params.items() if value})
+        return self.request("GET", "/v1/activity" + (f"?{query}" if query else ""))
+
+    def live(self) -> Answer:
+        return self.request("GET", "/v1/live")
+
     # -- transport ----------------------------------------------------------------------
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Answer:

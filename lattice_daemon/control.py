@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from lattice_protocol import __version__
 from providers.timeouts import within
@@ -63,6 +64,10 @@ class ControlBackend(Protocol):
 
     async def shutdown(self) -> dict[str, Any]: ...
 
+    async def activity(self, query: dict[str, str]) -> dict[str, Any]: ...
+
+    async def live(self) -> dict[str, Any]: ...
+
 
 class ControlRefusal(Exception):
     """A handler's refusal, answered as ``{"error": {message, code}}``."""
@@ -80,6 +85,7 @@ class Request:
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    query: dict[str, str] = field(default_factory=dict)  # a repeated name: the last value
 
 
 class _BadRequest(Exception):
@@ -129,8 +135,13 @@ async def read_request(reader: asyncio.StreamReader, max_bytes: int = MAX_REQUES
         raise _BadRequest(413, "request_too_large",
                           f"request larger than {max_bytes // 1024} KiB")
     body = await reader.readexactly(length) if length else b""
-    path = target.split("?", 1)[0]
-    return Request(method.upper(), path, headers, body)
+    path, _, query_text = target.partition("?")
+    try:
+        query = dict(parse_qsl(query_text, keep_blank_values=True, strict_parsing=False,
+                               errors="strict", max_num_fields=32))
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest(400, "bad_request", "malformed query string") from None
+    return Request(method.upper(), path, headers, body, query)
 
 
 def _is_browser(headers: dict[str, str]) -> bool:
@@ -156,17 +167,30 @@ def error_response(status: int, code: str, message: str) -> bytes:
 
 # ---------------------------------------------------------------------- routing
 
-Route = Callable[[], Awaitable[dict[str, Any]]]
+@dataclass(frozen=True)
+class WithQuery:
+    """A route handler that reads the query string (``?since=...``), as a dict."""
+
+    handler: Callable[[dict[str, str]], Awaitable[dict[str, Any]]]
+
+
+Route = Callable[[], Awaitable[dict[str, Any]]] | WithQuery
 
 
 def routes_for(backend: ControlBackend) -> dict[str, tuple[str, Route]]:
-    return {
+    routes: dict[str, tuple[str, Route]] = {
         "/v1/ping": ("GET", backend.ping),
         "/v1/status": ("GET", backend.status),
         "/v1/reload": ("POST", backend.reload),
         "/v1/relay/disconnect": ("POST", backend.disconnect),
         "/v1/shutdown": ("POST", backend.shutdown),
     }
+    # Visibility: the activity log and the live view (`lattice-ctl activity` / `top`).
+    routes.update({
+        "/v1/activity": ("GET", WithQuery(backend.activity)),
+        "/v1/live": ("GET", backend.live),
+    })
+    return routes
 
 
 async def dispatch(routes: dict[str, tuple[str, Route]], request: Request) -> bytes:
@@ -181,6 +205,8 @@ async def dispatch(routes: dict[str, tuple[str, Route]], request: Request) -> by
         return error_response(405, "method_not_allowed",
                               f"{request.path} takes {method}, not {request.method[:10]}")
     try:
+        if isinstance(handler, WithQuery):
+            return render(200, await handler.handler(request.query))
         return render(200, await handler())
     except ControlRefusal as exc:
         return error_response(exc.status, exc.code, exc.message)

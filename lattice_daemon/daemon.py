@@ -35,6 +35,7 @@ from providers import (
 )
 
 from . import exitcodes
+from .activity import ActivityLog, ActivityQuery, ActivityRecorder, query_activity
 from .config import ConfigError, DaemonConfig, check_provider, load_startup
 from .control import ControlRefusal, ControlServer, SocketInUse, SocketPathUnusable
 from .lock import AlreadyRunning, InstanceLock
@@ -94,6 +95,10 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._served_before = (0, 0)  # counters of pairings replaced by reloads
+        # The activity log outlives pairings (one file per machine, like the daemon's log).
+        self.recorder = ActivityRecorder(ActivityLog(paths.data_dir),
+                                         log_prompts=config.daemon.log_prompts)
+        self.recorder.load_today()
         self.control = ControlServer(paths.socket, self,
                                      private_dir=paths.socket.parent == paths.runtime_dir)
 
@@ -167,6 +172,7 @@ class Daemon:
             await asyncio.wait(self._background, timeout=5.0)
         await self.provider.aclose()
         await self.control.close()
+        self.recorder.close()
         log.info("lattice-daemon stopped")
 
     # -- pairing ------------------------------------------------------------------------
@@ -179,9 +185,11 @@ class Daemon:
             return
         self.relay_status = RelayStatus(RelayState.CONNECTING, time.time(),
                                         gateway=relay_config.gateway)
+        self.recorder.log_prompts = self.config.daemon.log_prompts  # a reload may change it
         self.pairing = Pairing.start(relay_config, self.config, self.keys, self.provider,
                                      self.relay_status, replay_guard=self._replays,
-                                     describe_provider=self.describe_provider)
+                                     describe_provider=self.describe_provider,
+                                     observers=(self.recorder,))
         log.info("serving runtime %s (%s) via %s", relay_config.lattice_id,
                  relay_config.display_name, relay_config.gateway)
 
@@ -355,10 +363,49 @@ class Daemon:
         self._stop.set()
         return {"ok": True}
 
+    # -- visibility: the activity log and the live view -----------------------------------
+
+    async def activity(self, query: dict[str, str]) -> dict[str, Any]:
+        try:
+            parsed = ActivityQuery.parse(query, time.time())
+        except ValueError as exc:
+            raise ControlRefusal(400, "invalid_query", str(exc)) from None
+        # Off the loop: a month of activity is many megabytes of JSON to read.
+        return await asyncio.to_thread(query_activity, self.recorder.log, parsed)
+
+    async def live(self) -> dict[str, Any]:
+        """Jobs running now, today's usage per app, capacity, pause state, provider."""
+        status = await self.status()
+        answer = self.recorder.live()
+        answer.update({
+            "jobs": status["jobs"],
+            "queue": {"inFlight": status["jobs"]["inFlight"],
+                      "maxConcurrency": status["jobs"]["maxConcurrency"],
+                      # Jobs are leased only for free slots: none wait on this machine.
+                      "waiting": 0},
+            "relay": status["relay"],
+            "provider": status["provider"],
+            "runtime": status["runtime"],
+            # The owner's pause and rules, when this daemon has them (absent otherwise).
+            "controls": status.get("controls"),
+            "paused": _paused(status),
+        })
+        return answer
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _paused(status: dict[str, Any]) -> bool | None:
+    """The pause state as the status tells it; None when this daemon cannot pause."""
+    if isinstance(status.get("paused"), bool):
+        return bool(status["paused"])
+    controls = status.get("controls")
+    if isinstance(controls, dict) and isinstance(controls.get("paused"), bool):
+        return bool(controls["paused"])
+    return None
 
 
 def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

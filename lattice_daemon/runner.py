@@ -80,7 +80,9 @@ class JobRecord:
     chunks: int = 0
     prompt_tokens: int | None = None  # as the provider reported them (usage)
     completion_tokens: int | None = None
+    refused: bool = False  # ended by JobRefused: it must not run (the owner's rules)
     request: dict[str, Any] = field(default_factory=dict, repr=False)
+    last_output: dict[str, Any] | None = field(default=None, repr=False)  # chunk or result
 
 
 class JobObserver(Protocol):
@@ -336,6 +338,7 @@ class JobRunner:
         if record.first_output_at is None:
             record.first_output_at = self._clock()
         record.chunks += 1
+        record.last_output = data
         usage = data.get("usage")
         if isinstance(usage, dict):
             for name in ("prompt_tokens", "completion_tokens"):
@@ -395,6 +398,7 @@ class JobRunner:
             self.counters.failed += 1
             log.warning("job %s refused: %s", spec.job_id, exc.message)
             job.error(exc.code, exc.message)
+            record.refused = True
             self._end(record, exc.code.value, exc.message)
         except ProviderError as exc:
             self.counters.failed += 1

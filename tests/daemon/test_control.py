@@ -42,6 +42,16 @@ class StubBackend:
         self.calls.append("shutdown")
         return {"ok": True}
 
+    async def activity(self, query: dict[str, str]) -> dict[str, Any]:
+        self.calls.append("activity")
+        if query.get("since") == "bad":
+            raise ControlRefusal(400, "invalid_query", "since: bad")
+        return {"query": query}
+
+    async def live(self) -> dict[str, Any]:
+        self.calls.append("live")
+        return {"running": []}
+
 
 async def exchange(path: Path, data: bytes, *, eof: bool = True) -> tuple[int, dict[str, str],
                                                                            Any]:
@@ -185,3 +195,30 @@ async def test_a_live_socket_is_never_taken_over(server: tuple[ControlServer, St
     with pytest.raises(SocketInUse):
         await ControlServer(control.socket_path, StubBackend()).start()
     assert (await exchange(control.socket_path, request("GET", "/v1/ping")))[0] == 200
+
+
+async def test_query_strings_reach_the_routes_that_read_them(
+        server: tuple[ControlServer, StubBackend]) -> None:
+    control, backend = server
+    status, _, body = await exchange(control.socket_path, request(
+        "GET", "/v1/activity?since=24h&app=notes%20app&limit=5&app=chat-app"))
+    assert status == 200
+    assert body["query"] == {"since": "24h", "app": "chat-app", "limit": "5"}  # last wins
+    status, _, body = await exchange(control.socket_path, request("GET", "/v1/activity?since=bad"))
+    assert status == 400 and body["error"]["code"] == "invalid_query"
+    # Routes without parameters ignore a query string, as before.
+    status, _, body = await exchange(control.socket_path, request("GET", "/v1/live?x=1"))
+    assert status == 200 and body["running"] == []
+    assert backend.calls == ["activity", "activity", "live"]
+
+
+async def test_a_malformed_query_is_refused_and_the_server_keeps_serving(
+        server: tuple[ControlServer, StubBackend]) -> None:
+    control, backend = server
+    too_many = "&".join(f"k{i}=v" for i in range(40))
+    for target in ("/v1/activity?app=%ff%fe", f"/v1/activity?{too_many}"):
+        status, _, body = await exchange(control.socket_path, request("GET", target))
+        assert status == 400 and body["error"]["code"] == "bad_request", target
+    status, _, _ = await exchange(control.socket_path, request("GET", "/v1/ping"))
+    assert status == 200
+    assert backend.calls == ["ping"]
