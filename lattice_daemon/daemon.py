@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, __version__, iso_from_seconds
+from lattice_protocol import ErrorCode, KeyPair, __version__, iso_from_seconds
 from providers import (
     DEFAULT_URLS,
     Provider,
@@ -42,6 +42,7 @@ from .memory import trim_heap
 from .pairing import Pairing
 from .paths import Paths
 from .relay import RelayState, RelayStatus
+from .replay import PersistentReplayGuard
 from .shared import build_embedded
 from .transports import provider_transport
 
@@ -85,7 +86,12 @@ class Daemon:
         self.provider = build_provider(config, provider_factory)
         self.relay_status = RelayStatus(RelayState.NOT_PAIRED, self.started_at)
         self.pairing: Pairing | None = None
-        self._replays = ReplayGuard()  # survives reloads: a replay is a replay
+        # Survives reloads and restarts: a replay is a replay (lattice_daemon/replay.py).
+        try:
+            self._replays = PersistentReplayGuard(paths.replay_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the replay guard file {paths.replay_file}: "
+                              f"{exc.strerror}") from None
         self._health: ProviderHealth | None = None
         self._health_at = float("-inf")
         self._health_task: asyncio.Task[ProviderHealth] | None = None
