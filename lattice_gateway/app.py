@@ -109,8 +109,10 @@ def create_app(settings: Settings, *,
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await (SqlStore.open(settings.database) if store_clock is None
-                       else SqlStore.open(settings.database, clock=store_clock))
+        store = await (SqlStore.open(settings.database, key_file=settings.key_file)
+                       if store_clock is None
+                       else SqlStore.open(settings.database, clock=store_clock,
+                                          key_file=settings.key_file))
         try:
             keys = await store.gateway_keypair()
             broker = relay_broker.create_broker(settings)

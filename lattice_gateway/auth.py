@@ -82,8 +82,8 @@ async def authenticate_daemon(request: Request) -> Runtime:
     runtime = await services_of(request).store.runtime_for_daemon_token(token.strip())
     if runtime is None:
         raise LatticeError(ErrorCode.INVALID_API_KEY,
-                           "unknown daemon token (the runtime was deleted or paired again); "
-                           "re-pair required")
+                           "unknown daemon token (the runtime was deleted or paired "
+                           "again, or the gateway's relay key was rotated); re-pair required")
     if runtime.status == "revoked":
         raise LatticeError(ErrorCode.RUNTIME_REVOKED,
                            "this runtime has been revoked; re-pair required")

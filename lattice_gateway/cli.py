@@ -60,6 +60,16 @@ def _database(option: str | None) -> str | None:
     return Settings.from_env(database=option).database
 
 
+def _key_file(option: str | None = None) -> str | None:
+    # Every command opens the store with it: a migration may move the relay key there.
+    return Settings.from_env(key_file=option).key_file
+
+
+_KEY_FILE_HELP = ("The relay private key's file (0600), the same on every replica "
+                  "[env LATTICE_GATEWAY_KEY_FILE; default: relay.key beside the SQLite "
+                  "database, or in the lattice-gateway data dir for PostgreSQL]")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="lattice-gateway",
                       message="%(prog)s %(version)s")
@@ -86,9 +96,10 @@ def main() -> None:
 @click.option("--fd", type=int, default=None,
               help="Serve on this inherited, already bound TCP socket (socket activation, "
                    "a test harness) instead of binding --host/--port.")
+@click.option("--key-file", default=None, help=_KEY_FILE_HELP)
 def serve(host: str, port: int, database: str | None, public_url: str | None,
           redis_url: str | None, log_level: str, access_log: bool,
-          shutdown_timeout: float, fd: int | None) -> None:
+          shutdown_timeout: float, fd: int | None, key_file: str | None) -> None:
     """Run the gateway (uvicorn; uvloop and httptools when installed)."""
     import uvicorn
 
@@ -106,14 +117,14 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         public_url = f"http://{shown_host}:{port}"
     try:
         settings = Settings.from_env(database=database, public_url=public_url,
-                                     redis_url=redis_url)
+                                     redis_url=redis_url, key_file=key_file)
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _preflight_database(settings.database)
+    _preflight_database(settings.database, settings.key_file)
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=host, port=port, loop="auto", http="auto",
@@ -175,20 +186,26 @@ def _graceful_signals(server: uvicorn.Server) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _preflight_database(database: str | None) -> None:
-    """Open the database (running migrations) once before serving.
+def _preflight_database(database: str | None, key_file: str | None) -> None:
+    """Open the database (running migrations) and check the relay key once before serving.
 
-    A wrong URL or a database that is down then fails with one clear line instead of a
-    traceback from inside the server's startup.
+    A wrong URL, a database that is down or a key file that does not match then fails
+    with one clear line instead of a traceback from inside the server's startup.
     """
+    from .relay_key import GatewayKeyError
     from .store import SqlStore
 
     async def check() -> None:
-        store = await SqlStore.open(database)
-        await store.close()
+        store = await SqlStore.open(database, key_file=key_file)
+        try:
+            await store.gateway_keypair()
+        finally:
+            await store.close()
 
     try:
         asyncio.run(check())
+    except GatewayKeyError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(_database_failure(database, exc)) from None
 
@@ -214,7 +231,7 @@ async def _issue(database: str | None,
     gateway serves)."""
     from .store import SqlStore, legacy_location_advice
 
-    store = await SqlStore.open(database)
+    store = await SqlStore.open(database, key_file=_key_file())
     try:
         issued = await issue(store)
         served = await store.served_by_a_gateway()
@@ -283,7 +300,7 @@ def keys_revoke(database: str | None) -> None:
         raise click.ClickException("give the key or token to revoke on stdin")
 
     async def revoke() -> bool:
-        store = await SqlStore.open(_database(database))
+        store = await SqlStore.open(_database(database), key_file=_key_file())
         try:
             return await store.revoke_credential(secret)
         finally:
@@ -292,6 +309,68 @@ def keys_revoke(database: str | None) -> None:
     if not _run(revoke, _database(database)):
         raise click.ClickException("no such active key or token")
     click.echo("revoked (gateways stop accepting it within a few seconds)", err=True)
+
+
+@keys.command("rotate-relay-key")
+@click.option("--database", default=None, help=_DATABASE_HELP)
+@click.option("--key-file", default=None, help=_KEY_FILE_HELP)
+@click.option("--yes", is_flag=True,
+              help="Confirm: every paired runtime must pair again afterwards.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: keyFile, previousKey, newKey, unpairedRuntimes, database.")
+def keys_rotate_relay_key(database: str | None, key_file: str | None, yes: bool,
+                          as_json: bool) -> None:
+    """Replace the relay keypair that seals jobs (docs/operations.md).
+
+    Stop every gateway replica first. Each paired daemon knows the old public key from
+    its pairing, so every paired runtime is un-paired: its daemon says "re-pair
+    required", and a new bootstrap token pairs it again.
+    """
+    if not yes:
+        raise click.ClickException(
+            "rotating the relay key un-pairs every paired runtime (each must pair again "
+            "with a new bootstrap token); stop every gateway replica, then run this again "
+            "with --yes")
+    database, key_file = _database(database), _key_file(key_file)
+
+    async def rotate() -> dict[str, Any]:
+        from lattice_protocol import KeyPair
+
+        from .relay_key import create_key_file, fingerprint
+        from .store import SqlStore
+
+        store = await SqlStore.open(database, key_file=key_file)
+        try:
+            old = await store.gateway_keypair()  # refuses a key file that does not match
+            new = KeyPair.generate()
+            path = store.key_file
+            staged = path.with_name(path.name + ".new")
+            create_key_file(staged, new, replace=True)
+            unpaired = await store.rotate_gateway_public_key(old.public_text(),
+                                                             new.public_text())
+            try:
+                os.replace(staged, path)
+            except OSError as exc:
+                raise click.ClickException(
+                    f"the database now uses relay key {fingerprint(new.public_text())}, "
+                    f"but {path} could not be replaced ({exc.strerror}): install {staged} "
+                    f"as {path} (0600) before starting a gateway") from None
+        finally:
+            await store.close()
+        return {"keyFile": str(path), "previousKey": fingerprint(old.public_text()),
+                "newKey": fingerprint(new.public_text()), "unpairedRuntimes": unpaired,
+                "database": store.target.display()}
+
+    result = _run(rotate, database)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"relay key rotated: {result['previousKey']} -> {result['newKey']} "
+               f"in {result['keyFile']}")
+    click.echo(f"{result['unpairedRuntimes']} paired runtimes were un-paired: their daemons "
+               "say \"re-pair required\"; mint a bootstrap token for each to pair it again.")
+    click.echo("Copy the key file to every replica (or update the shared secret), then "
+               "start the gateways.")
 
 
 @main.group()
