@@ -37,6 +37,7 @@ from providers import (
 from . import exitcodes
 from .config import ConfigError, DaemonConfig, check_provider, load_startup
 from .control import ControlRefusal, ControlServer, SocketInUse, SocketPathUnusable
+from .instance import load_or_create_instance_id
 from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
 from .pairing import Pairing
@@ -91,6 +92,11 @@ class Daemon:
             self._replays = PersistentReplayGuard(paths.replay_file)
         except OSError as exc:
             raise ConfigError(f"cannot use the replay guard file {paths.replay_file}: "
+                              f"{exc.strerror}") from None
+        try:
+            self.instance_id = load_or_create_instance_id(paths.instance_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the instance id file {paths.instance_file}: "
                               f"{exc.strerror}") from None
         self._health: ProviderHealth | None = None
         self._health_at = float("-inf")
@@ -187,6 +193,7 @@ class Daemon:
                                         gateway=relay_config.gateway)
         self.pairing = Pairing.start(relay_config, self.config, self.keys, self.provider,
                                      self.relay_status, replay_guard=self._replays,
+                                     instance_id=self.instance_id,
                                      describe_provider=self.describe_provider)
         log.info("serving runtime %s (%s) via %s", relay_config.lattice_id,
                  relay_config.display_name, relay_config.gateway)

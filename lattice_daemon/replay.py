@@ -16,8 +16,9 @@ new session anyway. The file needs no protocol change and covers both cases.
 Durability: the entry is handed to the kernel with one ``write(2)`` on an ``O_APPEND``
 descriptor before ``admit`` returns, so it survives the daemon being killed, crashing
 or restarting (the threat: a restart within the job's start deadline). It is not
-fsynced per job: an ``fdatasync`` costs ~4 ms on this project's test machine, twice the
-whole relay's latency budget, against ~2 µs for the write (``benchmarks/replay_guard.py``).
+fsynced per job: on this project's 2-core test VM an fsync took 0.15-4 ms at p50 and
+9-30 ms at p99 (the relay's whole budget is 2 ms p50, 10 ms p99), the write ~3 µs
+(``benchmarks/replay_guard.py``).
 An OS crash or power loss can therefore lose the entries of the last seconds before it
 (the file system's commit interval, 5 s on ext4); ``sync=True`` closes that window at
 the fsync's price.
