@@ -199,9 +199,11 @@ class RelayApi:
         if status == 403 and code == "runtime_revoked":
             raise CredentialRejected("runtime revoked: re-pair required")
         if status == 401 and code == "invalid_api_key":
-            raise CredentialRejected("daemon credential rejected (runtime deleted, "
-                                     "re-paired elsewhere, or the gateway's relay key "
-                                     "was rotated): re-pair required")
+            if "relay key was rotated" in message:  # docs/protocol.md, credentials
+                raise CredentialRejected("the gateway's relay key was rotated since this "
+                                         "machine paired: re-pair required")
+            raise CredentialRejected("daemon credential rejected (runtime deleted or "
+                                     "re-paired elsewhere): re-pair required")
         if status == 404 and session:
             raise SessionLost("relay session not found (gateway restarted?)")
         retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -213,8 +213,10 @@ class SqlStore:
             return recorded
 
     async def rotate_gateway_public_key(self, old: str, new: str) -> int:
-        """Record ``new`` in place of ``old`` and un-pair every paired runtime (their
-        daemons hold ``old``; their tokens stop working). The number un-paired."""
+        """Record ``new`` in place of ``old`` and un-pair every paired runtime: their
+        daemons hold ``old``. The daemon token hash stays, so a daemon that presents it is
+        told the key was rotated (``auth.authenticate_daemon``); no route serves an
+        un-paired runtime's daemon, and a redeem replaces the token. The number un-paired."""
         meta, c = t.gateway_meta.c, t.runtimes.c
         async with self._writer.begin() as conn:
             changed = await conn.execute(sa.update(t.gateway_meta).where(
@@ -224,8 +226,7 @@ class SqlStore:
                                  "command again")
             unpaired = await conn.execute(sa.update(t.runtimes).where(
                 c.status == "paired").values(
-                status="unpaired", daemon_public_key=None, daemon_token_hash=None,
-                updated_ms=self._now_ms()))
+                status="unpaired", daemon_public_key=None, updated_ms=self._now_ms()))
         self._runtimes.clear()
         self._daemon_tokens.clear()
         return int(unpaired.rowcount)

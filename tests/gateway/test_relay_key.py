@@ -182,7 +182,8 @@ def test_rotation_unpairs_daemons_which_say_re_pair_required(tmp_path: Path,
 
             wait_until(lambda: ping(paths.socket)["relay"]["state"] == "repair_required",
                        timeout=20)
-            assert "relay key was rotated" in ping(paths.socket)["relay"]["lastError"]
+            assert "relay key was rotated since this machine paired" \
+                in ping(paths.socket)["relay"]["lastError"]
         listed = httpx.get(f"{gw.url}/v1/personal-runtimes/{runtime.lattice_id}",
                            headers={"x-api-key": runtime.api_key}, timeout=10)
         assert listed.json()["runtime"]["status"] == "unpaired"
