@@ -60,6 +60,19 @@ def emit(data: Any, human: Callable[[Any], Any] | None = None, *,
     console.print(text)
 
 
+def safe_text(value: object) -> str:
+    """``value`` for a terminal, with every character that is not printable escaped
+    (``\\u202e``, ``\\x1b``): control characters, bidi overrides and isolates, zero-width
+    characters, line separators. Names come from the gateway, set by whoever created the
+    runtime; shown raw they could reorder, hide or forge the text around them. JSON
+    output keeps the value as it is (json.dumps escapes it)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
 def _escape(message: str) -> str:
     from rich.markup import escape
 

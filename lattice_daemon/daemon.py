@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from lattice_protocol import ErrorCode, KeyPair, ReplayGuard, __version__, iso_from_seconds
+from lattice_protocol import ErrorCode, KeyPair, __version__, iso_from_seconds
 from providers import (
     DEFAULT_URLS,
     Provider,
@@ -38,11 +38,13 @@ from . import exitcodes
 from .activity import ActivityLog, ActivityQuery, ActivityRecorder, query_activity
 from .config import ConfigError, DaemonConfig, check_provider, load_startup
 from .control import ControlRefusal, ControlServer, SocketInUse, SocketPathUnusable
+from .instance import load_or_create_instance_id
 from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
 from .pairing import Pairing
 from .paths import Paths
 from .relay import RelayState, RelayStatus
+from .replay import PersistentReplayGuard
 from .shared import build_embedded
 from .transports import provider_transport
 
@@ -86,7 +88,17 @@ class Daemon:
         self.provider = build_provider(config, provider_factory)
         self.relay_status = RelayStatus(RelayState.NOT_PAIRED, self.started_at)
         self.pairing: Pairing | None = None
-        self._replays = ReplayGuard()  # survives reloads: a replay is a replay
+        # Survives reloads and restarts: a replay is a replay (lattice_daemon/replay.py).
+        try:
+            self._replays = PersistentReplayGuard(paths.replay_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the replay guard file {paths.replay_file}: "
+                              f"{exc.strerror}") from None
+        try:
+            self.instance_id = load_or_create_instance_id(paths.instance_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the instance id file {paths.instance_file}: "
+                              f"{exc.strerror}") from None
         self._health: ProviderHealth | None = None
         self._health_at = float("-inf")
         self._health_task: asyncio.Task[ProviderHealth] | None = None
@@ -188,6 +200,7 @@ class Daemon:
         self.recorder.log_prompts = self.config.daemon.log_prompts  # a reload may change it
         self.pairing = Pairing.start(relay_config, self.config, self.keys, self.provider,
                                      self.relay_status, replay_guard=self._replays,
+                                     instance_id=self.instance_id,
                                      describe_provider=self.describe_provider,
                                      observers=(self.recorder,))
         log.info("serving runtime %s (%s) via %s", relay_config.lattice_id,

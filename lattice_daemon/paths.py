@@ -40,6 +40,21 @@ class Paths:
         return self.data_dir / "models"
 
     @property
+    def state_dir(self) -> Path:
+        """What the daemon remembers about itself (0700): never copied with daemon.toml."""
+        return self.data_dir / "state"
+
+    @property
+    def replay_file(self) -> Path:
+        """Ids of the jobs this machine accepted, until their start deadlines pass."""
+        return self.state_dir / "replay-guard.jsonl"
+
+    @property
+    def instance_file(self) -> Path:
+        """This machine's daemon instance id (sent at session register)."""
+        return self.state_dir / "instance-id"
+
+    @property
     def lock_file(self) -> Path:
         return self.runtime_dir / "daemon.lock"
 

@@ -68,6 +68,9 @@ class RelayStatus:
     gateway: str | None = None
     last_poll_at: float | None = None
     last_error: str | None = None
+    # The gateway sees a live session of another machine on this pairing (a copied
+    # daemon.toml): jobs are split between the two.
+    instance_conflict: bool = False
 
     def set(self, state: RelayState, error: str | None = None) -> None:
         if state != self.state:
@@ -83,7 +86,17 @@ class RelayStatus:
             "lastPollAt": (None if self.last_poll_at is None
                            else iso_from_seconds(self.last_poll_at)),
             "lastError": self.last_error,
+            "instanceConflict": self.instance_conflict,
         }
+
+    def set_instance_conflict(self, conflict: bool) -> None:
+        if conflict and not self.instance_conflict:
+            log.warning("another machine is serving this runtime with a copy of this "
+                        "pairing (same daemon.toml and key): jobs are split between them; "
+                        "pair each machine with its own bootstrap token")
+        elif self.instance_conflict and not conflict:
+            log.info("no other machine serves this pairing any more")
+        self.instance_conflict = conflict
 
 
 # ------------------------------------------------------------------------ errors
@@ -140,6 +153,7 @@ def _error_message(response: httpx.Response) -> tuple[str, str]:
 class Session:
     session_id: str
     poll_window: float
+    instance_conflict: bool = False
 
 
 class RelayApi:
@@ -158,6 +172,7 @@ class RelayApi:
             timeout=httpx.Timeout(CALL_TIMEOUT),
             limits=limits,
         )
+        self.instance_conflict = False  # as the last poll answer said
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -184,6 +199,9 @@ class RelayApi:
         if status == 403 and code == "runtime_revoked":
             raise CredentialRejected("runtime revoked: re-pair required")
         if status == 401 and code == "invalid_api_key":
+            if "relay key was rotated" in message:  # docs/protocol.md, credentials
+                raise CredentialRejected("the gateway's relay key was rotated since this "
+                                         "machine paired: re-pair required")
             raise CredentialRejected("daemon credential rejected (runtime deleted or "
                                      "re-paired elsewhere): re-pair required")
         if status == 404 and session:
@@ -201,7 +219,8 @@ class RelayApi:
             window = DEFAULT_POLL_WINDOW
         # The poll's read timeout derives from the window: an absurd one (a gateway bug)
         # would leave a silently dropped connection (NAT, Wi-Fi change) hanging for ever.
-        return Session(answer["sessionId"], min(float(window), MAX_POLL_WINDOW))
+        return Session(answer["sessionId"], min(float(window), MAX_POLL_WINDOW),
+                       answer.get("instanceConflict") is True)
 
     async def poll(self, session: Session, capacity: int
                    ) -> tuple[list[JobEnvelope], list[CancelNotice]]:
@@ -210,6 +229,8 @@ class RelayApi:
                                   {"capacity": capacity}, timeout)
         if not isinstance(answer, dict):
             raise RelayError("gateway sent a malformed poll answer")
+        # Read by RelayClient after each poll (kept out of the return value: one flag).
+        self.instance_conflict = answer.get("instanceConflict") is True
         jobs = _parse_list(answer.get("jobs"), JobEnvelope.from_dict, "job")
         return jobs, _parse_list(answer.get("cancels"), CancelNotice.from_dict, "cancel")
 
@@ -302,8 +323,10 @@ class RelayClient:
         outbox: Outbox,
         describe_provider: Callable[[], Awaitable[dict[str, Any]]],
         backoff: Backoff | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self.api = api
+        self._instance_id = instance_id
         self.runner = runner
         self.status = status
         self.session: Session | None = None
@@ -399,6 +422,7 @@ class RelayClient:
         self.status.last_poll_at = time.time()
         if self.session is session:
             self.status.set(RelayState.CONNECTED)
+            self.status.set_instance_conflict(self.api.instance_conflict)
         for notice in cancels:
             self.runner.cancel(notice.job_id, notice.reason)
         for envelope in jobs:
@@ -430,7 +454,10 @@ class RelayClient:
         provider = await self._describe_provider()
         body = {"daemonVersion": __version__, "provider": provider,
                 "maxConcurrency": self.runner.max_concurrency}
+        if self._instance_id:
+            body["instanceId"] = self._instance_id
         self.session = await self.api.register(body)
+        self.status.set_instance_conflict(self.session.instance_conflict)
         self._registered_provider, self._registration_stale = provider, False
         log.info("relay session %s registered (poll window %g s)", self.session.session_id,
                  self.session.poll_window)

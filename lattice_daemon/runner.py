@@ -318,6 +318,9 @@ class JobRunner:
         try:
             self._replays.admit(spec, now=self._clock())
         except ProtocolError as exc:
+            if exc.reason == "unrecorded":  # at most once needs the record on disk
+                raise JobRefused(ErrorCode.RUNTIME_UNREACHABLE,
+                                 "the runtime cannot record the job (see its log)") from None
             if exc.reason == "expired":
                 raise JobRefused(
                     ErrorCode.RUNTIME_TIMEOUT,

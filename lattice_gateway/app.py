@@ -125,8 +125,10 @@ def create_app(settings: Settings, *,
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = await (SqlStore.open(settings.database) if store_clock is None
-                       else SqlStore.open(settings.database, clock=store_clock))
+        store = await (SqlStore.open(settings.database, key_file=settings.key_file)
+                       if store_clock is None
+                       else SqlStore.open(settings.database, clock=store_clock,
+                                          key_file=settings.key_file))
         oauth_settings = oauth_config(settings.oauth_issuers, settings.oauth_audience,
                                       settings.oauth_account_claim)
         verifier = None if oauth_settings is None else JwtVerifier(

@@ -18,6 +18,8 @@ from .services import Principal, Runtime, Store, services_of
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+# docs/protocol.md "Keys and credentials": the daemon recognises this text.
+RELAY_KEY_ROTATED = "the gateway's relay key was rotated; re-pair required"
 _MISSING_MESSAGE = ("missing credentials: send `x-api-key: sk_...` or "
                     "`Authorization: Bearer <api key or access token>`")
 
@@ -123,4 +125,8 @@ async def authenticate_daemon(request: Request) -> Runtime:
     if runtime.status == "revoked":
         raise LatticeError(ErrorCode.RUNTIME_REVOKED,
                            "this runtime has been revoked; re-pair required")
+    if runtime.status != "paired":
+        # Only `keys rotate-relay-key` leaves a token on an un-paired runtime: its daemon
+        # holds the old gateway key and could open no job. The daemon shows this text.
+        raise LatticeError(ErrorCode.INVALID_API_KEY, RELAY_KEY_ROTATED)
     return runtime

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lattice_protocol import __version__
 
-from .cli_common import DATABASE_HELP, database_failure, database_of, run_admin
+from .cli_common import (
+    DATABASE_HELP,
+    KEY_FILE_HELP,
+    database_failure,
+    database_of,
+    open_store,
+    run_admin,
+)
 from .cli_credentials import keys, tokens
 from .settings import Settings
 
@@ -27,11 +35,6 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 
-# Shared with the other command groups (cli_credentials.py); the old names stay here.
-_DATABASE_HELP = DATABASE_HELP
-_run = run_admin
-_database_failure = database_failure
-_database = database_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,7 +52,7 @@ main.add_command(tokens)
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--database", default=None, help=_DATABASE_HELP)
+@click.option("--database", default=None, help=DATABASE_HELP)
 @click.option("--public-url", default=None,
               help="URL daemons and apps use to reach this gateway (goes into bootstrap "
                    "commands and relayUrl) [env LATTICE_GATEWAY_PUBLIC_URL]")
@@ -73,10 +76,12 @@ main.add_command(tokens)
 @click.option("--oauth-account-claim", default=None,
               help="The claim naming the Lattice account (default: sub) "
                    "[env LATTICE_GATEWAY_OAUTH_ACCOUNT_CLAIM]")
+@click.option("--key-file", default=None, help=KEY_FILE_HELP)
 def serve(host: str, port: int, database: str | None, public_url: str | None,
           redis_url: str | None, log_level: str, access_log: bool,
           shutdown_timeout: float, fd: int | None, oauth_issuers: tuple[str, ...],
-          oauth_audience: str | None, oauth_account_claim: str | None) -> None:
+          oauth_audience: str | None, oauth_account_claim: str | None,
+          key_file: str | None) -> None:
     """Run the gateway (uvicorn; uvloop and httptools when installed)."""
     import uvicorn
 
@@ -97,7 +102,8 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         settings = Settings.from_env(database=database, public_url=public_url,
                                      redis_url=redis_url, oauth_issuers=oauth_issuers or None,
                                      oauth_audience=oauth_audience,
-                                     oauth_account_claim=oauth_account_claim)
+                                     oauth_account_claim=oauth_account_claim,
+                                     key_file=key_file)
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
         oauth_config(settings.oauth_issuers, settings.oauth_audience,
@@ -106,7 +112,7 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _preflight_database(settings.database)
+    _preflightdatabase_of(settings.database, settings.key_file)
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=host, port=port, loop="auto", http="auto",
@@ -168,22 +174,28 @@ def _graceful_signals(server: uvicorn.Server) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _preflight_database(database: str | None) -> None:
-    """Open the database (running migrations) once before serving.
+def _preflightdatabase_of(database: str | None, key_file: str | None) -> None:
+    """Open the database (running migrations) and check the relay key once before serving.
 
-    A wrong URL or a database that is down then fails with one clear line instead of a
-    traceback from inside the server's startup.
+    A wrong URL, a database that is down or a key file that does not match then fails
+    with one clear line instead of a traceback from inside the server's startup.
     """
+    from .relay_key import GatewayKeyError
     from .store import SqlStore
 
     async def check() -> None:
-        store = await SqlStore.open(database)
-        await store.close()
+        store = await SqlStore.open(database, key_file=key_file)
+        try:
+            await store.gateway_keypair()
+        finally:
+            await store.close()
 
     try:
         asyncio.run(check())
+    except GatewayKeyError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
-        raise click.ClickException(_database_failure(database, exc)) from None
+        raise click.ClickException(database_failure(database, exc)) from None
 
 
 def _check_public_url(url: str) -> None:
@@ -191,6 +203,67 @@ def _check_public_url(url: str) -> None:
     if not url.startswith(("http://", "https://")) or any(
             c.isspace() or c in "'\"\\`$" for c in url):
         raise ValueError(f"--public-url must be a plain http(s):// URL, got {url!r}")
+
+
+@keys.command("rotate-relay-key")
+@click.option("--database", default=None, help=DATABASE_HELP)
+@click.option("--key-file", default=None, help=KEY_FILE_HELP)
+@click.option("--yes", is_flag=True,
+              help="Confirm: every paired runtime must pair again afterwards.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: keyFile, previousKey, newKey, unpairedRuntimes, database.")
+def keys_rotate_relay_key(database: str | None, key_file: str | None, yes: bool,
+                          as_json: bool) -> None:
+    """Replace the relay keypair that seals jobs (docs/operations.md).
+
+    Stop every gateway replica first. Each paired daemon knows the old public key from
+    its pairing, so every paired runtime is un-paired: its daemon says "re-pair
+    required", and a new bootstrap token pairs it again.
+    """
+    if not yes:
+        raise click.ClickException(
+            "rotating the relay key un-pairs every paired runtime (each must pair again "
+            "with a new bootstrap token); stop every gateway replica, then run this again "
+            "with --yes")
+    database = database_of(database)
+
+    async def rotate() -> dict[str, Any]:
+        from lattice_protocol import KeyPair
+
+        from .relay_key import create_key_file, fingerprint
+
+        store = await open_store(database, key_file)
+        try:
+            old = await store.gateway_keypair()  # refuses a key file that does not match
+            new = KeyPair.generate()
+            path = store.key_file
+            staged = path.with_name(path.name + ".new")
+            create_key_file(staged, new, replace=True)
+            unpaired = await store.rotate_gateway_public_key(old.public_text(),
+                                                             new.public_text())
+            try:
+                os.replace(staged, path)
+            except OSError as exc:
+                raise click.ClickException(
+                    f"the database now uses relay key {fingerprint(new.public_text())}, "
+                    f"but {path} could not be replaced ({exc.strerror}): install {staged} "
+                    f"as {path} (0600) before starting a gateway") from None
+        finally:
+            await store.close()
+        return {"keyFile": str(path), "previousKey": fingerprint(old.public_text()),
+                "newKey": fingerprint(new.public_text()), "unpairedRuntimes": unpaired,
+                "database": store.target.display()}
+
+    result = run_admin(rotate, database)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"relay key rotated: {result['previousKey']} -> {result['newKey']} "
+               f"in {result['keyFile']}")
+    click.echo(f"{result['unpairedRuntimes']} paired runtimes were un-paired: their daemons "
+               "say \"re-pair required\"; mint a bootstrap token for each to pair it again.")
+    click.echo("Copy the key file to every replica (or update the shared secret), then "
+               "start the gateways.")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli_common import DATABASE_HELP, database_of, run_admin
+from .cli_common import DATABASE_HELP, database_of, open_store, run_admin
 from .services import ALL_SCOPES
 
 if TYPE_CHECKING:
@@ -46,9 +46,7 @@ def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 async def _with_store(database: str | None, work: Callable[[SqlStore], Awaitable[Any]]) -> Any:
-    from .store import SqlStore
-
-    store = await SqlStore.open(database)
+    store = await open_store(database)
     try:
         return await work(store)
     finally:
@@ -61,9 +59,9 @@ async def _issue(database: str | None,
     """Issue a credential in ``database``; also say which database that was and what
     could keep a gateway from accepting it (the common 401: a key made in a database no
     gateway serves)."""
-    from .store import SqlStore, legacy_location_advice
+    from .store import legacy_location_advice
 
-    store = await SqlStore.open(database)
+    store = await open_store(database)
     try:
         issued = await issue(store)
         served = await store.served_by_a_gateway()

@@ -15,6 +15,9 @@ class Settings:
     # Where records live: SQLite path/URL (default: file in the platform data dir) or a
     # postgresql:// URL.
     database: str | None = None
+    # The relay private key's file (0600); replicas share one (a mounted secret). None:
+    # relay.key beside the SQLite database, or in the gateway's data dir for PostgreSQL.
+    key_file: str | None = None
     # What goes into bootstrap `command` strings and `relayUrl`.
     public_url: str = "http://127.0.0.1:8080"
     # Redis URL: when set, the relay queue and presence live in Redis (scale-out).

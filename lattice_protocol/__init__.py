@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from .tokens import new_daemon_token as new_daemon_token
     from .tokens import new_lattice_id as new_lattice_id
     from .tokens import token_kind as token_kind
-    from .tokens import verify_secret as verify_secret
 
 _MODULE_OF = {
     "ErrorCode": "errors", "LatticeError": "errors", "error_body": "errors",
@@ -63,7 +62,7 @@ _MODULE_OF = {
     "TokenKind": "tokens", "hash_secret": "tokens", "new_access_token": "tokens",
     "new_account_id": "tokens",
     "new_api_key": "tokens", "new_bootstrap_token": "tokens", "new_daemon_token": "tokens",
-    "new_lattice_id": "tokens", "token_kind": "tokens", "verify_secret": "tokens",
+    "new_lattice_id": "tokens", "token_kind": "tokens",
 }
 
 __all__ = ["__version__", *_MODULE_OF]

@@ -1,4 +1,4 @@
-"""Secret and id formats: generation, storage hashes and constant-time comparison.
+"""Secret and id formats: generation and storage hashes (looked up, never compared).
 
 Every secret is ``<prefix><43 url-safe base64 chars>`` (256 bits from the OS CSPRNG).
 Ids are not secrets: runtimes are ``lat_<20 hex>``, accounts ``acct_<16 hex>``. No
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 import secrets
 
 
@@ -82,10 +81,11 @@ def token_kind(token: str) -> TokenKind | None:
 
 
 def hash_secret(token: str) -> str:
-    """The storage form of a secret (hex SHA-256)."""
+    """The storage form of a secret (hex SHA-256), and the key it is looked up by.
+
+    The gateway finds a presented secret's record by this hash (an indexed lookup), so
+    there is no compare of a secret against a stored value to make constant-time: the
+    secrets carry ~256 bits of randomness, so whatever a lookup's timing reveals about
+    the stored hashes does not help anyone forge a secret that hashes to one.
+    """
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def verify_secret(token: str, stored_hash: str) -> bool:
-    """Constant-time check of a presented secret against its stored hash."""
-    return hmac.compare_digest(hash_secret(token), stored_hash)

@@ -193,7 +193,7 @@ def _confirm_replacing(existing: Any) -> None:
     from lattice_ctl.pairing import pairing_rejected
 
     paired = (f"this machine is already paired with runtime {existing.lattice_id} "
-              f"({existing.display_name}) at {existing.gateway}")
+              f"({output.safe_text(existing.display_name)}) at {existing.gateway}")
     with output.spinner("Checking the existing pairing..."):
         rejected = pairing_rejected(existing)
     if rejected:
@@ -322,7 +322,8 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
     except DaemonNotRunning:
         result.update(daemonRunning=False, reachable=False)
         output.emit(result, lambda d: (
-            f"Paired: runtime {d['latticeId']} ({d['displayName']}) with {gateway}.\n"
+            f"Paired: runtime {d['latticeId']} ({output.safe_text(d['displayName'])}) with "
+            f"{gateway}.\n"
             f"The daemon is not running; start it with: {START_HINT}"))
         return
     except ControlError as exc:
@@ -331,14 +332,15 @@ def connect(gateway: str, token_option: str | None, provider_kind: str | None,
     relay_state = _wait_connected(client, wait_seconds)
     result.update(daemonRunning=True, reachable=True, relay=relay_state)
     output.emit(result, lambda d: (
-        f"Connected: runtime {d['latticeId']} ({d['displayName']}) is reachable at {gateway}"))
+        f"Connected: runtime {d['latticeId']} ({output.safe_text(d['displayName'])}) is "
+        f"reachable at {gateway}"))
 
 
 def _relay_status_text(data: dict[str, Any]) -> str:
     if not data["paired"]:
         return ("Not paired. Pair with: "
                 "lattice-ctl relay connect --gateway URL --bootstrap-token TOKEN")
-    lines = [f"Paired: runtime {data['latticeId']} ({data['displayName']}) "
+    lines = [f"Paired: runtime {data['latticeId']} ({output.safe_text(data['displayName'])}) "
              f"at {data['gateway']} since {data['pairedAt']}"]
     live = data.get("daemon") or {}
     if not live.get("running"):

@@ -57,11 +57,20 @@ def ping() -> None:
     output.emit(data, _ping_text)
 
 
+INSTANCE_CONFLICT_WARNING = (
+    "Warning: another machine is serving this runtime with a copy of this pairing (the "
+    "same daemon.toml and key); jobs are split between the two. Pair each machine with "
+    "its own bootstrap token (lattice-ctl relay connect --replace ...).")
+
+
 def _status_text(data: dict[str, Any]) -> str:
     lines = [data["stateLine"]]
+    if data.get("instanceConflict"):
+        lines.append(INSTANCE_CONFLICT_WARNING)
     runtime = data.get("runtime")
     if runtime:
-        lines.append(f"Runtime: {runtime.get('latticeId')} ({runtime.get('displayName')})")
+        lines.append(f"Runtime: {runtime.get('latticeId')} "
+                     f"({output.safe_text(runtime.get('displayName'))})")
     if data.get("gateway"):
         lines.append(f"Gateway: {data['gateway']}")
     if not data.get("running"):
@@ -163,6 +172,7 @@ def status() -> None:
         data["state"] = relay.get("state")
         data["stateLine"] = _online_state_line(relay, data.get("provider") or {})
         data["gateway"] = relay.get("gateway")
+        data["instanceConflict"] = relay.get("instanceConflict") is True
     code = _exit_code(data)
     data["serving"] = code == 0
     output.emit(data, _status_text)

@@ -100,10 +100,16 @@ def sweep_tick(poll_window: float, presence_window: float, pickup_timeout: float
 class PollResult:
     jobs: list[JobEnvelope] = field(default_factory=list)
     cancels: list[CancelNotice] = field(default_factory=list)
+    # Another machine (another daemon instance id) has a live session on this runtime:
+    # a copied pairing. Sent only when true (idle daemons' traffic).
+    instance_conflict: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"jobs": [j.to_dict() for j in self.jobs],
-                "cancels": [c.to_dict() for c in self.cancels]}
+        answer: dict[str, Any] = {"jobs": [j.to_dict() for j in self.jobs],
+                                  "cancels": [c.to_dict() for c in self.cancels]}
+        if self.instance_conflict:
+            answer["instanceConflict"] = True
+        return answer
 
 
 @dataclass(frozen=True)
@@ -275,9 +281,17 @@ class RelayBroker(Protocol):
     async def close(self) -> None: ...
 
     async def register_session(self, lattice_id: str, max_concurrency: int,
-                               daemon_key: str | None = None) -> str:
+                               daemon_key: str | None = None,
+                               instance_id: str | None = None) -> str:
         """A new session. Sessions of an older pairing (another ``daemon_key``) end: jobs
-        are sealed to the current key, which their daemon cannot open."""
+        are sealed to the current key, which their daemon cannot open. ``instance_id``:
+        the daemon's machine (see ``instance_conflict``)."""
+        ...
+
+    async def instance_conflict(self, lattice_id: str, session_id: str) -> bool:
+        """Whether a live session of this runtime comes from another daemon instance (a
+        second machine with a copy of the pairing: jobs are split between them). Poll
+        answers carry the same flag."""
         ...
 
     async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:

@@ -99,6 +99,7 @@ class _Session:
     activity: int = 0  # bumped on every request; a presence deadline is for one value
     alive: bool = True
     daemon_key: str | None = None  # the pairing it was registered under
+    instance_id: str | None = None  # the daemon's machine (a copied pairing shows up)
 
 
 @dataclass(eq=False)
@@ -200,7 +201,8 @@ class MemoryBroker:
     # ------------------------------------------------------------------------ sessions
 
     async def register_session(self, lattice_id: str, max_concurrency: int,
-                               daemon_key: str | None = None) -> str:
+                               daemon_key: str | None = None,
+                               instance_id: str | None = None) -> str:
         self._ensure_sweeper()
         if lattice_id in self._revoked:
             raise revoked()
@@ -217,10 +219,23 @@ class MemoryBroker:
                 raise too_many_sessions()
         session_id = "rs_" + secrets.token_hex(12)
         session = _Session(session_id, lattice_id, max_concurrency, self._clock.monotonic(),
-                           daemon_key=daemon_key)
+                           daemon_key=daemon_key, instance_id=instance_id)
         rt.sessions[session_id] = session
         self._touch(session)
         return session_id
+
+    async def instance_conflict(self, lattice_id: str, session_id: str) -> bool:
+        return self._instance_conflict(self._session(lattice_id, session_id))
+
+    def _instance_conflict(self, session: _Session) -> bool:
+        rt = self._runtimes.get(session.lattice_id)
+        if session.instance_id is None or rt is None:
+            return False
+        cutoff = self._clock.monotonic() - self.presence_window_seconds
+        return any(other.alive and other.instance_id is not None
+                   and other.instance_id != session.instance_id
+                   and (other.parked is not None or other.last_active > cutoff)
+                   for other in rt.sessions.values())
 
     async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:
         rt = self._runtimes.get(lattice_id)
@@ -278,6 +293,7 @@ class MemoryBroker:
             previous.answer()  # superseded by this poll
         result = self._collect(session, capacity)
         if result.jobs or result.cancels or self._draining:
+            result.instance_conflict = self._instance_conflict(session)
             return result
         parked = _Parked(capacity=capacity, session=session,
                          deadline=self._clock.monotonic() + self.poll_window_seconds)
@@ -287,7 +303,9 @@ class MemoryBroker:
             rt.waiting.append(parked)
         self._poll_deadlines.append(parked)
         try:
-            return await parked.held(receive)
+            answer = await parked.held(receive)
+            answer.instance_conflict = self._instance_conflict(session)
+            return answer
         finally:
             if session.parked is parked:
                 session.parked = None

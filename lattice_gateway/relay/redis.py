@@ -155,7 +155,8 @@ class RedisBroker:
         self._scripts = {name.lower(): self._redis.register_script(getattr(lua, name))
                          for name in ("REACHABLE", "SUBMIT", "END_OTHER_PAIRINGS", "REGISTER",
                                       "POLL", "UNLEASE", "TOUCH", "EVENTS", "FINISH", "CANCEL",
-                                      "PICKUP_EXPIRE", "END_SESSION", "REVOKE")}
+                                      "PICKUP_EXPIRE", "END_SESSION", "REVOKE",
+                                      "INSTANCE_CONFLICT")}
         self._tickets: dict[str, RedisTicket] = {}
         self._parked_by_runtime: dict[str, set[_Parked]] = {}
         self._parked_by_session: dict[str, _Parked] = {}
@@ -368,17 +369,27 @@ class RedisBroker:
     # ------------------------------------------------------------------------ sessions
 
     async def register_session(self, lattice_id: str, max_concurrency: int,
-                               daemon_key: str | None = None) -> str:
+                               daemon_key: str | None = None,
+                               instance_id: str | None = None) -> str:
         await self._ensure_started()
         await self.end_other_pairings(lattice_id, daemon_key or "")
         session_id = "rs_" + secrets.token_hex(12)
         outcome = await self._script("register", lattice_id, session_id, self._clock.time(),
-                                     MAX_SESSIONS_PER_RUNTIME, daemon_key or "")
+                                     MAX_SESSIONS_PER_RUNTIME, daemon_key or "",
+                                     instance_id or "")
         if outcome == 0:
             raise revoked()
         if outcome == -1:
             raise too_many_sessions()
         return session_id
+
+    async def instance_conflict(self, lattice_id: str, session_id: str) -> bool:
+        await self._ensure_started()
+        answer = await self._script("instance_conflict", lattice_id, session_id,
+                                    self._clock.time() - self.presence_window_seconds)
+        if answer is None:
+            raise SessionNotFound()
+        return bool(answer)
 
     async def end_other_pairings(self, lattice_id: str, daemon_key: str) -> None:
         await self._ensure_started()
@@ -395,14 +406,16 @@ class RedisBroker:
     # --------------------------------------------------------------------------- polls
 
     async def _take(self, lattice_id: str, session_id: str, capacity: int) -> PollResult:
-        answer = await self._script("poll", lattice_id, session_id, capacity,
-                                    self._clock.time())
+        now = self._clock.time()
+        answer = await self._script("poll", lattice_id, session_id, capacity, now,
+                                    now - self.presence_window_seconds)
         if answer is None:
             raise SessionNotFound()
-        envelopes, cancels = answer
+        envelopes, cancels, conflict = answer
         return PollResult(
             jobs=[JobEnvelope.from_dict(orjson.loads(e)) for e in envelopes],
-            cancels=[CancelNotice.from_dict(orjson.loads(c)) for c in cancels])
+            cancels=[CancelNotice.from_dict(orjson.loads(c)) for c in cancels],
+            instance_conflict=bool(conflict))
 
     async def poll(self, lattice_id: str, session_id: str, capacity: int,
                    receive: Receive | None = None) -> PollResult:
@@ -418,6 +431,7 @@ class RedisBroker:
         result = await self._take(lattice_id, session_id, capacity)
         if result.jobs or result.cancels or self._draining:
             return result
+        conflict = result.instance_conflict  # as of this poll's start
         parked = _Parked(capacity=capacity, lattice_id=lattice_id, session_id=session_id,
                          deadline=self._clock.monotonic() + self.poll_window_seconds)
         self._parked_by_session[session_id] = parked
@@ -427,7 +441,9 @@ class RedisBroker:
         # listened: look once more now that we are parked.
         self._attempt(parked)
         try:
-            return await parked.held(receive)
+            answer = await parked.held(receive)
+            answer.instance_conflict = answer.instance_conflict or conflict
+            return answer
         finally:
             if self._parked_by_session.get(session_id) is parked:
                 del self._parked_by_session[session_id]

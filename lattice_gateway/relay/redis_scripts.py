@@ -49,6 +49,31 @@ local function end_session(P, rt, sid, code, message)
 end
 """
 
+# 1 if a session of runtime rt other than sid, active after cutoff, was registered by
+# another daemon instance than sid (a second machine with a copy of the pairing).
+_INSTANCE_CONFLICT = """
+local function instance_conflict(P, rt, sid, cutoff)
+  local mine = redis.call('HGET', P..'s:'..sid, 'inst') or ''
+  if mine == '' then return 0 end
+  for _, other in ipairs(redis.call('SMEMBERS', P..'rs:'..rt)) do
+    if other ~= sid then
+      local inst = redis.call('HGET', P..'s:'..other, 'inst') or ''
+      local score = redis.call('ZSCORE', P..'sessions', other)
+      if inst ~= '' and inst ~= mine and score and tonumber(score) > cutoff then
+        return 1
+      end
+    end
+  end
+  return 0
+end
+"""
+
+INSTANCE_CONFLICT = _INSTANCE_CONFLICT + """
+local P, rt, sid = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', P..'s:'..sid, 'rt') ~= rt then return false end
+return instance_conflict(P, rt, sid, tonumber(ARGV[4]))
+"""
+
 # For each runtime in ARGV[3..]: 1 if one of its sessions was active after ARGV[2].
 REACHABLE = """
 local P, cutoff = ARGV[1], tonumber(ARGV[2])
@@ -106,15 +131,16 @@ if redis.call('SCARD', P..'rs:'..rt) >= max then
   if not oldest then return -1 end
   end_session(P, rt, oldest, '', '')  -- it holds no jobs: nothing fails
 end
-redis.call('HSET', P..'s:'..sid, 'rt', rt, 'key', key)
+redis.call('HSET', P..'s:'..sid, 'rt', rt, 'key', key, 'inst', ARGV[7] or '')
 redis.call('SADD', P..'rs:'..rt, sid)
 redis.call('ZADD', P..'sessions', now, sid)
 redis.call('SET', P..'seen:'..rt, now)
 return 1
 """
 
-# Touch the session, take its cancel notices, lease up to ARGV[4] queued jobs to it.
-POLL = """
+# Touch the session, take its cancel notices, lease up to ARGV[4] queued jobs to it;
+# whether another daemon instance is live on the runtime (ARGV[6]: presence cutoff).
+POLL = _INSTANCE_CONFLICT + """
 local P, rt, sid, n, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('HGET', P..'s:'..sid, 'rt') ~= rt then return false end
 redis.call('ZADD', P..'sessions', now, sid)
@@ -134,7 +160,7 @@ while #jobs < n do
     table.insert(jobs, redis.call('HGET', jk, 'env'))
   end
 end
-return {jobs, cancels}
+return {jobs, cancels, instance_conflict(P, rt, sid, tonumber(ARGV[6]))}
 """
 
 # A poll answer that could not be delivered (its poll had already ended): back to queue.

@@ -8,6 +8,7 @@ disturbs other sessions.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -26,6 +27,8 @@ from ..auth import authenticate_daemon
 from ..http import json_response, read_json_body
 from ..relay import poll_window
 from ..services import services_of
+
+log = logging.getLogger("lattice_gateway.relay")
 
 MAX_CONCURRENCY = 1024  # bounds capacity and maxConcurrency
 MAX_EVENTS_PER_REQUEST = 4096
@@ -53,6 +56,9 @@ def _count(body: dict[str, Any], name: str, low: int, default: int | None = None
     return value
 
 
+_MAX_INSTANCE_ID = 64
+
+
 def _parse_register(body: dict[str, Any]) -> tuple[str, list[str], str | None, int]:
     daemon_version = _text(body, "daemonVersion")
     provider = body.get("provider")
@@ -75,8 +81,21 @@ async def register_session(request: Request) -> Response:
     runtime = await authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     daemon_version, models, default_model, max_concurrency = _parse_register(body)
-    session_id = await services.broker.register_session(runtime.lattice_id, max_concurrency,
-                                               daemon_key=runtime.daemon_public_key)
+    # Optional (older daemons send none): the daemon's machine, to notice a pairing
+    # copied to a second machine (docs/protocol.md §2).
+    instance_id = _text(body, "instanceId", required=False)
+    if instance_id is not None and len(instance_id) > _MAX_INSTANCE_ID:
+        raise _invalid(f"field 'instanceId' must be at most {_MAX_INSTANCE_ID} characters",
+                       "instanceId")
+    broker = services.broker
+    session_id = await broker.register_session(runtime.lattice_id, max_concurrency,
+                                               daemon_key=runtime.daemon_public_key,
+                                               instance_id=instance_id)
+    conflict = (instance_id is not None
+                and await broker.instance_conflict(runtime.lattice_id, session_id))
+    if conflict:
+        log.warning("runtime %s: daemons of two machines serve one pairing (a copied "
+                    "daemon config?); jobs are split between them", runtime.lattice_id)
     await services.store.record_daemon_session(
         runtime.lattice_id, daemon_version=daemon_version, models=models,
         default_model=default_model)
@@ -85,6 +104,7 @@ async def register_session(request: Request) -> Response:
         "latticeId": runtime.lattice_id,
         "pollWindowSeconds": poll_window(services.settings),
         "presenceWindowSeconds": services.settings.presence_window_seconds,
+        "instanceConflict": conflict,
     }, status_code=201)
 
 

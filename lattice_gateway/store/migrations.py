@@ -120,12 +120,40 @@ def new_credential_id(kind: str, random_hex: str) -> str:
     return ("key_" if kind == "api_key" else "tok_") + random_hex
 
 
+# The store puts the relay key file's path here (Connection.info) while migrating.
+KEY_FILE_INFO = "lattice_relay_key_file"
+
+
+def _v5_relay_key_out_of_the_database(conn: Connection) -> None:
+    # Earlier gateways kept the relay private key in gateway_meta, so a database dump
+    # plus the relay queue opened every sealed job. Move it to the key file (0600,
+    # fsynced before this transaction commits) and keep only the public key here.
+    from lattice_protocol import KeyPair
+
+    from ..relay_key import create_key_file
+    from ..relay_key import mismatch as key_mismatch
+
+    meta = sa.table("gateway_meta", sa.column("key"), sa.column("value"))
+    private = conn.execute(sa.select(meta.c.value).where(
+        meta.c.key == "gateway_private_key")).scalar_one_or_none()
+    if private is None:
+        return
+    key_file = conn.info[KEY_FILE_INFO]
+    keys = KeyPair.from_private_text(private)
+    written = create_key_file(key_file, keys)  # an existing file is kept, never replaced
+    if written.public_text() != keys.public_text():
+        raise key_mismatch(key_file, written, keys.public_text())
+    conn.execute(sa.delete(meta).where(meta.c.key == "gateway_private_key"))
+    conn.execute(sa.insert(meta).values(key="gateway_public_key", value=keys.public_text()))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_initial),
     Migration(2, "runtimes.default_model up to 256 characters", _v2_default_model_256),
     Migration(3, "credentials: public id, name, last used", _v3_credential_ids),
     Migration(4, "credentials: previous secret during a rotation's grace period",
               _v4_credential_rotation),
+    Migration(5, "relay private key moved to the key file", _v5_relay_key_out_of_the_database),
 )
 
 

@@ -9,15 +9,20 @@ or another replica fails on every replica within that bound.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -36,10 +41,12 @@ from lattice_protocol import (
     token_kind,
 )
 
+from ..relay_key import create_key_file, read_key_file, resolve_key_file
+from ..relay_key import mismatch as key_mismatch
 from ..services import Runtime
 from . import schema as t
 from .cache import TtlCache
-from .migrations import migrate, new_credential_id
+from .migrations import KEY_FILE_INFO, migrate, new_credential_id
 from .records import (
     CredentialInfo,
     CredentialKind,
@@ -49,15 +56,18 @@ from .records import (
     RedeemedRuntime,
     iso_from_ms,
 )
-from .url import DatabaseTarget, resolve_database
+from .url import DatabaseTarget, gateway_data_dir, resolve_database
 
 log = logging.getLogger("lattice_gateway.store")
 
-_GATEWAY_KEY = "gateway_private_key"
 # How long a credential lookup is reused. Revocation promises "fails within one second on
 # every replica"; 0.5 s leaves the other half for the request that notices it. A miss costs
 # one primary-key query, so a busy credential costs each replica two queries a second.
 CREDENTIAL_CACHE_SECONDS = 0.5
+# gateway_meta rows: the relay public key (the private key lives in the key file,
+# lattice_gateway/relay_key.py); earlier gateways kept the private key here.
+_GATEWAY_PUBLIC_KEY = "gateway_public_key"
+_LEGACY_PRIVATE_KEY = "gateway_private_key"
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -85,14 +95,32 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _private_sqlite_files(path: Path) -> None:
+    """The database and its -wal/-shm: 0600 (SQLite gives the -wal/-shm files the
+    database file's mode), in a 0700 directory when the gateway makes it."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=0o700)
+    elif directory == gateway_data_dir():  # ours (an earlier gateway made it 0755)
+        os.chmod(directory, 0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(file.stat().st_mode) & 0o077:
+                os.chmod(file, 0o600)
+
+
 class SqlStore:
     """Accounts, credentials, runtimes, bootstrap tokens and the gateway keypair."""
 
     def __init__(self, engine: AsyncEngine, target: DatabaseTarget, *,
-                 clock: Callable[[], float] = time.time, cache_ttl: float = 2.0) -> None:
+                 clock: Callable[[], float] = time.time, cache_ttl: float = 2.0,
+                 key_file: str | None = None) -> None:
         self._engine = engine
         self._writer = engine.execution_options(lattice_write=True)
         self.target = target
+        self.key_file = resolve_key_file(key_file, target)
         # Wall clock for expiry decisions; tests replace it to move time without sleeping.
         self.clock = clock
         self._credentials: TtlCache[str, CredentialRecord | None] = TtlCache(
@@ -108,12 +136,16 @@ class SqlStore:
 
     @classmethod
     async def open(cls, database: str | None, *, clock: Callable[[], float] = time.time,
-                   cache_ttl: float = 2.0) -> SqlStore:
-        """Connect and bring the schema up to date (runs pending migrations)."""
+                   cache_ttl: float = 2.0, key_file: str | None = None) -> SqlStore:
+        """Connect and bring the schema up to date (runs pending migrations).
+
+        ``key_file``: the relay key file setting (None: the default place, see
+        ``relay_key.resolve_key_file``); a migration may move the key there.
+        """
         target = resolve_database(database)
         if target.dialect == "sqlite":
             assert target.sqlite_path is not None
-            target.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_files(target.sqlite_path)
             engine = create_async_engine(target.url, pool_size=8, max_overflow=16)
             _install_sqlite_pragmas(engine)
         else:
@@ -122,7 +154,7 @@ class SqlStore:
                 connect_args["server_settings"] = {"search_path": target.pg_schema}
             engine = create_async_engine(target.url, pool_size=10, max_overflow=20,
                                          pool_pre_ping=True, connect_args=connect_args)
-        store = cls(engine, target, clock=clock, cache_ttl=cache_ttl)
+        store = cls(engine, target, clock=clock, cache_ttl=cache_ttl, key_file=key_file)
         try:
             await store._migrate()
         except BaseException:
@@ -135,10 +167,18 @@ class SqlStore:
             if self.target.pg_schema:  # validated in url.py: [A-Za-z][A-Za-z0-9_]*
                 schema = self.target.pg_schema
                 await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            ran = await conn.run_sync(migrate)
+            ran = await conn.run_sync(self._migrate_with_key_file)
         self.created_now = 1 in ran
         if ran:
             log.info("database %s migrated to version %s", self.target.display(), ran[-1])
+
+    def _migrate_with_key_file(self, conn: Connection) -> list[int]:
+        # The step that moves the relay key out of the database needs to know where to.
+        conn.info[KEY_FILE_INFO] = self.key_file
+        try:
+            return migrate(conn)
+        finally:
+            conn.info.pop(KEY_FILE_INFO, None)
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -149,30 +189,67 @@ class SqlStore:
     # -- gateway keypair -------------------------------------------------------------------
 
     async def gateway_keypair(self) -> KeyPair:
-        """The gateway's Curve25519 keypair, created on first start and kept thereafter."""
-        query = sa.select(t.gateway_meta.c.value).where(t.gateway_meta.c.key == _GATEWAY_KEY)
+        """The relay keypair from the key file, checked against the public key this
+        database recorded. On a database's first start the key file is created (or an
+        existing one adopted: replicas sharing a mounted secret) and its public key
+        recorded; after that, a missing or different key file is a ``GatewayKeyError``."""
+        recorded = await self.gateway_public_key()
+        keys = read_key_file(self.key_file)
+        if recorded is None:
+            if keys is None:
+                keys = create_key_file(self.key_file, KeyPair.generate())
+            recorded = await self._record_gateway_public_key(keys.public_text())
+        if keys is None or keys.public_text() != recorded:
+            raise key_mismatch(self.key_file, keys, recorded)
+        return keys
+
+    async def gateway_public_key(self) -> str | None:
+        query = sa.select(t.gateway_meta.c.value).where(
+            t.gateway_meta.c.key == _GATEWAY_PUBLIC_KEY)
         async with self._engine.connect() as conn:
-            existing = (await conn.execute(query)).scalar_one_or_none()
-        if existing is not None:
-            return KeyPair.from_private_text(existing)
-        generated = KeyPair.generate()
+            value: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return value
+
+    async def _record_gateway_public_key(self, public_text: str) -> str:
+        """Record the public key unless one is; the recorded one (another replica may
+        have been first)."""
         try:
             async with self._writer.begin() as conn:
                 await conn.execute(sa.insert(t.gateway_meta).values(
-                    key=_GATEWAY_KEY, value=generated.private_text()))
-            return generated
+                    key=_GATEWAY_PUBLIC_KEY, value=public_text))
+            return public_text
         except IntegrityError:
-            # Another replica created it first: use theirs.
-            async with self._engine.connect() as conn:
-                return KeyPair.from_private_text((await conn.execute(query)).scalar_one())
+            recorded = await self.gateway_public_key()
+            assert recorded is not None
+            return recorded
+
+    async def rotate_gateway_public_key(self, old: str, new: str) -> int:
+        """Record ``new`` in place of ``old`` and un-pair every paired runtime: their
+        daemons hold ``old``. The daemon token hash stays, so a daemon that presents it is
+        told the key was rotated (``auth.authenticate_daemon``); no route serves an
+        un-paired runtime's daemon, and a redeem replaces the token. The number un-paired."""
+        meta, c = t.gateway_meta.c, t.runtimes.c
+        async with self._writer.begin() as conn:
+            changed = await conn.execute(sa.update(t.gateway_meta).where(
+                meta.key == _GATEWAY_PUBLIC_KEY, meta.value == old).values(value=new))
+            if changed.rowcount != 1:
+                raise ValueError("the database's relay key changed meanwhile; run the "
+                                 "command again")
+            unpaired = await conn.execute(sa.update(t.runtimes).where(
+                c.status == "paired").values(
+                status="unpaired", daemon_public_key=None, updated_ms=self._now_ms()))
+        self._runtimes.clear()
+        self._daemon_tokens.clear()
+        return int(unpaired.rowcount)
 
     async def served_by_a_gateway(self) -> bool:
         """Whether a gateway has ever served this database.
 
-        The gateway keypair is made by the first gateway that starts on a database (its
+        The relay key is recorded by the first gateway that starts on a database (its
         lifespan), and by nothing else: the admin commands never create it.
         """
-        query = sa.select(t.gateway_meta.c.key).where(t.gateway_meta.c.key == _GATEWAY_KEY)
+        query = sa.select(t.gateway_meta.c.key).where(
+            t.gateway_meta.c.key.in_([_GATEWAY_PUBLIC_KEY, _LEGACY_PRIVATE_KEY]))
         async with self._engine.connect() as conn:
             return (await conn.execute(query)).first() is not None
 

@@ -47,6 +47,11 @@ def _default_locations() -> tuple[Path, Path]:
             / DEFAULT_FILE_NAME)
 
 
+def gateway_data_dir() -> Path:
+    """The gateway's own data directory (``$LATTICE_HOME/gateway`` with LATTICE_HOME)."""
+    return _default_locations()[0].parent
+
+
 def default_database_path() -> Path:
     """``gateway.db`` in the platform user data dir of ``lattice-gateway`` (with
     ``LATTICE_HOME``: ``$LATTICE_HOME/gateway/``).

@@ -681,3 +681,31 @@ async def test_redis_client_kill_of_the_event_reader_mid_stream_loses_nothing(
     finally:
         await a.close()
         await b.close()
+async def test_two_daemon_instances_on_one_runtime_are_a_conflict_for_both(
+        make_broker: Maker, clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=30, presence_window_seconds=5, clock=clock)
+    first = await broker.register_session(RUNTIME, 1, instance_id="di_first")
+    again = await broker.register_session(RUNTIME, 1, instance_id="di_first")  # a restart
+    assert not await broker.instance_conflict(RUNTIME, first)
+    assert not await broker.instance_conflict(RUNTIME, again)
+    await broker.deregister_session(RUNTIME, again)
+    copy = await broker.register_session(RUNTIME, 1, instance_id="di_copy")  # 2nd machine
+    assert await broker.instance_conflict(RUNTIME, copy)
+    assert await broker.instance_conflict(RUNTIME, first)
+    await broker.submit(RUNTIME, envelope())
+    answer = await asyncio.wait_for(broker.poll(RUNTIME, first, 1), HANG_GUARD)
+    assert answer.to_dict()["instanceConflict"] is True  # the first machine learns it too
+    await broker.deregister_session(RUNTIME, copy)
+    await broker.submit(RUNTIME, envelope(1))
+    answer = await asyncio.wait_for(broker.poll(RUNTIME, first, 1), HANG_GUARD)
+    assert "instanceConflict" not in answer.to_dict()
+    await broker.close()
+
+
+async def test_a_daemon_without_an_instance_id_never_conflicts(make_broker: Maker) -> None:
+    broker = make_broker(presence_window_seconds=30)
+    old = await broker.register_session(RUNTIME, 1)  # an older daemon sends none
+    new = await broker.register_session(RUNTIME, 1, instance_id="di_new")
+    assert not await broker.instance_conflict(RUNTIME, old)
+    assert not await broker.instance_conflict(RUNTIME, new)
+    await broker.close()

@@ -458,3 +458,21 @@ async def test_event_posts_larger_than_a_request_body_are_accepted_up_to_the_rel
                                         headers=paired.headers, json=too_large)
     assert refused.status_code == 413
     assert refused.json()["error"]["code"] == "request_too_large"
+
+
+async def test_register_answers_whether_another_machine_serves_the_pairing(
+        gateway: InProcessGateway) -> None:
+    paired = await pair(gateway)
+
+    async def register_as(instance: object) -> Any:
+        return await gateway.client.post("/v1/relay/sessions", headers=paired.headers,
+                                         json={**REGISTER, "instanceId": instance})
+
+    first = await register_as("di_first")
+    assert first.status_code == 201 and first.json()["instanceConflict"] is False
+    copy = await register_as("di_copy")
+    assert copy.status_code == 201 and copy.json()["instanceConflict"] is True
+    for bad in ("x" * 65, 7, ""):
+        refused = await register_as(bad)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "instanceId"

@@ -18,7 +18,7 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database(request: pytest.FixtureRequest, tmp_path: Path, lattice_home: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "gateway.db")
     return str(request.getfixturevalue("postgres_url"))

@@ -232,6 +232,10 @@ def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None =
             raise TypeError(f"unknown gateway setting {name!r}")
         process_env["LATTICE_GATEWAY_" + name.upper()] = str(value)
     process_env.update(env or {})
+    if "://" in database and "LATTICE_GATEWAY_KEY_FILE" not in process_env:
+        # Replicas of one PostgreSQL database share a relay key file, as in production;
+        # never the user's own data dir.
+        process_env["LATTICE_GATEWAY_KEY_FILE"] = str(shared_key_file(database))
     gateway = GatewayProcess(sock=sock, database=database,
                              public_url=public_url or f"http://127.0.0.1:{port}",
                              log_path=directory / f"gateway-{port}.log", env=process_env,
@@ -246,6 +250,14 @@ def run_gateway(where: Path | str | None = None, *, env: dict[str, str] | None =
         gateway.sock.close()
         if made_directory:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def shared_key_file(database: str) -> Path:
+    """The relay key file the test gateways of ``database`` (a URL) share."""
+    import hashlib
+
+    digest = hashlib.sha256(database.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "lattice-test-relay-keys" / f"{digest}.key"
 
 
 class MovableClock:
@@ -293,6 +305,8 @@ async def inprocess_gateway(where: Path | str, **settings: Any) -> AsyncIterator
     database = (str(Path(where) / "gateway.db") if isinstance(where, Path) or "://" not in where
                 else where)
     settings.setdefault("public_url", "http://gateway.test")
+    if "://" in database:
+        settings.setdefault("key_file", str(shared_key_file(database)))
     clock = MovableClock()
     app = create_app(Settings.from_env(database=database, **settings), store_clock=clock)
     async with app.router.lifespan_context(app):
