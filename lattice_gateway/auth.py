@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from lattice_protocol import ErrorCode, LatticeError
 
+from . import metrics
 from .services import Principal, Runtime, Store, services_of
 
 if TYPE_CHECKING:
@@ -51,18 +52,23 @@ class CredentialAuthenticator:
     async def authenticate(self, request: Request, scope: str | tuple[str, ...]) -> Principal:
         secret = presented_secret(request)
         if secret is None:
+            metrics.auth_failure("missing")
             raise LatticeError(ErrorCode.INVALID_API_KEY, _MISSING_MESSAGE)
         record = await self._store.credential(secret)
         # The message never echoes the presented secret.
         if record is None:
+            metrics.auth_failure("unknown")
             raise LatticeError(ErrorCode.INVALID_API_KEY, "invalid API key or access token")
         if record.revoked:
+            metrics.auth_failure("revoked")
             raise LatticeError(ErrorCode.INVALID_API_KEY,
                                "this API key or access token has been revoked")
         if record.expires_ms is not None and self._store.clock() * 1000 >= record.expires_ms:
+            metrics.auth_failure("expired")
             raise LatticeError(ErrorCode.INVALID_API_KEY, "this access token has expired")
         required = (scope,) if isinstance(scope, str) else scope
         if not any(s in record.scopes for s in required):
+            metrics.auth_failure("scope")
             raise _scope_error(required)
         return Principal(account_id=record.account_id, scopes=record.scopes,
                          credential_kind=record.kind, credential_id=record.credential_id,
@@ -78,14 +84,17 @@ async def authenticate_daemon(request: Request) -> Runtime:
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        metrics.auth_failure("daemon_missing")
         raise LatticeError(ErrorCode.INVALID_API_KEY,
                            "missing daemon token: send `Authorization: Bearer lrdt_v1_...`")
     runtime = await services_of(request).store.runtime_for_daemon_token(token.strip())
     if runtime is None:
+        metrics.auth_failure("daemon_unknown")
         raise LatticeError(ErrorCode.INVALID_API_KEY,
                            "unknown daemon token (the runtime was deleted or paired again); "
                            "re-pair required")
     if runtime.status == "revoked":
+        metrics.auth_failure("daemon_revoked")
         raise LatticeError(ErrorCode.RUNTIME_REVOKED,
                            "this runtime has been revoked; re-pair required")
     return runtime

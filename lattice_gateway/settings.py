@@ -40,6 +40,10 @@ class Settings:
     bootstrap_ttl_min: int = 60
     bootstrap_ttl_max: int = 3600
 
+    # GET /metrics answers only when set, and only to `Authorization: Bearer <this>`
+    # (docs/operations.md). A secret: from the environment or a file, never argv.
+    metrics_token: str | None = None
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Defaults <- LATTICE_GATEWAY_<FIELD> variables <- explicit overrides (non-None)."""
