@@ -175,3 +175,23 @@ def _check_access_lines(log: str, log_format: str) -> None:
         for request_id in ("app-trace-001", "app-trace-002"):
             assert any(re.search(r"POST /v1/chat/completions 200 [0-9.]+ ms \[request "
                                  + request_id + r"\]$", line) for line in chat_lines())
+
+
+async def test_a_daemon_without_timing_gets_runtime_in_place_of_its_parts(
+        tmp_path: Path, lattice_home: Path) -> None:
+    from tests.support.fake_daemon import Reply, paired_daemon
+
+    with run_gateway(tmp_path / "gw", **GATEWAY_SETTINGS) as gateway:
+        key = gateway.create_key("older")
+        daemon = await paired_daemon(gateway.url, key, reply=Reply(text="hi"))  # no timing
+        try:
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http:
+                answer = await http.post("/v1/chat/completions", headers={"x-api-key": key},
+                                         json={"model": f"lattice:personal:{daemon.lattice_id}",
+                                               "messages": [{"role": "user", "content": "x"}]})
+        finally:
+            await daemon.stop()
+    assert answer.status_code == 200, answer.text
+    timing = server_timing(answer.headers["server-timing"])
+    assert list(timing) == ["gw", "pickup", "runtime", "total"]
+    assert abs(timing["gw"] + timing["pickup"] + timing["runtime"] - timing["total"]) <= 0.05

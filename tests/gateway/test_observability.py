@@ -129,3 +129,21 @@ async def test_metrics_need_the_token_and_use_route_templates(tmp_path: Path,
                       "lattice_gateway_chat_time_to_first_token_seconds"):
         assert f"# TYPE {histogram} histogram" in scraped.text, histogram
     assert "process_resident_memory_bytes" in scraped.text
+
+
+def test_the_metrics_token_file_is_read_and_checked(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lattice_gateway.cli import _metrics_token, main
+
+    good = tmp_path / "token"
+    good.write_text(METRICS_TOKEN + "\n")
+    assert _metrics_token(str(good)) == METRICS_TOKEN
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    for path, says in ((tmp_path / "missing", "cannot read --metrics-token-file"),
+                       (short, "at least 16 characters")):
+        result = CliRunner().invoke(main, ["serve", "--database", str(tmp_path / "g.db"),
+                                           "--metrics-token-file", str(path)])
+        assert result.exit_code == 1, result.output
+        assert says in result.output and "Traceback" not in result.output
