@@ -13,7 +13,7 @@ scraped, so nothing is counted twice on the hot path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -48,6 +48,9 @@ CHAT_DURATION = Histogram(
     "lattice_gateway_chat_duration_seconds",
     "Chat completions from request arrival to the answer's last part (total).",
     ["stream"], buckets=_SLOW, registry=REGISTRY)
+# Bound once: both series exist from the start (0 until a chat), and observing skips labels().
+CHAT_DURATION_OF = {stream: CHAT_DURATION.labels("true" if stream else "false")
+                    for stream in (True, False)}
 CHAT_GATEWAY = Histogram(
     "lattice_gateway_chat_gateway_seconds",
     "Chat time spent in the gateway itself (before submitting the job, after its final "
@@ -91,6 +94,19 @@ UNHANDLED_ERRORS = Counter(
 # programming slip cannot grow the series without bound.
 AUTH_REASONS = frozenset({"missing", "unknown", "revoked", "expired", "scope",
                           "daemon_missing", "daemon_unknown", "daemon_revoked", "metrics"})
+
+
+_request_counters: dict[tuple[str, str, int], Any] = {}
+
+
+def count_request(method: str, route: str, status: int) -> None:
+    """One answered request. The labelled child is looked up once per (method, route,
+    status): bounded, and a dict hit is several times cheaper than ``labels()``."""
+    key = (method, route, status)
+    child = _request_counters.get(key)
+    if child is None:
+        child = _request_counters[key] = HTTP_REQUESTS.labels(method, route, str(status))
+    child.inc()
 
 
 def auth_failure(reason: str) -> None:

@@ -75,7 +75,7 @@ class RequestObserver:
             template = route.path if isinstance(route, BaseRoute) and hasattr(
                 route, "path") else "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            metrics.count_request(method, template, status)
             if self.access_log:
                 duration_ms = (time.monotonic() - started) * 1000
                 access_log.info("%s %s %d %.1f ms", method, scope["path"], status, duration_ms,

@@ -299,7 +299,7 @@ class _Clocked:
         parts.append(("total", total))
         metrics.CHAT_GATEWAY.observe(gateway)
         metrics.CHAT_RUNTIME.observe(runtime)
-        metrics.CHAT_DURATION.labels("true" if stream else "false").observe(total)
+        metrics.CHAT_DURATION_OF[stream].observe(total)
         return _server_timing(parts)
 
 
