@@ -101,6 +101,7 @@ def test_timing_request_ids_logs_and_metrics_of_a_real_chat(
         assert secret not in log, f"the {what} is in the gateway's log"
     daemon_logs = "".join(p.read_text(errors="replace")
                           for p in (lattice_home / "logs").rglob("*") if p.is_file())
+    assert "job_" in daemon_logs  # the daemon logged the jobs: its log was looked at
     for what in ("API key", "bootstrap token", "daemon token", "prompt"):
         assert secrets[what] not in daemon_logs, f"the {what} is in the daemon's log"
     _check_access_lines(log, log_format)
