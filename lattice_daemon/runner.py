@@ -29,6 +29,7 @@ from lattice_protocol import (
     ErrorCode,
     JobEnvelope,
     JobSpec,
+    JobTiming,
     ProtocolError,
     ReplayGuard,
     Requester,
@@ -78,6 +79,8 @@ class JobRecord:
     outcome: str | None = None
     message: str | None = None
     chunks: int = 0
+    provider_started_at: float | None = None  # the provider call (Server-Timing)
+    provider_ended_at: float | None = None
     prompt_tokens: int | None = None  # as the provider reported them (usage)
     completion_tokens: int | None = None
     refused: bool = False  # ended by JobRefused: it must not run (the owner's rules)
@@ -122,9 +125,9 @@ class _Job:
         self._emit = emit
 
     def send(self, kind: str, data: dict[str, Any] | None = None, code: str | None = None,
-             message: str | None = None) -> None:
+             message: str | None = None, timing: JobTiming | None = None) -> None:
         event = ResultEvent(kind=kind, job_id=self.job_id, seq=self.seq, data=data,  # type: ignore[arg-type]
-                            code=code, message=message)
+                            code=code, message=message, timing=timing)
         sealed = self._sealer.seal_json(event.to_dict())
         if len(sealed) > MAX_SEALED_EVENT_BYTES:
             # The relay would refuse the post and hold every other job's results behind
@@ -135,13 +138,14 @@ class _Job:
                 kind="error", job_id=self.job_id, seq=self.seq,
                 code=ErrorCode.PROVIDER_ERROR.value,
                 message=f"the local provider's answer ({len(sealed) / 1e6:.1f} MB sealed) is "
-                        f"larger than the relay carries ({MAX_SEALED_EVENT_BYTES / 1e6:.1f} MB)")
+                        f"larger than the relay carries ({MAX_SEALED_EVENT_BYTES / 1e6:.1f} MB)",
+                timing=timing)
             sealed = self._sealer.seal_json(event.to_dict())
         self._emit(SealedEvent(self.job_id, self.seq, sealed))
         self.seq += 1
 
-    def error(self, code: ErrorCode | str, message: str) -> None:
-        self.send("error", code=ErrorCode(code).value, message=message)
+    def error(self, code: ErrorCode | str, message: str, timing: JobTiming | None = None) -> None:
+        self.send("error", code=ErrorCode(code).value, message=message, timing=timing)
 
 
 def _progress_interval(idle_timeout: float) -> float:
@@ -372,16 +376,18 @@ class JobRunner:
                 log.info("job %s request: %s", spec.job_id, request.get("messages"))
             if spec.stream:
                 chunks = await self._stream(spec, request, job, record)
-                job.send("end")
+                job.send("end", timing=self._timing(record))
                 outcome = f"{chunks} chunks"
             else:
                 request.pop("stream", None)
+                record.provider_started_at = self._clock()
                 completion = await _with_progress(self.provider.chat(request), job,
                                                   _progress_interval(spec.idle_timeout))
+                record.provider_ended_at = self._clock()
                 if self._log_prompts:
                     log.info("job %s completion: %s", spec.job_id, completion.get("choices"))
                 self._output(record, completion)
-                job.send("result", data=completion)
+                job.send("result", data=completion, timing=self._timing(record))
                 outcome = "result"
             self.counters.served += 1
             self._end(record, "ok")
@@ -394,31 +400,46 @@ class JobRunner:
                 self._end(record, "cancelled")
             else:
                 self.counters.failed += 1
-                job.error(*abort)
+                job.error(*abort, timing=self._timing(record))
                 self._end(record, abort[0].value, abort[1])
             raise
         except JobRefused as exc:
             self.counters.failed += 1
             log.warning("job %s refused: %s", spec.job_id, exc.message)
-            job.error(exc.code, exc.message)
+            job.error(exc.code, exc.message, self._timing(record))
             record.refused = True
             self._end(record, exc.code.value, exc.message)
         except ProviderError as exc:
             self.counters.failed += 1
             code = _code_for(exc)
             log.warning("job %s failed (%s): %s", spec.job_id, code.value, exc.message)
-            job.error(code, _message_for_the_app(exc))
+            job.error(code, _message_for_the_app(exc), self._timing(record))
             self._end(record, code.value, _message_for_the_app(exc))
         except Exception as exc:  # a bug here must fail one job, never the daemon
             self.counters.failed += 1
             log.exception("job %s failed inside the daemon", spec.job_id)
             message = f"the daemon failed while running the job ({type(exc).__name__})"
-            job.error(ErrorCode.PROVIDER_ERROR, message)
+            job.error(ErrorCode.PROVIDER_ERROR, message, self._timing(record))
             self._end(record, ErrorCode.PROVIDER_ERROR.value, message)
+
+    def _timing(self, record: JobRecord) -> JobTiming:
+        """The final event's timing (the gateway's Server-Timing ``daemon`` and
+        ``provider`` parts): durations on this machine's clock, taken now, as the final
+        event is sealed."""
+        now = self._clock()
+        provider = None
+        if record.provider_started_at is not None:
+            ended = record.provider_ended_at if record.provider_ended_at is not None else now
+            provider = max(0.0, ended - record.provider_started_at) * 1000
+        first = None if record.first_output_at is None else max(
+            0.0, record.first_output_at - record.started_at) * 1000
+        return JobTiming(daemon_ms=max(0.0, now - record.started_at) * 1000,
+                         provider_ms=provider, first_output_ms=first)
 
     async def _stream(self, spec: JobSpec, request: dict[str, Any], job: _Job,
                       record: JobRecord) -> int:
         request["stream"] = True
+        record.provider_started_at = self._clock()
         chunks: AsyncIterator[dict[str, Any]] = aiter(self.provider.stream(request))
         timeout = _deadline(spec.first_token_timeout)
         count = 0
@@ -427,6 +448,7 @@ class JobRunner:
                 try:
                     chunk = await within(anext(chunks), timeout)
                 except StopAsyncIteration:
+                    record.provider_ended_at = self._clock()
                     return count
                 except asyncio.TimeoutError:
                     raise self._silence_error(first=count == 0, spec=spec) from None

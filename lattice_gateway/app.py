@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,10 +23,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lattice_protocol import ErrorCode, LatticeError
 
+from . import metrics
 from . import relay as relay_broker
 from .auth import CredentialAuthenticator
 from .errors import error_response
 from .oauth import JwtVerifier, oauth_config
+from .observe import RequestObserver
 from .routes import bootstrap, chat, install, meta, models, runtimes
 from .routes import relay as relay_routes
 from .services import Services
@@ -96,6 +99,9 @@ class _LastResort:
         except ClientDisconnect:
             return  # the client went away mid-request: nobody to answer, nothing failed
         except Exception as exc:
+            metrics.UNHANDLED_ERRORS.inc()
+            if isinstance(exc, RedisError):
+                metrics.broker_error("redis", "request")
             log.error("unhandled %s on %s %s", type(exc).__name__, scope.get("method"),
                       scope.get("path"), exc_info=log.isEnabledFor(logging.DEBUG))
             if started:
@@ -120,8 +126,10 @@ async def _flush_once(store: SqlStore) -> None:
 
 
 def create_app(settings: Settings, *,
-               store_clock: Callable[[], float] | None = None) -> Starlette:
-    """The gateway ASGI app. ``store_clock`` (tests) replaces the store's wall clock."""
+               store_clock: Callable[[], float] | None = None,
+               access_log: bool = False) -> Starlette:
+    """The gateway ASGI app. ``store_clock`` (tests) replaces the store's wall clock;
+    ``access_log`` writes one line per request (``observe.RequestObserver``)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -160,7 +168,8 @@ def create_app(settings: Settings, *,
                   *relay_routes.routes, *chat.routes, *install.routes]
     return Starlette(
         routes=all_routes,
-        middleware=[Middleware(_LastResort)],
+        middleware=[Middleware(RequestObserver, access_log=access_log),
+                    Middleware(_LastResort)],
         exception_handlers={LatticeError: _lattice_error, HTTPException: _http_error},
         lifespan=lifespan,
     )

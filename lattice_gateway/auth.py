@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from lattice_protocol import ErrorCode, LatticeError
 
+from . import metrics
 from .oauth import JwtVerifier, looks_like_jwt
 from .services import Principal, Runtime, Store, services_of
 
@@ -61,6 +62,7 @@ class CredentialAuthenticator:
     async def authenticate(self, request: Request, scope: str | tuple[str, ...]) -> Principal:
         secret = presented_secret(request)
         if secret is None:
+            metrics.auth_failure("missing")
             raise LatticeError(ErrorCode.INVALID_API_KEY, _MISSING_MESSAGE)
         required = (scope,) if isinstance(scope, str) else scope
         if looks_like_jwt(secret):
@@ -68,18 +70,23 @@ class CredentialAuthenticator:
         record = await self._store.credential(secret)
         # The message never echoes the presented secret.
         if record is None:
+            metrics.auth_failure("unknown")
             raise LatticeError(ErrorCode.INVALID_API_KEY, "invalid API key or access token")
         if record.revoked:
+            metrics.auth_failure("revoked")
             raise LatticeError(ErrorCode.INVALID_API_KEY,
                                "this API key or access token has been revoked")
         now_ms = self._store.clock() * 1000
         if record.expires_ms is not None and now_ms >= record.expires_ms:
+            metrics.auth_failure("expired")
             raise LatticeError(ErrorCode.INVALID_API_KEY, "this access token has expired")
         if record.grace_until_ms is not None and now_ms >= record.grace_until_ms:
+            metrics.auth_failure("rotated")
             raise LatticeError(ErrorCode.INVALID_API_KEY,
                                "this API key was rotated and its grace period has ended; "
                                "use the new key")
         if not any(s in record.scopes for s in required):
+            metrics.auth_failure("scope")
             raise _scope_error(required)
         self._store.note_credential_used(record.credential_id)
         return Principal(account_id=record.account_id, scopes=record.scopes,
@@ -88,11 +95,17 @@ class CredentialAuthenticator:
 
     async def _authenticate_jwt(self, token: str, required: tuple[str, ...]) -> Principal:
         if self._oauth is None:
+            metrics.auth_failure("jwt")
             raise LatticeError(ErrorCode.INVALID_API_KEY,
                                "JWT access tokens are not accepted here: this gateway "
                                "trusts no identity provider (--oauth-issuer)")
-        verified = await self._oauth.verify(token)
+        try:
+            verified = await self._oauth.verify(token)
+        except LatticeError:
+            metrics.auth_failure("jwt")
+            raise
         if not any(s in verified.scopes for s in required):
+            metrics.auth_failure("scope")
             raise _scope_error(required)
         account_id = self._accounts.get(verified.account_name)
         if account_id is None:
@@ -115,17 +128,21 @@ async def authenticate_daemon(request: Request) -> Runtime:
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        metrics.auth_failure("daemon_missing")
         raise LatticeError(ErrorCode.INVALID_API_KEY,
                            "missing daemon token: send `Authorization: Bearer lrdt_v1_...`")
     runtime = await services_of(request).store.runtime_for_daemon_token(token.strip())
     if runtime is None:
+        metrics.auth_failure("daemon_unknown")
         raise LatticeError(ErrorCode.INVALID_API_KEY,
                            "unknown daemon token (the runtime was deleted or paired again); "
                            "re-pair required")
     if runtime.status == "revoked":
+        metrics.auth_failure("daemon_revoked")
         raise LatticeError(ErrorCode.RUNTIME_REVOKED,
                            "this runtime has been revoked; re-pair required")
     if runtime.status != "paired":
+        metrics.auth_failure("daemon_unpaired")
         # Only `keys rotate-relay-key` leaves a token on an un-paired runtime: its daemon
         # holds the old gateway key and could open no job. The daemon shows this text.
         raise LatticeError(ErrorCode.INVALID_API_KEY, RELAY_KEY_ROTATED)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -61,8 +60,18 @@ main.add_command(tokens)
                    "[env LATTICE_GATEWAY_REDIS_URL]")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", show_default=True,
+              envvar="LATTICE_GATEWAY_LOG_FORMAT", type=click.Choice(["text", "json"]),
+              help="text, or json: one object per line (time, level, message, request_id, "
+                   "and route, status, duration_ms on access lines) "
+                   "[env LATTICE_GATEWAY_LOG_FORMAT]")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
-              help="Log one line per request (never headers or bodies).")
+              envvar="LATTICE_GATEWAY_ACCESS_LOG",
+              help="Log one line per request: method, path, route, status, duration, request "
+                   "id; never headers, query strings or bodies [env LATTICE_GATEWAY_ACCESS_LOG]")
+@click.option("--metrics-token-file", default=None, type=click.Path(dir_okay=False),
+              help="Serve GET /metrics to `Authorization: Bearer <the token in this file>` "
+                   "(or set LATTICE_GATEWAY_METRICS_TOKEN); off when neither is given.")
 @click.option("--shutdown-timeout", default=5.0, show_default=True, type=float,
               help="Seconds to let open requests (held polls) finish on SIGTERM/SIGINT.")
 @click.option("--fd", type=int, default=None,
@@ -78,15 +87,16 @@ main.add_command(tokens)
                    "[env LATTICE_GATEWAY_OAUTH_ACCOUNT_CLAIM]")
 @click.option("--key-file", default=None, help=KEY_FILE_HELP)
 def serve(host: str, port: int, database: str | None, public_url: str | None,
-          redis_url: str | None, log_level: str, access_log: bool,
-          shutdown_timeout: float, fd: int | None, oauth_issuers: tuple[str, ...],
-          oauth_audience: str | None, oauth_account_claim: str | None,
-          key_file: str | None) -> None:
+          redis_url: str | None, log_level: str, log_format: str, access_log: bool,
+          metrics_token_file: str | None, shutdown_timeout: float, fd: int | None,
+          oauth_issuers: tuple[str, ...], oauth_audience: str | None,
+          oauth_account_claim: str | None, key_file: str | None) -> None:
     """Run the gateway (uvicorn; uvloop and httptools when installed)."""
     import uvicorn
 
     from .app import create_app
     from .oauth import oauth_config
+    from .observe import configure_logging
     from .store import resolve_database
 
     sockets = None
@@ -103,20 +113,22 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
                                      redis_url=redis_url, oauth_issuers=oauth_issuers or None,
                                      oauth_audience=oauth_audience,
                                      oauth_account_claim=oauth_account_claim,
-                                     key_file=key_file)
+                                     key_file=key_file,
+                                     metrics_token=_metrics_token(metrics_token_file))
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
         oauth_config(settings.oauth_issuers, settings.oauth_audience,
                      settings.oauth_account_claim)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _preflightdatabase_of(settings.database, settings.key_file)
-    app = create_app(settings)
+    configure_logging(log_level, log_format)
+    _preflight_database(settings.database, settings.key_file)
+    app = create_app(settings, access_log=access_log)
     config = uvicorn.Config(
         app, host=host, port=port, loop="auto", http="auto",
-        lifespan="on", access_log=access_log, log_level=log_level, server_header=False,
+        # The gateway's own access line (observe.py) replaces uvicorn's: it has the
+        # request id, route and duration, in the chosen format.
+        lifespan="on", access_log=False, log_level=log_level, server_header=False,
         # typed int by uvicorn, which waits for it with asyncio: fractions of a second work
         timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
         log_config=None,
@@ -128,6 +140,21 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         server.run(sockets)
     if not server.started:
         sys.exit(1)
+
+
+def _metrics_token(path: str | None) -> str | None:
+    """The metrics token from ``--metrics-token-file`` (first line), if given."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read --metrics-token-file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"--metrics-token-file {path}: the token must be at least 16 "
+                         "characters")
+    return token
 
 
 def _gateway_server(config: uvicorn.Config, app: Starlette) -> uvicorn.Server:
@@ -174,7 +201,7 @@ def _graceful_signals(server: uvicorn.Server) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _preflightdatabase_of(database: str | None, key_file: str | None) -> None:
+def _preflight_database(database: str | None, key_file: str | None) -> None:
     """Open the database (running migrations) and check the relay key once before serving.
 
     A wrong URL, a database that is down or a key file that does not match then fails

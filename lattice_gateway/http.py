@@ -41,11 +41,14 @@ def request_id_of(request: Request) -> str:
     state = request.scope.setdefault("state", {})
     request_id: str | None = state.get("request_id")
     if request_id is None:
-        offered = request.headers.get("x-request-id", "")
-        request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else (
-            "req_" + secrets.token_hex(12))
-        state["request_id"] = request_id
+        request_id = state["request_id"] = sane_request_id(
+            request.headers.get("x-request-id", ""))
     return request_id
+
+
+def sane_request_id(offered: str) -> str:
+    """``offered`` when it is a sane request id, else a new ``req_<hex>``."""
+    return offered if _SANE_REQUEST_ID.fullmatch(offered) else "req_" + secrets.token_hex(12)
 
 
 async def read_json_body(request: Request, max_bytes: int,

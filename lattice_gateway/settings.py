@@ -53,6 +53,10 @@ class Settings:
     # Credentials' "last used" is kept in memory and written this often (and at shutdown).
     credential_usage_flush_seconds: float = 30.0
 
+    # GET /metrics answers only when set, and only to `Authorization: Bearer <this>`
+    # (docs/operations.md). A secret: from the environment or a file, never argv.
+    metrics_token: str | None = None
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Defaults <- LATTICE_GATEWAY_<FIELD> variables <- explicit overrides (non-None)."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .messages import CancelNotice as CancelNotice
     from .messages import JobEnvelope as JobEnvelope
     from .messages import JobSpec as JobSpec
+    from .messages import JobTiming as JobTiming
     from .messages import ProtocolError as ProtocolError
     from .messages import ReplayGuard as ReplayGuard
     from .messages import Requester as Requester
@@ -52,8 +53,8 @@ _MODULE_OF = {
     "ErrorCode": "errors", "LatticeError": "errors", "error_body": "errors",
     "MAX_EVENTS_POST_BYTES": "messages", "MAX_SEALED_EVENT_BYTES": "messages",
     "PROTOCOL_VERSION": "messages", "CancelNotice": "messages", "JobEnvelope": "messages",
-    "JobSpec": "messages", "ProtocolError": "messages", "ReplayGuard": "messages",
-    "Requester": "messages",
+    "JobSpec": "messages", "JobTiming": "messages", "ProtocolError": "messages",
+    "ReplayGuard": "messages", "Requester": "messages",
     "ResultEvent": "messages", "SealedEvent": "messages", "parse_event": "messages",
     "ModelRef": "models", "format_model_string": "models", "parse_model_string": "models",
     "KeyPair": "sealing", "Sealer": "sealing", "SealError": "sealing",

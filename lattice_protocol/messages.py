@@ -236,6 +236,49 @@ _EVENT_KINDS = ("chunk", "result", "error", "end", "progress")
 FINAL_KINDS = frozenset({"result", "error", "end"})
 
 
+_MAX_TIMING_MS = 1e10  # about four months: beyond it a number is garbage, not a duration
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    """How long a job took at the daemon, by the daemon's own clock (milliseconds).
+
+    Sent on the final event (``result``, ``end``, ``error``); absent from older daemons.
+    ``daemon_ms`` runs from the daemon accepting the job to handing its final event to
+    the relay client; ``provider_ms`` (inside it) is the time in the provider call;
+    ``first_output_ms`` from accepting the job to the first chunk or the result. Each is
+    optional; only durations travel, never clock readings (the machines' clocks differ).
+    """
+
+    daemon_ms: float | None = None
+    provider_ms: float | None = None
+    first_output_ms: float | None = None
+
+    _FIELDS = (("daemonMs", "daemon_ms"), ("providerMs", "provider_ms"),
+               ("firstOutputMs", "first_output_ms"))
+
+    def to_dict(self) -> dict[str, float]:
+        return {wire: round(value, 3) for wire, name in self._FIELDS
+                if (value := getattr(self, name)) is not None}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> JobTiming:
+        """Known fields checked (finite, non-negative milliseconds); unknown ones ignored,
+        so a newer daemon's extra numbers do not break this reader."""
+        d = _obj(value, "event.timing")
+        values: dict[str, float] = {}
+        for wire, name in cls._FIELDS:
+            if wire not in d:
+                continue
+            number = d[wire]
+            if isinstance(number, bool) or not isinstance(number, (int, float)) \
+                    or not 0 <= number <= _MAX_TIMING_MS:
+                raise ProtocolError(f"event.timing: field {wire!r} must be a number of "
+                                    "milliseconds from 0 to 1e10")
+            values[name] = float(number)
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class ResultEvent:
     """The sealed body of one event the daemon sends back for a job.
@@ -258,6 +301,7 @@ class ResultEvent:
     data: dict[str, Any] | None = None
     code: str | None = None
     message: str | None = None
+    timing: JobTiming | None = None  # final events of daemons that report it
 
     @property
     def final(self) -> bool:
@@ -271,6 +315,8 @@ class ResultEvent:
         if self.kind == "error":
             d["code"] = self.code
             d["message"] = self.message
+        if self.timing is not None:
+            d["timing"] = self.timing.to_dict()
         return d
 
     @classmethod
@@ -291,8 +337,11 @@ class ResultEvent:
         elif kind == "error":
             code = _field(d, "code", str, what)
             message = _field(d, "message", str, what)
+        timing = None
+        if kind in FINAL_KINDS and d.get("timing") is not None:
+            timing = JobTiming.from_dict(d["timing"])
         return cls(kind=kind, job_id=_id(d, "jobId", what), seq=seq, data=data, code=code,
-                   message=message)
+                   message=message, timing=timing)
 
 
 def parse_event(value: Any) -> ResultEvent:

@@ -132,6 +132,15 @@ class EventsResult:
                 "cancels": [c.to_dict() for c in self.cancels]}
 
 
+@dataclass(frozen=True)
+class BrokerStats:
+    """What a broker holds right now in this process (the metrics gauges)."""
+
+    sessions: int
+    parked_polls: int
+    queued_jobs: int
+
+
 def not_leased(job_id: str) -> Refusal:
     return Refusal(job_id, ErrorCode.LEASE_NOT_HELD.value, "the job is not leased to this session")
 
@@ -240,6 +249,9 @@ class JobTicket(Protocol):
     """The app-side handle of one submitted job."""
 
     job_id: str
+    # time.monotonic() when a daemon's poll took the job, if this process saw it (the
+    # in-process broker); None otherwise. Server-Timing's ``pickup`` part.
+    picked_up_at: float | None
 
     async def next_event(self, timeout: float) -> SealedEvent | LatticeError | None:
         """The next event, a broker-side failure (runtime_timeout, runtime_unreachable,
@@ -279,6 +291,10 @@ class RelayBroker(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def stats(self) -> BrokerStats:
+        """Sessions, parked polls and queued jobs, as this process sees them (metrics)."""
+        ...
 
     async def register_session(self, lattice_id: str, max_concurrency: int,
                                daemon_key: str | None = None,

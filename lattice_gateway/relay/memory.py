@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import enum
 import secrets
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from .base import (
     MAX_SESSIONS_PER_RUNTIME,
     PAIRED_ELSEWHERE,
     SYSTEM_CLOCK,
+    BrokerStats,
     Clock,
     EventInbox,
     EventsResult,
@@ -60,6 +62,7 @@ class MemoryTicket(EventInbox):
         "envelope",
         "job_id",
         "lattice_id",
+        "picked_up_at",
         "session",
         "state",
     )
@@ -74,6 +77,7 @@ class MemoryTicket(EventInbox):
         self.enqueued_at = enqueued_at
         self.state = _State.QUEUED
         self.session: _Session | None = None
+        self.picked_up_at: float | None = None
 
     def finish(self) -> None:
         self._broker._finish(self)
@@ -155,6 +159,14 @@ class MemoryBroker:
         """How many of the runtime's sessions hold a poll right now (tests, metrics)."""
         rt = self._runtimes.get(lattice_id)
         return sum(1 for s in rt.sessions.values() if s.parked is not None) if rt else 0
+
+    async def stats(self) -> BrokerStats:
+        runtimes = self._runtimes.values()
+        return BrokerStats(
+            sessions=sum(len(rt.sessions) for rt in runtimes),
+            parked_polls=sum(s.parked is not None for rt in runtimes
+                             for s in rt.sessions.values()),
+            queued_jobs=sum(t.state is _State.QUEUED for rt in runtimes for t in rt.queue))
 
     async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
         result: dict[str, float | None] = {}
@@ -331,6 +343,7 @@ class MemoryBroker:
         ticket.state = _State.LEASED
         ticket.envelope = None
         ticket.session = session
+        ticket.picked_up_at = time.monotonic()  # the real clock: Server-Timing's pickup
         session.leased[ticket.job_id] = ticket
 
     def _flush(self, rt: _Runtime) -> None:

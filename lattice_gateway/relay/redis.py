@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 
 from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
 
+from .. import metrics
 from . import redis_scripts as lua
 from .base import (
     DAEMON_SILENT,
@@ -49,6 +50,7 @@ from .base import (
     PAIRED_ELSEWHERE,
     REVOKED,
     SYSTEM_CLOCK,
+    BrokerStats,
     Clock,
     EventInbox,
     EventsResult,
@@ -86,6 +88,8 @@ def _text(value: Any) -> str:
 class RedisTicket(EventInbox):
     __slots__ = ("_broker", "done", "enqueued_at", "events_read", "job_id", "lattice_id",
                  "seen_event")
+
+    picked_up_at: float | None = None  # another replica may lease it: not measured here
 
     def __init__(self, broker: RedisBroker, lattice_id: str, job_id: str,
                  enqueued_at: float) -> None:
@@ -257,6 +261,7 @@ class RedisBroker:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (ConnectionError, OSError, aioredis.RedisError):
+                metrics.broker_error("redis", "subscribe")
                 await asyncio.sleep(0.1)  # Redis restarting; the subscription reconnects
                 resubscribed = True
                 continue
@@ -343,6 +348,12 @@ class RedisBroker:
     def parked_polls(self, lattice_id: str) -> int:
         """How many of the runtime's polls this replica holds right now (tests, metrics)."""
         return len(self._parked_by_runtime.get(lattice_id, ()))
+
+    async def stats(self) -> BrokerStats:
+        # This replica's share: polls it holds, jobs it submitted that no daemon answered yet.
+        return BrokerStats(
+            sessions=len(self._parked_by_session), parked_polls=len(self._parked_by_session),
+            queued_jobs=sum(not (t.done or t.seen_event) for t in self._tickets.values()))
 
     # ------------------------------------------------------------------------ presence
 
@@ -557,8 +568,10 @@ class RedisBroker:
             try:
                 await self._sweep(now, refresh=now - last_refresh >= self._refresh_every)
             except (ConnectionError, OSError, aioredis.RedisError):
+                metrics.broker_error("redis", "sweep")
                 continue  # Redis unavailable for a moment: try again next tick
             except Exception:
+                metrics.broker_error("redis", "sweep")
                 log.exception("relay sweep failed; retrying next tick")
                 continue
             if now - last_refresh >= self._refresh_every:

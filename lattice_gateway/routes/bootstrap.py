@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from lattice_protocol import ErrorCode, LatticeError, SealError, decode_public_key
 
+from .. import metrics
 from ..http import json_response, read_json_body
 from ..relay import poll_window
 from ..services import services_of
@@ -47,9 +48,14 @@ def _redeem_fields(body: dict[str, Any]) -> tuple[str, str, str | None]:
 async def redeem(request: Request) -> Response:
     services = services_of(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
-    token, public_key, version = _redeem_fields(body)
-    redeemed = await services.store.redeem_bootstrap_token(
-        token.strip(), daemon_public_key=public_key, daemon_version=version)
+    try:
+        token, public_key, version = _redeem_fields(body)
+        redeemed = await services.store.redeem_bootstrap_token(
+            token.strip(), daemon_public_key=public_key, daemon_version=version)
+    except LatticeError as exc:
+        metrics.redemption(exc.code.value)
+        raise
+    metrics.redemption("ok")
     runtime = redeemed.runtime
     await services.broker.end_other_pairings(runtime.lattice_id, public_key)
     return json_response({

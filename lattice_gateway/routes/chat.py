@@ -33,6 +33,7 @@ from lattice_protocol import (
     ErrorCode,
     JobEnvelope,
     JobSpec,
+    JobTiming,
     LatticeError,
     ProtocolError,
     Requester,
@@ -43,6 +44,7 @@ from lattice_protocol import (
     parse_model_string,
 )
 
+from .. import metrics
 from ..http import read_json_body, request_id_of
 from ..relay.base import JobTicket, watch_disconnect
 from ..services import SCOPE_INFERENCE, Principal, services_of
@@ -174,6 +176,7 @@ def validate_chat_request(body: dict[str, Any]) -> ChatRequest:
 
 
 async def chat_completions(request: Request) -> Response:
+    started = time.monotonic()  # when no RequestObserver noted the request's arrival
     services = services_of(request)
     settings = services.settings
     principal = await services.auth.authenticate(request, SCOPE_INFERENCE)
@@ -205,7 +208,8 @@ async def chat_completions(request: Request) -> Response:
     )
     sealed = sealer.seal(orjson.dumps(spec.to_dict()))
     ticket = await services.broker.submit(chat.lattice_id, JobEnvelope(job_id, deadline, sealed))
-    relay = _RelayedJob(ticket, sealer, chat.model, settings)
+    relay = _RelayedJob(ticket, sealer, chat.model, settings,
+                        _Clocked(request.scope.get("state", {}).get("started") or started, ticket))
     if chat.stream:
         return _StreamedAnswer(relay)
     async with relay.held(request.receive):
@@ -222,14 +226,97 @@ def _requester(principal: Principal, chat: ChatRequest, request_id: str) -> Requ
         user=user[:256] if isinstance(user, str) and user else None, request_id=request_id)
 
 
+# ------------------------------------------------------------------------ timing
+
+
+class _Clocked:
+    """One chat request's Server-Timing, on this process's monotonic clock only.
+
+    Parts (milliseconds; docs/api.md): ``gw`` = arrival to job submitted, plus final
+    event received to answer ready; ``pickup`` = submitted to a daemon's poll taking the
+    job (when this process leased it); ``daemon`` and ``provider`` = the daemon's own
+    durations from the final event (``daemon`` without the provider's share); ``relay`` =
+    what remains of pickup-to-final-event: both trips over the network and the daemon's
+    HTTP client. They add up to ``total`` = arrival to answer ready. Without the daemon's
+    numbers (an older daemon) ``runtime`` replaces relay + daemon + provider.
+    """
+
+    __slots__ = ("final_at", "first_chunk_at", "started", "submitted", "ticket", "timing")
+
+    def __init__(self, started: float, ticket: JobTicket) -> None:
+        self.started = started
+        self.submitted = time.monotonic()
+        self.ticket = ticket
+        self.final_at: float | None = None
+        self.first_chunk_at: float | None = None
+        self.timing: JobTiming | None = None
+
+    def final(self, event: ResultEvent) -> None:
+        self.final_at = time.monotonic()
+        self.timing = event.timing
+
+    def first_chunk(self) -> None:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = now = time.monotonic()
+            metrics.CHAT_TTFT.observe(now - self.started)
+
+    def _picked_up(self) -> float | None:
+        picked = self.ticket.picked_up_at
+        return None if picked is None else max(picked, self.submitted)
+
+    def first_byte(self) -> str:
+        """The stream's header, sent with its first frame: ``pickup`` if known, and
+        ``ttfb`` (arrival to this first frame)."""
+        now = time.monotonic()
+        picked = self._picked_up()
+        parts = [] if picked is None else [("pickup", picked - self.submitted)]
+        parts.append(("ttfb", now - self.started))
+        return _server_timing(parts)
+
+    def finished(self, stream: bool) -> str:
+        """The Server-Timing value of an answer that is ready now (counted in metrics)."""
+        now = time.monotonic()
+        final_at = self.final_at if self.final_at is not None else now
+        gateway = (self.submitted - self.started) + (now - final_at)
+        picked = self._picked_up()
+        runtime = final_at - (picked if picked is not None else self.submitted)
+        total = now - self.started
+        parts = [("gw", gateway)]
+        if picked is not None:
+            parts.append(("pickup", picked - self.submitted))
+            metrics.CHAT_PICKUP.observe(picked - self.submitted)
+        timing = self.timing
+        if timing is not None and timing.daemon_ms is not None:
+            daemon = timing.daemon_ms / 1000
+            parts.append(("relay", runtime - daemon))
+            provider = None if timing.provider_ms is None else timing.provider_ms / 1000
+            if provider is not None and provider <= daemon:
+                parts += [("daemon", daemon - provider), ("provider", provider)]
+            else:
+                parts.append(("daemon", daemon))
+        else:
+            parts.append(("runtime", runtime))
+        parts.append(("total", total))
+        metrics.CHAT_GATEWAY.observe(gateway)
+        metrics.CHAT_RUNTIME.observe(runtime)
+        metrics.CHAT_DURATION_OF[stream].observe(total)
+        return _server_timing(parts)
+
+
+def _server_timing(parts: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in parts)
+
+
 # -------------------------------------------------------------- waiting for the daemon
 
 
 class _RelayedJob:
     """Reads one job's events off its ticket: opens them, checks order, keeps deadlines."""
 
-    def __init__(self, ticket: JobTicket, sealer: Sealer, model: str, settings: Settings) -> None:
+    def __init__(self, ticket: JobTicket, sealer: Sealer, model: str, settings: Settings,
+                 clocked: _Clocked) -> None:
         self.ticket = ticket
+        self.clocked = clocked
         self.sealer = sealer
         self.model = model
         self.first_token_timeout = settings.first_token_timeout_seconds
@@ -266,6 +353,8 @@ class _RelayedJob:
                 self.silence_deadline = time.monotonic() + self.idle_timeout
                 if event.kind == "progress":
                     continue  # a long non-streaming generation is still running
+                if event.final:
+                    self.clocked.final(event)
             return event
 
     def _open(self, sealed: SealedEvent) -> ResultEvent | LatticeError:
@@ -326,7 +415,8 @@ class _RelayedJob:
             encoded = self.encode(event.data)
             if isinstance(encoded, LatticeError):
                 raise encoded
-            return Response(encoded, media_type="application/json")
+            return Response(encoded, media_type="application/json",
+                            headers={"server-timing": self.clocked.finished(stream=False)})
         if event.kind == "error":
             self.ticket.finish()
             raise self.failure_of(event)
@@ -353,12 +443,16 @@ class _RelayedJob:
                 encoded = self.encode(event.data)
                 if not isinstance(encoded, LatticeError):
                     started = True
+                    self.clocked.first_chunk()
                     yield sse_frame(encoded)
                     continue
                 failure = encoded
             elif event.kind == "end":
                 self.ticket.finish()
-                yield SSE_DONE
+                # Headers left long ago: the timing goes in a comment line, which SSE
+                # clients (the openai ones too) skip; one write with [DONE].
+                yield (b": server-timing " + self.clocked.finished(stream=True).encode()
+                       + b"\n\n" + SSE_DONE)
                 return
             elif event.kind == "error":
                 failure = self.failure_of(event)
@@ -414,6 +508,7 @@ class _StreamedAnswer(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with self.relay.held(receive):
             first = await anext(self.frames)
+            self.raw_headers.append((b"server-timing", self.relay.clocked.first_byte().encode()))
             self.body_iterator = _after(first, self.frames)
             await self.stream_response(send)
 

@@ -378,3 +378,69 @@ async def test_an_answer_too_large_to_relay_becomes_an_error_for_that_job_only()
     small = h.spec()  # the runner keeps serving
     h.runner.start(h.envelope(small))
     assert [e.kind for e in await h.finished(small.job_id)] == ["result"]
+
+
+class SteppedClock:
+    """The runner's clock, moved only by the provider below: timing becomes exact."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedProvider(FakeProvider):
+    """Each answer (non-streaming) takes 250 ms, each chunk 100 ms, of ``clock`` time."""
+
+    def __init__(self, clock: SteppedClock, **options: Any) -> None:
+        super().__init__(**options)
+        self.clock = clock
+
+    async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
+        answer = await super().chat(request)
+        self.clock.now += 0.25
+        return answer
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in super().stream(request):
+            self.clock.now += 0.1
+            yield chunk
+
+
+def clocked_harness(**options: Any) -> Harness:
+    clock = SteppedClock()
+    h = Harness(ClockedProvider(clock, **options))
+    h.runner = JobRunner(h.provider, Sealer(h.daemon_keys, h.gateway_keys.public), LATTICE_ID,
+                         ProviderConfig(), emit=h.sent.append, clock=clock)
+    return h
+
+
+async def test_final_events_carry_the_daemons_and_the_providers_time() -> None:
+    h = clocked_harness(pieces=["a", "b", "c"])
+    spec = h.spec()
+    h.runner.start(h.envelope(spec))
+    (result,) = await h.finished(spec.job_id)
+    assert result.timing is not None
+    assert (result.timing.daemon_ms, result.timing.provider_ms,
+            result.timing.first_output_ms) == (250.0, 250.0, 250.0)
+
+    spec = h.spec(stream=True)
+    h.runner.start(h.envelope(spec))
+    events = await h.finished(spec.job_id)
+    assert [e.kind for e in events] == ["chunk", "chunk", "chunk", "end"]
+    assert all(e.timing is None for e in events[:3])  # only the final event has it
+    timing = events[-1].timing
+    assert timing is not None
+    assert (timing.daemon_ms, timing.provider_ms, timing.first_output_ms) == (
+        pytest.approx(300.0), pytest.approx(300.0), pytest.approx(100.0))
+
+
+async def test_a_failed_job_reports_its_timing_too() -> None:
+    h = clocked_harness(error=ProviderError("unreachable", "Fake: connection refused"))
+    spec = h.spec()
+    h.runner.start(h.envelope(spec))
+    (failed,) = await h.finished(spec.job_id)
+    assert failed.kind == "error" and failed.timing is not None
+    assert failed.timing.daemon_ms == 0.0 and failed.timing.provider_ms == 0.0
+    assert failed.timing.first_output_ms is None

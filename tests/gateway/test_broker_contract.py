@@ -709,3 +709,25 @@ async def test_a_daemon_without_an_instance_id_never_conflicts(make_broker: Make
     assert not await broker.instance_conflict(RUNTIME, old)
     assert not await broker.instance_conflict(RUNTIME, new)
     await broker.close()
+async def test_stats_count_sessions_parked_polls_and_queued_jobs(make_broker: Maker,
+                                                                  clock: ManualClock) -> None:
+    broker = make_broker(poll_window_seconds=30, clock=clock)
+    session = await broker.register_session(RUNTIME, 1)
+    ticket = await broker.submit(RUNTIME, envelope())
+    assert (await broker.stats()).queued_jobs == 1
+    result = await asyncio.wait_for(broker.poll(RUNTIME, session, 1), HANG_GUARD)
+    assert [j.job_id for j in result.jobs] == ["job_0"]
+    # Taken: no longer queued (Redis: once its first event arrives).
+    await broker.post_events(RUNTIME, session, [SealedEvent("job_0", 0, "v1.x")])
+    await async_wait_until(lambda: _queued(broker, 0), timeout=HANG_GUARD, what="dequeued")
+    ticket.finish()
+    poll = asyncio.create_task(broker.poll(RUNTIME, session, 1))
+    await parked(broker)
+    stats = await broker.stats()
+    assert (stats.sessions, stats.parked_polls, stats.queued_jobs) == (1, 1, 0)
+    await broker.close()  # answers the parked poll
+    await asyncio.wait_for(poll, HANG_GUARD)
+
+
+async def _queued(broker: Any, count: int) -> bool:
+    return bool((await broker.stats()).queued_jobs == count)

@@ -12,6 +12,7 @@ from lattice_protocol import (
     CancelNotice,
     JobEnvelope,
     JobSpec,
+    JobTiming,
     ProtocolError,
     ReplayGuard,
     Requester,
@@ -184,3 +185,26 @@ def test_replay_guard_cost_does_not_grow_with_remembered_ids() -> None:
     with pytest.raises(ProtocolError) as still_live:
         guard.admit(job(job_id="job_4999", deadline=now + 60), now=now + 7.5)
     assert still_live.value.reason == "replay"
+
+
+def test_final_events_carry_optional_validated_timing() -> None:
+    timing = JobTiming(daemon_ms=12.5, provider_ms=10.25, first_output_ms=3.0)
+    event = ResultEvent(kind="result", job_id="job_1", seq=0, data={"x": 1}, timing=timing)
+    wire = event.to_dict()
+    assert wire["timing"] == {"daemonMs": 12.5, "providerMs": 10.25, "firstOutputMs": 3.0}
+    assert ResultEvent.from_dict(wire) == event
+    # Older daemons send none; fields may be missing; unknown ones are ignored.
+    assert ResultEvent.from_dict({**wire, "timing": None}).timing is None
+    del wire["timing"]
+    assert ResultEvent.from_dict(wire).timing is None
+    partial = ResultEvent.from_dict({**wire, "timing": {"daemonMs": 4, "queueMs": 1}})
+    assert partial.timing == JobTiming(daemon_ms=4.0)
+    for bad in ({"daemonMs": -1}, {"daemonMs": "5"}, {"providerMs": True},
+                {"daemonMs": float("nan")}, {"daemonMs": float("inf")}, {"daemonMs": 1e11},
+                [1, 2], "fast"):
+        with pytest.raises(ProtocolError, match="timing"):
+            ResultEvent.from_dict({**wire, "timing": bad})
+    # Only final events carry it: on a chunk it is ignored.
+    chunk = {"v": 1, "type": "chunk", "jobId": "job_1", "seq": 0, "data": {},
+             "timing": {"daemonMs": 1}}
+    assert ResultEvent.from_dict(chunk).timing is None
