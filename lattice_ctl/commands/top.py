@@ -2,7 +2,7 @@
 
 A rich ``Live`` on the terminal's alternate screen, redrawn in place every ``--interval``
 (no clear-and-repaint, so no flicker). Keys are read in cbreak mode, so `q` quits
-without Enter; Ctrl-C quits too (cbreak keeps the terminal's signals). Plain escape
+without Enter; Ctrl-C quits too (read as a key, not a signal). Plain escape
 sequences only: it works over ssh and in tmux. When stdout is not a terminal (or under
 --json) it prints one snapshot and exits, like `top -b -n 1`.
 """
@@ -22,7 +22,7 @@ from lattice_ctl import output
 from lattice_ctl.control_client import NOT_RUNNING_MESSAGE, ControlError, DaemonNotRunning
 from lattice_ctl.daemon_link import ask, client_for
 
-QUIT_KEYS = {"q", "Q"}
+QUIT_KEYS = {"q", "Q", "\x03"}  # \x03: Ctrl-C, read as a key (see _keys)
 
 
 @contextlib.contextmanager
@@ -46,6 +46,11 @@ def _keys() -> Iterator[Any]:
 
     saved = termios.tcgetattr(fd)
     tty.setcbreak(fd)
+    # Ctrl-C arrives as a key rather than SIGINT: a signal could interrupt the redraw or
+    # the terminal's restore at any point, a key is read between two frames.
+    attributes = termios.tcgetattr(fd)
+    attributes[3] &= ~termios.ISIG
+    termios.tcsetattr(fd, termios.TCSANOW, attributes)
     try:
         def read(timeout: float) -> str:
             ready, _, _ = select.select([fd], [], [], timeout)
