@@ -23,6 +23,7 @@ from lattice_protocol import ErrorCode, LatticeError
 
 from . import relay as relay_broker
 from .auth import CredentialAuthenticator
+from .drain import Drain
 from .errors import error_response
 from .routes import bootstrap, chat, install, meta, models, runtimes
 from .routes import relay as relay_routes
@@ -130,9 +131,11 @@ def create_app(settings: Settings, *,
 
     all_routes = [*meta.routes, *runtimes.routes, *bootstrap.routes, *models.routes,
                   *relay_routes.routes, *chat.routes, *install.routes]
-    return Starlette(
+    app = Starlette(
         routes=all_routes,
         middleware=[Middleware(_LastResort)],
         exception_handlers={LatticeError: _lattice_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
+    app.state.drain = Drain()  # moved by the server on SIGTERM (frontdoor.GatewayServer)
+    return app

@@ -20,15 +20,14 @@ from .services import ALL_SCOPES
 from .settings import Settings
 
 if TYPE_CHECKING:
-    import socket
     from types import FrameType
 
     import uvicorn
-    from starlette.applications import Starlette
 
     from .store import IssuedCredential, SqlStore
 
 T = TypeVar("T")
+log = logging.getLogger("lattice_gateway")
 
 _DATABASE_HELP = ("SQLite path or sqlite:///PATH, or postgresql://... "
                   "[env LATTICE_GATEWAY_DATABASE; default: gateway.db in the "
@@ -82,17 +81,38 @@ def main() -> None:
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="Log one line per request (never headers or bodies).")
 @click.option("--shutdown-timeout", default=5.0, show_default=True, type=float,
-              help="Seconds to let open requests (held polls) finish on SIGTERM/SIGINT.")
+              help="Drain time on SIGTERM/SIGINT: chats in flight get this long to finish, "
+                   "then end with a 503 error (docs/operations.md).")
+@click.option("--max-connections", type=click.IntRange(0), default=None,
+              help="Open connections (parked polls count); beyond it 503. 0: the file "
+                   "descriptor limit less a reserve [env LATTICE_GATEWAY_MAX_CONNECTIONS; "
+                   "default 0]")
+@click.option("--max-connections-per-ip", type=click.IntRange(0), default=None,
+              help="Open connections per client address; beyond it 429. 0: no limit "
+                   "(the default: behind a proxy every client has its address) "
+                   "[env LATTICE_GATEWAY_MAX_CONNECTIONS_PER_IP]")
+@click.option("--max-header-bytes", type=click.IntRange(1024), default=None,
+              help="Request line and headers; beyond it 431 "
+                   "[env LATTICE_GATEWAY_MAX_HEADER_BYTES; default 16384]")
+@click.option("--header-timeout", type=click.FloatRange(0.01), default=None,
+              help="Seconds for a request's line and headers to arrive; then 408 "
+                   "[env LATTICE_GATEWAY_HEADER_TIMEOUT_SECONDS; default 10]")
+@click.option("--body-timeout", type=click.FloatRange(0.01), default=None,
+              help="Seconds for a request's body to arrive after its headers; then 408 "
+                   "[env LATTICE_GATEWAY_BODY_TIMEOUT_SECONDS; default 30]")
 @click.option("--fd", type=int, default=None,
               help="Serve on this inherited, already bound TCP socket (socket activation, "
                    "a test harness) instead of binding --host/--port.")
 def serve(host: str, port: int, database: str | None, public_url: str | None,
           redis_url: str | None, log_level: str, access_log: bool,
-          shutdown_timeout: float, fd: int | None) -> None:
-    """Run the gateway (uvicorn; uvloop and httptools when installed)."""
+          shutdown_timeout: float, max_connections: int | None,
+          max_connections_per_ip: int | None, max_header_bytes: int | None,
+          header_timeout: float | None, body_timeout: float | None, fd: int | None) -> None:
+    """Run the gateway (uvicorn with httptools; uvloop when installed)."""
     import uvicorn
 
     from .app import create_app
+    from .frontdoor import FrontDoor, GatewayServer, connection_cap, raise_fd_limit
     from .store import resolve_database
 
     sockets = None
@@ -105,8 +125,11 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         public_url = f"http://{shown_host}:{port}"
     try:
-        settings = Settings.from_env(database=database, public_url=public_url,
-                                     redis_url=redis_url)
+        settings = Settings.from_env(
+            database=database, public_url=public_url, redis_url=redis_url,
+            max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
+            max_header_bytes=max_header_bytes, header_timeout_seconds=header_timeout,
+            body_timeout_seconds=body_timeout)
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
     except ValueError as exc:
@@ -115,40 +138,25 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _preflight_database(settings.database)
     app = create_app(settings)
+    cap = connection_cap(settings.max_connections, raise_fd_limit())
+    front = FrontDoor(settings, app.state.drain, cap)
+    log.info("front door: at most %d connections%s, headers %d bytes within %g s, bodies "
+             "within %g s", cap, f" ({settings.max_connections_per_ip} per address)"
+             if settings.max_connections_per_ip else "", settings.max_header_bytes,
+             settings.header_timeout_seconds, settings.body_timeout_seconds)
     config = uvicorn.Config(
-        app, host=host, port=port, loop="auto", http="auto",
+        app, host=host, port=port, loop="auto", http=front.protocol_class(),
         lifespan="on", access_log=access_log, log_level=log_level, server_header=False,
-        # typed int by uvicorn, which waits for it with asyncio: fractions of a second work
-        timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
         log_config=None,
     )
-    # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
-    # the shutdown timeout), then run the lifespan shutdown (close broker and store).
-    server = _gateway_server(config, app)
+    # GatewayServer handles SIGTERM/SIGINT: drain (new chats refused, parked polls
+    # answered, chats in flight finish or end with an error within the shutdown
+    # timeout), then uvicorn's shutdown and the lifespan's (close broker and store).
+    server = GatewayServer(config, app, drain_timeout=shutdown_timeout)
     with _graceful_signals(server):
         server.run(sockets)
     if not server.started:
         sys.exit(1)
-
-
-def _gateway_server(config: uvicorn.Config, app: Starlette) -> uvicorn.Server:
-    import uvicorn
-
-    class GatewayServer(uvicorn.Server):
-        def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
-            super().__init__(config)
-            self.gateway_app = app
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            # Where uvicorn's graceful shutdown begins (before it waits for open
-            # requests). Held long-polls would otherwise keep the shutdown waiting for the whole
-            # timeout: answer them now (empty) so daemons reconnect elsewhere at once.
-            services = getattr(self.gateway_app.state, "services", None)
-            if services is not None:
-                await services.broker.release_polls()
-            await super().shutdown(sockets)
-
-    return GatewayServer(config, app)
 
 
 @contextlib.contextmanager

@@ -274,6 +274,10 @@ class RelayBroker(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raises when the broker's backing service (Redis) cannot be reached (readiness)."""
+        ...
+
     async def register_session(self, lattice_id: str, max_concurrency: int,
                                daemon_key: str | None = None) -> str:
         """A new session. Sessions of an older pairing (another ``daemon_key``) end: jobs

@@ -42,6 +42,7 @@ from lattice_protocol import (
     parse_model_string,
 )
 
+from ..drain import Drain, drain_of, shutting_down
 from ..http import read_json_body
 from ..relay.base import JobTicket, watch_disconnect
 from ..services import SCOPE_INFERENCE, services_of
@@ -175,6 +176,9 @@ def validate_chat_request(body: dict[str, Any]) -> ChatRequest:
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     settings = services.settings
+    drain = drain_of(request)
+    if drain.draining:
+        raise shutting_down()  # before anything else: another replica answers it
     principal = await services.auth.authenticate(request, SCOPE_INFERENCE)
     body = await read_json_body(request, settings.max_body_bytes)
     chat = validate_chat_request(body)
@@ -203,7 +207,7 @@ async def chat_completions(request: Request) -> Response:
     )
     sealed = sealer.seal(orjson.dumps(spec.to_dict()))
     ticket = await services.broker.submit(chat.lattice_id, JobEnvelope(job_id, deadline, sealed))
-    relay = _RelayedJob(ticket, sealer, chat.model, settings)
+    relay = _RelayedJob(ticket, sealer, chat.model, settings, drain)
     if chat.stream:
         return _StreamedAnswer(relay)
     async with relay.held(request.receive):
@@ -216,8 +220,12 @@ async def chat_completions(request: Request) -> Response:
 class _RelayedJob:
     """Reads one job's events off its ticket: opens them, checks order, keeps deadlines."""
 
-    def __init__(self, ticket: JobTicket, sealer: Sealer, model: str, settings: Settings) -> None:
+    def __init__(self, ticket: JobTicket, sealer: Sealer, model: str, settings: Settings,
+                 drain: Drain) -> None:
         self.ticket = ticket
+        # Held until the request ends (``_Held``): a drain waits for it, then cancels it.
+        self.drain = drain
+        drain.add(ticket)
         self.sealer = sealer
         self.model = model
         self.first_token_timeout = settings.first_token_timeout_seconds
@@ -248,6 +256,7 @@ class _RelayedJob:
             if isinstance(item, LatticeError):
                 # The broker may hand one error to many tickets (a revoked runtime): each
                 # request raises its own.
+                item = self.drain.failure_of_cancel(item)
                 return LatticeError(item.code, item.message, item.param, item.retry_after)
             event = self._open(item)
             if isinstance(event, ResultEvent):
@@ -300,7 +309,7 @@ class _RelayedJob:
 
     def held(self, receive: Receive) -> _Held:
         """``async with``: while the app's request waits on the job."""
-        return _Held(self.ticket, receive)
+        return _Held(self.ticket, receive, self.drain)
 
     async def completion(self) -> Response:
         """The ``chat.completion`` of a non-streaming job; its failure is raised."""
@@ -367,11 +376,12 @@ class _Held:
     once (the daemon aborts the provider call); a job left unfinished when the request
     ends is cancelled. (A class, not a generator: this is on every chat request.)"""
 
-    __slots__ = ("_receive", "_ticket", "_watcher")
+    __slots__ = ("_drain", "_receive", "_ticket", "_watcher")
 
-    def __init__(self, ticket: JobTicket, receive: Receive) -> None:
+    def __init__(self, ticket: JobTicket, receive: Receive, drain: Drain) -> None:
         self._ticket = ticket
         self._receive = receive
+        self._drain = drain
         self._watcher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> None:
@@ -383,6 +393,7 @@ class _Held:
             # Not awaited: the answer goes out now, the watcher ends on the next turn.
             self._watcher.cancel()
         self._ticket.cancel("request_ended")  # no-op after a final event
+        self._drain.discard(self._ticket)
 
 
 class _StreamedAnswer(StreamingResponse):

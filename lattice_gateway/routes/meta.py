@@ -1,7 +1,10 @@
-"""Service metadata: ``GET /healthz`` and ``GET /openapi.json`` (a static, checked-in file)."""
+"""Service metadata: ``GET /healthz`` (liveness), ``GET /readyz`` (readiness) and
+``GET /openapi.json`` (a static, checked-in file)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from functools import lru_cache
 from importlib import resources
 
@@ -9,9 +12,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lattice_protocol import __version__
+from lattice_protocol import ErrorCode, LatticeError, __version__
 
+from ..drain import drain_of, shutting_down
+from ..errors import error_response
 from ..http import json_response
+from ..services import services_of
+
+log = logging.getLogger("lattice_gateway")
+
+# A database or Redis that does not answer within this is as good as down for a load
+# balancer's check (which has its own timeout, typically 1-5 s).
+READY_CHECK_TIMEOUT = 2.0
 
 
 @lru_cache(maxsize=1)
@@ -24,11 +36,28 @@ async def healthz(request: Request) -> Response:
     return json_response({"ok": True, "version": __version__})
 
 
+async def readyz(request: Request) -> Response:
+    # Readiness: whether this replica can serve requests now. A load balancer stops
+    # sending traffic while it fails: the database or Redis unreachable, or draining.
+    if drain_of(request).draining:
+        return error_response(shutting_down())
+    services = services_of(request)
+    for name, check in (("database", services.store.ping), ("redis", services.broker.ping)):
+        try:
+            await asyncio.wait_for(check(), READY_CHECK_TIMEOUT)
+        except Exception as exc:  # whatever the driver raises: not ready, say which part
+            log.warning("not ready: the %s is unreachable (%s)", name, type(exc).__name__)
+            return error_response(LatticeError(ErrorCode.SERVICE_UNAVAILABLE,
+                                               f"not ready: the {name} is unreachable"))
+    return json_response({"ok": True, "version": __version__})
+
+
 async def openapi(request: Request) -> Response:
     return Response(openapi_document(), media_type="application/json")
 
 
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -23,6 +23,8 @@ from lattice_protocol import (
 )
 
 from ..auth import authenticate_daemon
+from ..drain import drain_of, shutting_down
+from ..errors import error_response
 from ..http import json_response, read_json_body
 from ..relay import poll_window
 from ..services import services_of
@@ -97,6 +99,12 @@ async def poll(request: Request) -> Response:
     capacity = _count(body, "capacity", 0)
     result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
                                         capacity, receive=request.receive)
+    if drain_of(request).draining and not result.jobs and not result.cancels:
+        # This replica is shutting down (its parked polls were answered at once): the
+        # daemon backs off briefly and polls again on a new connection, which a load
+        # balancer sends to another replica (the session lives in Redis). Jobs already
+        # leased here still post their results to this replica until it exits.
+        return error_response(shutting_down(), {"connection": "close"})
     return json_response(result.to_dict())
 
 
