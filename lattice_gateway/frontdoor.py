@@ -222,15 +222,20 @@ class GatewayProtocol(HttpToolsProtocol):
                 self.app = saved
             return
         super().on_headers_complete()
+        if self.front.drain.draining and self.cycle is not None:
+            # Every answer closes its connection: keep-alive clients reconnect, and a
+            # load balancer sends them to another replica.
+            self.cycle.keep_alive = False
+            self.answer_500_in_envelope()
+
+    def answer_500_in_envelope(self) -> None:
+        """uvicorn answers a request whose task it cancels at the end of a shutdown with
+        a bare text/plain 500: this connection's request gets the envelope instead.
+        (Set from the drain on: uvicorn's only other 500, an app returning without an
+        answer, cannot happen behind the app's last-resort handler.)"""
         cycle = self.cycle
-        if cycle is not None:
-            # uvicorn's bare text/plain 500 (a task cancelled at shutdown, an app that
-            # returned without answering) becomes the envelope.
-            cycle.send_500_response = _envelope_500(cycle, self.front.drain)  # type: ignore[method-assign]
-            if self.front.drain.draining:
-                # Every answer closes its connection: keep-alive clients reconnect, and a
-                # load balancer sends them to another replica.
-                cycle.keep_alive = False
+        if cycle is not None and not cycle.response_complete:
+            cycle.send_500_response = _envelope_500(cycle)  # type: ignore[method-assign]
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE
@@ -290,10 +295,9 @@ class GatewayProtocol(HttpToolsProtocol):
             transport.close()
 
 
-def _envelope_500(cycle: RequestResponseCycle, drain: Drain) -> Any:
+def _envelope_500(cycle: RequestResponseCycle) -> Any:
     async def send_500_response() -> None:
-        error = shutting_down() if drain.draining else LatticeError(
-            ErrorCode.INTERNAL_ERROR, "internal error; the failure was logged")
+        error = shutting_down()
         body = orjson.dumps(error.body())
         start: Any = {"type": "http.response.start", "status": error.code.status,
                       "headers": [(b"content-type", b"application/json"),
@@ -325,6 +329,9 @@ class GatewayServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drain: Drain = self.gateway_app.state.drain
         drain.begin()
+        for connection in list(self.server_state.connections):
+            if isinstance(connection, GatewayProtocol):
+                connection.answer_500_in_envelope()
         services = getattr(self.gateway_app.state, "services", None)
         if services is not None:
             await services.broker.release_polls()
