@@ -41,7 +41,7 @@ async def _lattice_error(request: Request, exc: Exception) -> Response:
     """Every error route code raises (and a held chat answer raises before its first
     byte) is answered here."""
     assert isinstance(exc, LatticeError)
-    return error_response(exc)
+    return error_response(exc, getattr(exc, "headers", None))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -6,8 +6,9 @@
    true``), ``/readyz`` fails, polls that find nothing are told to go elsewhere, while
    daemons keep posting results for jobs already leased (the listener stays open).
 2. The chats in flight finish, or at the drain deadline ``expire()`` cancels their jobs
-   and each ends with the same 503 error: a JSON envelope, or an SSE error event once
-   its stream started. Never the server's bare ``text/plain`` 500.
+   and each ends with 503 ``service_unavailable`` (``EndedByShutdown``): a JSON envelope,
+   or an SSE error event once its stream started. Never the server's bare ``text/plain``
+   500.
 """
 
 from __future__ import annotations
@@ -24,10 +25,23 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
 SHUTTING_DOWN = "this gateway replica is shutting down; retry (another replica will answer)"
+ENDED_BY_SHUTDOWN = ("this gateway replica shut down before the personal runtime finished "
+                     "(the job was cancelled)")
 
 
 def shutting_down() -> LatticeError:
+    """Refused before anything ran: a retry is safe (``x-should-retry: true``)."""
     return LatticeError(ErrorCode.SERVICE_UNAVAILABLE, SHUTTING_DOWN)
+
+
+class EndedByShutdown(LatticeError):
+    """A chat the drain time cut off. Its job had reached the daemon, so the answer says
+    ``x-should-retry: false``: the SDKs only retry what cannot have run (the app may)."""
+
+    headers = {"x-should-retry": "false"}
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.SERVICE_UNAVAILABLE, ENDED_BY_SHUTDOWN)
 
 
 class Drain:
@@ -64,7 +78,7 @@ class Drain:
 
     def expire(self) -> None:
         """The drain time is over: cancel every job in flight (the daemon aborts it); its
-        request answers ``shutting_down()`` (``failure_of_cancel``)."""
+        request answers ``EndedByShutdown`` (``failure_of_cancel``)."""
         self.expired = True
         for ticket in list(self._jobs):
             ticket.cancel("gateway_shutdown")
@@ -73,7 +87,7 @@ class Drain:
         """What a chat answers for a broker error: a cancel made by ``expire`` is the
         shutdown's 503, anything else stays as it is."""
         if self.expired and error.code is ErrorCode.CANCELLED:
-            return shutting_down()
+            return EndedByShutdown()
         return error
 
 

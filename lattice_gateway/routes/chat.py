@@ -256,7 +256,8 @@ class _RelayedJob:
             if isinstance(item, LatticeError):
                 # The broker may hand one error to many tickets (a revoked runtime): each
                 # request raises its own.
-                item = self.drain.failure_of_cancel(item)
+                if (ended := self.drain.failure_of_cancel(item)) is not item:
+                    return ended
                 return LatticeError(item.code, item.message, item.param, item.retry_after)
             event = self._open(item)
             if isinstance(event, ResultEvent):

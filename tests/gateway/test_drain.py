@@ -118,8 +118,10 @@ async def test_chats_open_at_the_drain_time_end_in_the_envelope_or_an_sse_error(
         await daemon.kill()
     assert answered.status_code == 503, answered.text
     assert answered.headers["content-type"] == "application/json"
-    assert answered.headers["x-should-retry"] == "true"
+    # The job had reached the daemon: the SDKs must not send it again by themselves.
+    assert answered.headers["x-should-retry"] == "false"
     assert answered.json()["error"]["code"] == "service_unavailable"
+    assert "shut down before" in answered.json()["error"]["message"]
     errors = [json.loads(line[6:]) for line in rest if line.startswith("data: {")]
     assert errors and errors[-1]["error"]["code"] == "service_unavailable", rest
 
