@@ -145,7 +145,7 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
              if settings.max_connections_per_ip else "", settings.max_header_bytes,
              settings.header_timeout_seconds, settings.body_timeout_seconds)
     config = uvicorn.Config(
-        app, host=host, port=port, loop="auto", http=front.protocol_class(),
+        app, host=host, port=port, loop="auto", http=front.protocol_class(), ws="none",
         lifespan="on", access_log=access_log, log_level=log_level, server_header=False,
         log_config=None,
     )

@@ -187,10 +187,8 @@ class GatewayProtocol(HttpToolsProtocol):
                                       f"invalid HTTP request: {reason}"))
             return
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            # No WebSocket routes (ws="none"): an upgrade request (h2c, websocket) was
+            # dispatched as plain HTTP when its headers completed; nothing to switch to.
             return
         if self._phase == _HEADERS:
             # Still reading headers after this chunk: all of it was header bytes (a

@@ -189,3 +189,14 @@ async def test_a_parked_poll_outlives_the_read_timeouts(gateway: GatewayProcess)
     assert polled.status_code == 200, polled.text
     assert polled.json() == {"jobs": [], "cancels": []}
     assert held_for >= daemon.poll_window - 0.5 > READ_TIMEOUT * 4
+
+
+def test_an_upgrade_request_is_answered_as_plain_http(gateway: GatewayProcess) -> None:
+    # The gateway has no WebSocket or h2c: such a request is served as HTTP/1.1.
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b'{"ok":true,' in answer
