@@ -112,7 +112,13 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     import uvicorn
 
     from .app import create_app
-    from .frontdoor import FrontDoor, GatewayServer, connection_cap, raise_fd_limit
+    from .frontdoor import (
+        FrontDoor,
+        GatewayServer,
+        check_limits,
+        connection_cap,
+        raise_fd_limit,
+    )
     from .store import resolve_database
 
     sockets = None
@@ -132,6 +138,7 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
             body_timeout_seconds=body_timeout)
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
+        check_limits(settings)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,

@@ -79,6 +79,18 @@ def raise_fd_limit() -> int:
     return int(hard)
 
 
+def check_limits(settings: Settings) -> None:
+    """ValueError naming the first front-door setting that cannot work."""
+    if settings.max_header_bytes < 1024:
+        raise ValueError("the header limit must be at least 1024 bytes")
+    for name, value in (("header timeout", settings.header_timeout_seconds),
+                        ("body timeout", settings.body_timeout_seconds)):
+        if not value > 0:
+            raise ValueError(f"the {name} must be a positive number of seconds")
+    if settings.max_connections < 0 or settings.max_connections_per_ip < 0:
+        raise ValueError("connection limits must be 0 (automatic / none) or more")
+
+
 def connection_cap(configured: int, fd_limit: int) -> int:
     """``configured``, or (0) the file descriptor limit less a reserve."""
     if configured > 0:
@@ -226,6 +238,13 @@ class GatewayProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             self.answer_500_in_envelope()
 
+    def close_if_idle(self) -> None:
+        """Close a keep-alive connection waiting for its next request (the drain: its
+        client's next request opens a new connection, which reaches another replica)."""
+        if self._phase == _IDLE and (self.cycle is None or self.cycle.response_complete) \
+                and not self.transport.is_closing():
+            self.transport.close()
+
     def answer_500_in_envelope(self) -> None:
         """uvicorn answers a request whose task it cancels at the end of a shutdown with
         a bare text/plain 500: this connection's request gets the envelope instead.
@@ -330,6 +349,7 @@ class GatewayServer(uvicorn.Server):
         for connection in list(self.server_state.connections):
             if isinstance(connection, GatewayProtocol):
                 connection.answer_500_in_envelope()
+                connection.close_if_idle()
         services = getattr(self.gateway_app.state, "services", None)
         if services is not None:
             await services.broker.release_polls()
