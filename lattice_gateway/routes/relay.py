@@ -97,14 +97,20 @@ async def poll(request: Request) -> Response:
     # capacity 0 is a heartbeat that only collects cancel notices (a daemon whose slots
     # are all busy keeps one such poll outstanding).
     capacity = _count(body, "capacity", 0)
+    drain = drain_of(request)
+    arrived_draining = drain.draining
     result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
                                         capacity, receive=request.receive)
-    if drain_of(request).draining and not result.jobs and not result.cancels:
-        # This replica is shutting down (its parked polls were answered at once): the
-        # daemon backs off briefly and polls again on a new connection, which a load
-        # balancer sends to another replica (the session lives in Redis). Jobs already
-        # leased here still post their results to this replica until it exits.
-        return error_response(shutting_down(), {"connection": "close"})
+    if drain.draining and not result.jobs and not result.cancels:
+        # This replica is shutting down (the session lives in Redis; jobs already leased
+        # here still post their results to this replica until it exits). A poll it held
+        # ends now, empty, closing its connection: the daemon polls again at once on a
+        # new connection, which a load balancer that knows sends to another replica. A
+        # poll that still arrives here is refused: the daemon backs off briefly (jitter
+        # spreads a fleet) and tries again, until the balancer stops sending it here.
+        if arrived_draining:
+            return error_response(shutting_down(), {"connection": "close"})
+        return json_response(result.to_dict(), headers={"connection": "close"})
     return json_response(result.to_dict())
 
 

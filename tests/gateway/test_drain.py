@@ -13,16 +13,20 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from openai import OpenAI
 
-from tests.support.balancer import Balancer
+from tests.e2e.harness import pair_machine, provider_process, stop_daemon
+from tests.support.balancer import Balancer, ThreadedBalancer
 from tests.support.fake_daemon import FakeDaemon, Reply, paired_daemon
 from tests.support.gateway import GatewayProcess, run_gateway
-from tests.support.net import async_wait_until
+from tests.support.net import async_wait_until, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,9 +89,10 @@ async def test_one_gateway_drains_a_leased_job_to_its_answer_and_refuses_new_cha
                                                  headers={"x-api-key": key}))
         await eventually(lambda: daemon.jobs, timeout=10, what="the job leased")
         sigterm(gw)
-        # The parked poll is answered at once: come back later (503, retry).
+        # The parked poll is answered at once; the next one, here again (no other
+        # replica), is told to come back later (503, retry).
         await eventually(lambda: daemon.retried_polls, timeout=1.0,
-                               what="the parked poll answered")
+                         what="the parked poll answered and the next one refused")
         await assert_refused_while_draining(gw.url, key, daemon)
         answered = await chat
     # The daemon posted its result to the draining gateway, which answered the app.
@@ -160,11 +165,10 @@ async def test_a_replica_draining_sends_its_daemon_to_the_other_within_a_second(
                                                           json=chat_body(daemon)))
             await eventually(lambda: daemon.jobs, timeout=10, what="the job leased")
             terminated = sigterm(a)
-            await eventually(lambda: balancer.first_connection_to(1, terminated),
-                                   timeout=1.0, what="the daemon to reach replica b")
-            moved_after = balancer.first_connection_to(1, terminated)
+            await eventually(lambda: balancer.first_connection_to(1, terminated, "/poll"),
+                             timeout=1.0, what="the daemon's poll to reach replica b")
+            moved_after = balancer.first_connection_to(1, terminated, "/poll")
             assert moved_after is not None and moved_after - terminated < 1.0
-            assert daemon.retried_polls >= 1  # its poll on a was told to go elsewhere
             await assert_refused_while_draining(a.url, key, daemon)
             answered = await in_flight
             assert answered.status_code == 200, answered.text
@@ -175,3 +179,56 @@ async def test_a_replica_draining_sends_its_daemon_to_the_other_within_a_second(
             assert served.status_code == 200, served.text
             assert served.json()["choices"][0]["message"]["content"] == "finished"
         await daemon.kill()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_the_real_daemon_moves_to_the_other_replica_and_finishes_its_job(
+        postgres_url: str, lattice_home: Path) -> None:
+    """The same with ``lattice-daemon`` (paired by its bootstrap command, through the
+    balancer) and a model server that takes 1.5 s: the daemon's own backoff and
+    reconnection, not the test daemon's."""
+    prefix = f"lattice-test:{secrets.token_hex(6)}:"
+    env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
+    settings = {"redis_url": REDIS_URL, "presence_window_seconds": 2}
+    try:
+        with ThreadedBalancer() as balancer, \
+                provider_process("ollama", reply="still here", first_byte_delay=1.5) as model, \
+                run_gateway(postgres_url, env=env, public_url=balancer.url,
+                            shutdown_timeout=5, **settings) as a, \
+                run_gateway(postgres_url, env=env, public_url=balancer.url, **settings) as b:
+            balancer.set_backends([a.url, b.url], enabled=[True, False])
+            wait_until(lambda: balancer.ready[0], timeout=5, what="a ready")
+            machine = pair_machine(lattice_home, balancer.url, a.create_key("acme"),
+                                   model)
+            try:
+                balancer.enable(1)
+                app_on_a = OpenAI(base_url=a.url + "/v1", api_key=machine.key,
+                                  max_retries=0, timeout=20)
+                with ThreadPoolExecutor(1) as pool:
+                    in_flight = pool.submit(
+                        app_on_a.chat.completions.create, model=machine.model,
+                        messages=MESSAGES)
+                    wait_until(lambda: model.control.stats()["request_count"] >= 1,
+                               timeout=10, what="the job at the model server")
+                    terminated = sigterm(a)
+                    wait_until(lambda: balancer.first_connection_to(1, terminated, "/poll"),
+                               timeout=2.0, what="the daemon's poll at replica b")
+                    moved = balancer.first_connection_to(1, terminated, "/poll")
+                    assert moved is not None and moved - terminated < 1.0
+                    answer = in_flight.result(timeout=20)
+                assert answer.choices[0].message.content == "still here"
+                assert exit_code(a) == 0
+                app_on_b = OpenAI(base_url=b.url + "/v1", api_key=machine.key,
+                                  max_retries=0, timeout=20)
+                again = app_on_b.chat.completions.create(model=machine.model,
+                                                         messages=MESSAGES)
+                assert again.choices[0].message.content == "still here"
+            finally:
+                stop_daemon(lattice_home)
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
