@@ -60,6 +60,7 @@ LINGER_SECONDS = 1.0
 EXPIRE_GRACE_SECONDS = 1.0
 # uvicorn's own shutdown after the drain: only short requests are left (event posts).
 FINAL_SHUTDOWN_SECONDS = 2.0
+FORCE_EXIT_CHECK_SECONDS = 0.1  # how often the drain looks for a second Ctrl-C
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2
 
@@ -355,10 +356,21 @@ class GatewayServer(uvicorn.Server):
             await services.broker.release_polls()
         log.info("draining: new chats are refused; %d in flight get up to %g s",
                  drain.in_flight, self.drain_timeout)
-        if not await drain.wait_idle(self.drain_timeout):
+        if not await self._wait_idle(drain, self.drain_timeout):
             log.warning("drain time over: ending %d chat(s) still in flight with 503 "
                         "service_unavailable", drain.in_flight)
             drain.expire()
-            await drain.wait_idle(EXPIRE_GRACE_SECONDS)
+            await self._wait_idle(drain, EXPIRE_GRACE_SECONDS)
         self.config.timeout_graceful_shutdown = FINAL_SHUTDOWN_SECONDS  # type: ignore[assignment]
         await super().shutdown(sockets)
+
+    async def _wait_idle(self, drain: Drain, timeout: float) -> bool:
+        """``drain.wait_idle``, cut short by a second SIGINT (uvicorn's force exit)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.force_exit:
+            left = deadline - asyncio.get_running_loop().time()
+            if await drain.wait_idle(min(left, FORCE_EXIT_CHECK_SECONDS)):
+                return True
+            if left <= FORCE_EXIT_CHECK_SECONDS:
+                return False
+        return False

@@ -232,3 +232,28 @@ def test_the_real_daemon_moves_to_the_other_replica_and_finishes_its_job(
         if keys:
             client.delete(*keys)
         client.close()
+
+
+async def test_a_second_sigint_ends_the_drain_at_once() -> None:
+    with run_gateway(shutdown_timeout=60) as gw:
+        key = gw.create_key("acme")
+        daemon = await paired_daemon(gw.url, key, reply=Reply(never=True))
+        async with httpx.AsyncClient(timeout=20, headers={"x-api-key": key}) as client:
+            stuck = asyncio.ensure_future(client.post(gw.url + "/v1/chat/completions",
+                                                      json=chat_body(daemon)))
+            await eventually(lambda: daemon.jobs, timeout=10, what="the job leased")
+            assert gw.process is not None
+            gw.process.send_signal(signal.SIGINT)
+            await async_wait_until(
+                lambda: _status(client, gw.url + "/readyz", 503), timeout=5,
+                what="the drain to start")
+            started = time.monotonic()
+            gw.process.send_signal(signal.SIGINT)  # the operator insists
+            assert exit_code(gw) is not None
+            assert time.monotonic() - started < 5  # not the 60 s drain time
+            stuck.cancel()
+        await daemon.kill()
+
+
+async def _status(client: httpx.AsyncClient, url: str, status: int) -> bool:
+    return (await client.get(url)).status_code == status
