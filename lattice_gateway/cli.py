@@ -89,7 +89,7 @@ def main() -> None:
                    "default 0]")
 @click.option("--max-connections-per-ip", type=click.IntRange(0), default=None,
               help="Open connections per client address; beyond it 429. 0: no limit "
-                   "(the default: behind a proxy every client has its address) "
+                   "(the default: behind a proxy all clients share its address) "
                    "[env LATTICE_GATEWAY_MAX_CONNECTIONS_PER_IP]")
 @click.option("--max-header-bytes", type=click.IntRange(1024), default=None,
               help="Request line and headers; beyond it 431 "
