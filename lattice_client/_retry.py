@@ -6,7 +6,8 @@ Retried, at most ``max_retries`` times (default 2):
   ``ConnectTimeout``, ``PoolTimeout``): not a byte of it reached the gateway;
 * ``GET`` requests that lost their connection before a response arrived (reads are
   idempotent);
-* responses 429 ``rate_limited`` and 503 ``runtime_unreachable``, unless the gateway says
+* responses 429 ``rate_limited``, 503 ``runtime_unreachable`` and 503
+  ``service_unavailable`` (a gateway replica shutting down or full), unless the gateway says
   ``x-should-retry: false``: the gateway refused the request before running anything,
   so sending it again cannot run a job twice. ``Retry-After`` is honoured; a wait longer
   than ``max_delay`` is not slept through, the error is raised instead.
@@ -25,7 +26,8 @@ import httpx
 
 from ._errors import parse_retry_after
 
-_RETRYABLE_CODES_BY_STATUS = {429: "rate_limited", 503: "runtime_unreachable"}
+_RETRYABLE = frozenset({(429, "rate_limited"), (503, "runtime_unreachable"),
+                        (503, "service_unavailable")})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # A timeout is not here: a gateway slow to answer is no faster the second time.
 _LOST_BEFORE_RESPONSE = (httpx.ReadError, httpx.RemoteProtocolError)
@@ -56,7 +58,7 @@ class RetryPolicy:
     ) -> float | None:
         if attempt >= self.max_retries:
             return None
-        if _RETRYABLE_CODES_BY_STATUS.get(status) != code:
+        if (status, code) not in _RETRYABLE:
             return None
         if headers.get("x-should-retry", "").strip().lower() == "false":
             return None

@@ -26,6 +26,7 @@ from lattice_protocol import ErrorCode, LatticeError
 from . import metrics
 from . import relay as relay_broker
 from .auth import CredentialAuthenticator
+from .drain import Drain
 from .errors import error_response
 from .oauth import JwtVerifier, oauth_config
 from .observe import RequestObserver
@@ -45,7 +46,7 @@ async def _lattice_error(request: Request, exc: Exception) -> Response:
     """Every error route code raises (and a held chat answer raises before its first
     byte) is answered here."""
     assert isinstance(exc, LatticeError)
-    return error_response(exc)
+    return error_response(exc, getattr(exc, "headers", None))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -166,10 +167,12 @@ def create_app(settings: Settings, *,
 
     all_routes = [*meta.routes, *runtimes.routes, *bootstrap.routes, *models.routes,
                   *relay_routes.routes, *chat.routes, *install.routes]
-    return Starlette(
+    app = Starlette(
         routes=all_routes,
         middleware=[Middleware(RequestObserver, access_log=access_log),
                     Middleware(_LastResort)],
         exception_handlers={LatticeError: _lattice_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
+    app.state.drain = Drain()  # moved by the server on SIGTERM (frontdoor.GatewayServer)
+    return app

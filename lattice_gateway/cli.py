@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -27,13 +28,12 @@ from .cli_credentials import keys, tokens
 from .settings import Settings
 
 if TYPE_CHECKING:
-    import socket
     from types import FrameType
 
     import uvicorn
-    from starlette.applications import Starlette
 
 
+log = logging.getLogger("lattice_gateway")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,7 +73,25 @@ main.add_command(tokens)
               help="Serve GET /metrics to `Authorization: Bearer <the token in this file>` "
                    "(or set LATTICE_GATEWAY_METRICS_TOKEN); off when neither is given.")
 @click.option("--shutdown-timeout", default=5.0, show_default=True, type=float,
-              help="Seconds to let open requests (held polls) finish on SIGTERM/SIGINT.")
+              help="Drain time on SIGTERM/SIGINT: chats in flight get this long to finish, "
+                   "then end with a 503 error (docs/operations.md).")
+@click.option("--max-connections", type=click.IntRange(0), default=None,
+              help="Open connections (parked polls count); beyond it 503. 0: the file "
+                   "descriptor limit less a reserve [env LATTICE_GATEWAY_MAX_CONNECTIONS; "
+                   "default 0]")
+@click.option("--max-connections-per-ip", type=click.IntRange(0), default=None,
+              help="Open connections per client address; beyond it 429. 0: no limit "
+                   "(the default: behind a proxy all clients share its address) "
+                   "[env LATTICE_GATEWAY_MAX_CONNECTIONS_PER_IP]")
+@click.option("--max-header-bytes", type=click.IntRange(1024), default=None,
+              help="Request line and headers; beyond it 431 "
+                   "[env LATTICE_GATEWAY_MAX_HEADER_BYTES; default 16384]")
+@click.option("--header-timeout", type=click.FloatRange(0.01), default=None,
+              help="Seconds for a request's line and headers to arrive; then 408 "
+                   "[env LATTICE_GATEWAY_HEADER_TIMEOUT_SECONDS; default 10]")
+@click.option("--body-timeout", type=click.FloatRange(0.01), default=None,
+              help="Seconds for a request's body to arrive after its headers; then 408 "
+                   "[env LATTICE_GATEWAY_BODY_TIMEOUT_SECONDS; default 30]")
 @click.option("--fd", type=int, default=None,
               help="Serve on this inherited, already bound TCP socket (socket activation, "
                    "a test harness) instead of binding --host/--port.")
@@ -88,13 +106,23 @@ main.add_command(tokens)
 @click.option("--key-file", default=None, help=KEY_FILE_HELP)
 def serve(host: str, port: int, database: str | None, public_url: str | None,
           redis_url: str | None, log_level: str, log_format: str, access_log: bool,
-          metrics_token_file: str | None, shutdown_timeout: float, fd: int | None,
-          oauth_issuers: tuple[str, ...], oauth_audience: str | None,
-          oauth_account_claim: str | None, key_file: str | None) -> None:
-    """Run the gateway (uvicorn; uvloop and httptools when installed)."""
+          metrics_token_file: str | None, shutdown_timeout: float,
+          max_connections: int | None, max_connections_per_ip: int | None,
+          max_header_bytes: int | None, header_timeout: float | None,
+          body_timeout: float | None, fd: int | None, oauth_issuers: tuple[str, ...],
+          oauth_audience: str | None, oauth_account_claim: str | None,
+          key_file: str | None) -> None:
+    """Run the gateway (uvicorn with httptools; uvloop when installed)."""
     import uvicorn
 
     from .app import create_app
+    from .frontdoor import (
+        FrontDoor,
+        GatewayServer,
+        check_limits,
+        connection_cap,
+        raise_fd_limit,
+    )
     from .oauth import oauth_config
     from .observe import configure_logging
     from .store import resolve_database
@@ -109,14 +137,16 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         public_url = f"http://{shown_host}:{port}"
     try:
-        settings = Settings.from_env(database=database, public_url=public_url,
-                                     redis_url=redis_url, oauth_issuers=oauth_issuers or None,
-                                     oauth_audience=oauth_audience,
-                                     oauth_account_claim=oauth_account_claim,
-                                     key_file=key_file,
-                                     metrics_token=_metrics_token(metrics_token_file))
+        settings = Settings.from_env(
+            database=database, public_url=public_url, redis_url=redis_url,
+            max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
+            max_header_bytes=max_header_bytes, header_timeout_seconds=header_timeout,
+            body_timeout_seconds=body_timeout, oauth_issuers=oauth_issuers or None,
+            oauth_audience=oauth_audience, oauth_account_claim=oauth_account_claim,
+            key_file=key_file, metrics_token=_metrics_token(metrics_token_file))
         resolve_database(settings.database)
         _check_public_url(settings.public_url)
+        check_limits(settings)
         oauth_config(settings.oauth_issuers, settings.oauth_audience,
                      settings.oauth_account_claim)
     except ValueError as exc:
@@ -124,18 +154,23 @@ def serve(host: str, port: int, database: str | None, public_url: str | None,
     configure_logging(log_level, log_format)
     _preflight_database(settings.database, settings.key_file)
     app = create_app(settings, access_log=access_log)
+    cap = connection_cap(settings.max_connections, raise_fd_limit())
+    front = FrontDoor(settings, app.state.drain, cap)
+    log.info("front door: at most %d connections%s, headers %d bytes within %g s, bodies "
+             "within %g s", cap, f" ({settings.max_connections_per_ip} per address)"
+             if settings.max_connections_per_ip else "", settings.max_header_bytes,
+             settings.header_timeout_seconds, settings.body_timeout_seconds)
     config = uvicorn.Config(
-        app, host=host, port=port, loop="auto", http="auto",
+        app, host=host, port=port, loop="auto", http=front.protocol_class(), ws="none",
         # The gateway's own access line (observe.py) replaces uvicorn's: it has the
         # request id, route and duration, in the chosen format.
         lifespan="on", access_log=False, log_level=log_level, server_header=False,
-        # typed int by uvicorn, which waits for it with asyncio: fractions of a second work
-        timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]
         log_config=None,
     )
-    # uvicorn.Server handles SIGTERM/SIGINT: stop accepting, finish open requests (up to
-    # the shutdown timeout), then run the lifespan shutdown (close broker and store).
-    server = _gateway_server(config, app)
+    # GatewayServer handles SIGTERM/SIGINT: drain (new chats refused, parked polls
+    # answered, chats in flight finish or end with an error within the shutdown
+    # timeout), then uvicorn's shutdown and the lifespan's (close broker and store).
+    server = GatewayServer(config, app, drain_timeout=shutdown_timeout)
     with _graceful_signals(server):
         server.run(sockets)
     if not server.started:
@@ -155,26 +190,6 @@ def _metrics_token(path: str | None) -> str | None:
         raise ValueError(f"--metrics-token-file {path}: the token must be at least 16 "
                          "characters")
     return token
-
-
-def _gateway_server(config: uvicorn.Config, app: Starlette) -> uvicorn.Server:
-    import uvicorn
-
-    class GatewayServer(uvicorn.Server):
-        def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
-            super().__init__(config)
-            self.gateway_app = app
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            # Where uvicorn's graceful shutdown begins (before it waits for open
-            # requests). Held long-polls would otherwise keep the shutdown waiting for the whole
-            # timeout: answer them now (empty) so daemons reconnect elsewhere at once.
-            services = getattr(self.gateway_app.state, "services", None)
-            if services is not None:
-                await services.broker.release_polls()
-            await super().shutdown(sockets)
-
-    return GatewayServer(config, app)
 
 
 @contextlib.contextmanager

@@ -107,6 +107,10 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raises when the database cannot be reached (readiness)."""
+        ...
+
 
 class Authenticator(Protocol):
     async def authenticate(self, request: Request, scope: str | tuple[str, ...]) -> Principal:

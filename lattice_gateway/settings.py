@@ -57,6 +57,17 @@ class Settings:
     # (docs/operations.md). A secret: from the environment or a file, never argv.
     metrics_token: str | None = None
 
+    # The front door (lattice_gateway/frontdoor.py, docs/operations.md): bounds on what a
+    # client without credentials can hold. A parked poll has sent its whole request, so
+    # neither read timeout applies to it.
+    max_header_bytes: int = 16 * 1024  # request line + headers; beyond it 431
+    header_timeout_seconds: float = 10.0  # from a connection's (or request's) first byte
+    body_timeout_seconds: float = 30.0  # from the end of the headers to the end of the body
+    # Open connections (parked polls count); beyond it a fast 503. 0: from the file
+    # descriptor limit, keeping a reserve for the database, Redis and logs.
+    max_connections: int = 0
+    max_connections_per_ip: int = 0  # 0: no per-address limit (e.g. behind a proxy)
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Defaults <- LATTICE_GATEWAY_<FIELD> variables <- explicit overrides (non-None)."""

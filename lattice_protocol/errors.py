@@ -27,6 +27,10 @@ class ErrorCode(str, enum.Enum):
     SESSION_NOT_FOUND = "session_not_found"
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
+    # The gateway's front door: slow or oversized requests, no room, shutting down.
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    SERVICE_UNAVAILABLE = "service_unavailable"
 
     @property
     def status(self) -> int:
@@ -66,6 +70,9 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.SESSION_NOT_FOUND: 404,
     ErrorCode.CANCELLED: 499,
     ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
 }
 
 _TYPE_BY_STATUS = {
@@ -74,16 +81,21 @@ _TYPE_BY_STATUS = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
     499: "invalid_request_error",
 }
 
-# A daemon that is reconnecting comes back within seconds, and a rate limit lifts;
-# everything else fails the same way again, so clients are told not to retry.
+# A daemon that is reconnecting comes back within seconds, a rate limit lifts, a
+# gateway replica that is full or shutting down has a sibling (or comes back), and a
+# request that arrived too slowly may arrive in time over a better network; everything
+# else fails the same way again, so clients are told not to retry.
 _RETRYABLE = frozenset(
-    {ErrorCode.RATE_LIMITED, ErrorCode.RUNTIME_UNREACHABLE, ErrorCode.INTERNAL_ERROR}
+    {ErrorCode.RATE_LIMITED, ErrorCode.RUNTIME_UNREACHABLE, ErrorCode.INTERNAL_ERROR,
+     ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.REQUEST_TIMEOUT}
 )
 
 

@@ -296,6 +296,10 @@ class RelayBroker(Protocol):
         """Sessions, parked polls and queued jobs, as this process sees them (metrics)."""
         ...
 
+    async def ping(self) -> None:
+        """Raises when the broker's backing service (Redis) cannot be reached (readiness)."""
+        ...
+
     async def register_session(self, lattice_id: str, max_concurrency: int,
                                daemon_key: str | None = None,
                                instance_id: str | None = None) -> str:

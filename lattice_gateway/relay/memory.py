@@ -198,6 +198,9 @@ class MemoryBroker:
                 if session.parked is not None:
                     session.parked.answer()
 
+    async def ping(self) -> None:
+        """In this process: nothing to reach."""
+
     async def close(self) -> None:
         self._closed = True
         if self._sweeper is not None:

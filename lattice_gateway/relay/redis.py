@@ -235,6 +235,9 @@ class RedisBroker:
         for parked in list(self._parked_by_session.values()):
             parked.answer()
 
+    async def ping(self) -> None:
+        await self._redis.ping()
+
     async def close(self) -> None:
         self._closed = True
         for parked in list(self._parked_by_session.values()):

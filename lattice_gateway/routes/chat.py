@@ -45,6 +45,7 @@ from lattice_protocol import (
 )
 
 from .. import metrics
+from ..drain import Drain, drain_of, shutting_down
 from ..http import read_json_body, request_id_of
 from ..relay.base import JobTicket, watch_disconnect
 from ..services import SCOPE_INFERENCE, Principal, services_of
@@ -179,6 +180,9 @@ async def chat_completions(request: Request) -> Response:
     started = time.monotonic()  # when no RequestObserver noted the request's arrival
     services = services_of(request)
     settings = services.settings
+    drain = drain_of(request)
+    if drain.draining:
+        raise shutting_down()  # before anything else: another replica answers it
     principal = await services.auth.authenticate(request, SCOPE_INFERENCE)
     body = await read_json_body(request, settings.max_body_bytes)
     chat = validate_chat_request(body)
@@ -209,7 +213,8 @@ async def chat_completions(request: Request) -> Response:
     sealed = sealer.seal(orjson.dumps(spec.to_dict()))
     ticket = await services.broker.submit(chat.lattice_id, JobEnvelope(job_id, deadline, sealed))
     relay = _RelayedJob(ticket, sealer, chat.model, settings,
-                        _Clocked(request.scope.get("state", {}).get("started") or started, ticket))
+                        _Clocked(request.scope.get("state", {}).get("started") or started, ticket),
+                        drain)
     if chat.stream:
         return _StreamedAnswer(relay)
     async with relay.held(request.receive):
@@ -314,9 +319,12 @@ class _RelayedJob:
     """Reads one job's events off its ticket: opens them, checks order, keeps deadlines."""
 
     def __init__(self, ticket: JobTicket, sealer: Sealer, model: str, settings: Settings,
-                 clocked: _Clocked) -> None:
+                 clocked: _Clocked, drain: Drain) -> None:
         self.ticket = ticket
         self.clocked = clocked
+        # Held until the request ends (``_Held``): a drain waits for it, then cancels it.
+        self.drain = drain
+        drain.add(ticket)
         self.sealer = sealer
         self.model = model
         self.first_token_timeout = settings.first_token_timeout_seconds
@@ -347,6 +355,8 @@ class _RelayedJob:
             if isinstance(item, LatticeError):
                 # The broker may hand one error to many tickets (a revoked runtime): each
                 # request raises its own.
+                if (ended := self.drain.failure_of_cancel(item)) is not item:
+                    return ended
                 return LatticeError(item.code, item.message, item.param, item.retry_after)
             event = self._open(item)
             if isinstance(event, ResultEvent):
@@ -401,7 +411,7 @@ class _RelayedJob:
 
     def held(self, receive: Receive) -> _Held:
         """``async with``: while the app's request waits on the job."""
-        return _Held(self.ticket, receive)
+        return _Held(self.ticket, receive, self.drain)
 
     async def completion(self) -> Response:
         """The ``chat.completion`` of a non-streaming job; its failure is raised."""
@@ -473,11 +483,12 @@ class _Held:
     once (the daemon aborts the provider call); a job left unfinished when the request
     ends is cancelled. (A class, not a generator: this is on every chat request.)"""
 
-    __slots__ = ("_receive", "_ticket", "_watcher")
+    __slots__ = ("_drain", "_receive", "_ticket", "_watcher")
 
-    def __init__(self, ticket: JobTicket, receive: Receive) -> None:
+    def __init__(self, ticket: JobTicket, receive: Receive, drain: Drain) -> None:
         self._ticket = ticket
         self._receive = receive
+        self._drain = drain
         self._watcher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> None:
@@ -489,6 +500,7 @@ class _Held:
             # Not awaited: the answer goes out now, the watcher ends on the next turn.
             self._watcher.cancel()
         self._ticket.cancel("request_ended")  # no-op after a final event
+        self._drain.discard(self._ticket)
 
 
 class _StreamedAnswer(StreamingResponse):

@@ -24,6 +24,8 @@ from lattice_protocol import (
 )
 
 from ..auth import authenticate_daemon
+from ..drain import drain_of, shutting_down
+from ..errors import error_response
 from ..http import json_response, read_json_body
 from ..relay import poll_window
 from ..services import services_of
@@ -115,8 +117,20 @@ async def poll(request: Request) -> Response:
     # capacity 0 is a heartbeat that only collects cancel notices (a daemon whose slots
     # are all busy keeps one such poll outstanding).
     capacity = _count(body, "capacity", 0)
+    drain = drain_of(request)
+    arrived_draining = drain.draining
     result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
                                         capacity, receive=request.receive)
+    if drain.draining and not result.jobs and not result.cancels:
+        # This replica is shutting down (the session lives in Redis; jobs already leased
+        # here still post their results to this replica until it exits). A poll it held
+        # ends now, empty, closing its connection: the daemon polls again at once on a
+        # new connection, which a load balancer that knows sends to another replica. A
+        # poll that still arrives here is refused: the daemon backs off briefly (jitter
+        # spreads a fleet) and tries again, until the balancer stops sending it here.
+        if arrived_draining:
+            return error_response(shutting_down(), {"connection": "close"})
+        return json_response(result.to_dict(), headers={"connection": "close"})
     return json_response(result.to_dict())
 
 

@@ -183,6 +183,11 @@ class SqlStore:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    async def ping(self) -> None:
+        """One round trip to the database (``/readyz``); raises when it is unreachable."""
+        async with self._engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 

@@ -108,6 +108,22 @@ def test_serve_names_a_malformed_setting_variable(tmp_path: Path, lattice_home: 
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(("variable", "value", "reason"), [
+    ("LATTICE_GATEWAY_HEADER_TIMEOUT_SECONDS", "0", "header timeout"),
+    ("LATTICE_GATEWAY_BODY_TIMEOUT_SECONDS", "-1", "body timeout"),
+    ("LATTICE_GATEWAY_MAX_HEADER_BYTES", "10", "header limit"),
+    ("LATTICE_GATEWAY_MAX_CONNECTIONS", "-5", "connection limits"),
+])
+def test_serve_refuses_front_door_limits_that_cannot_work(
+        variable: str, value: str, reason: str, tmp_path: Path, lattice_home: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["serve", "--database", str(tmp_path / "gw.db")])
+    assert result.exit_code != 0
+    assert reason in result.output
+    assert "Traceback" not in result.output
+
+
 def test_tokens_create_json(tmp_path: Path, lattice_home: Path) -> None:
     database = str(tmp_path / "gw.db")
     before = time.time()

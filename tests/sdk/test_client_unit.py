@@ -347,6 +347,22 @@ def test_retries_unreachable_then_succeeds_honouring_retry_after() -> None:
     assert len(rec.requests) == 2 and slept == [1.5]
 
 
+def test_a_replica_shutting_down_is_retried_but_not_a_chat_it_cut_off() -> None:
+    refused = httpx.Response(503, json=envelope("service_unavailable"),
+                             headers={"x-should-retry": "true"})
+    rec = Recorder(refused, httpx.Response(200, json=COMPLETION))
+    with compute(rec) as client:
+        client._http.sleep = lambda seconds: None
+        assert client.chat_complete_for_personal_runtime("rt_1", {"messages": []})["id"] == "c1"
+    assert len(rec.requests) == 2
+    cut_off = httpx.Response(503, json=envelope("service_unavailable"),
+                             headers={"x-should-retry": "false"})
+    rec = Recorder(cut_off, httpx.Response(200, json=COMPLETION))
+    with compute(rec) as client, pytest.raises(lc.LatticeAPIError):
+        client.chat_complete_for_personal_runtime("rt_1", {"messages": []})
+    assert len(rec.requests) == 1
+
+
 def test_retries_are_bounded_to_two() -> None:
     rec = Recorder(httpx.Response(429, json=envelope("rate_limited"),
                                   headers={"retry-after": "0", "x-should-retry": "true"}))

@@ -64,6 +64,11 @@ class Reply:
     never: bool = False
 
 
+class RetryLater(Exception):
+    """A 503 the gateway says to retry (``x-should-retry: true``): e.g. a replica that is
+    shutting down. Polled again after a short backoff, on a new connection."""
+
+
 class DaemonStopped(Exception):
     """The gateway refused the daemon's credential (401/403): re-pair required."""
 
@@ -103,6 +108,7 @@ class FakeDaemon:
         self._slot_freed = asyncio.Event()
         self._outbox: list[tuple[SealedEvent, asyncio.Future[None]]] = []
         self._sending = False
+        self.retried_polls = 0  # polls answered 503 "retry" (a replica shutting down)
 
     # --------------------------------------------------------------------- pairing
 
@@ -223,7 +229,7 @@ class FakeDaemon:
                     freed.cancel()
             except DaemonStopped:
                 return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, RetryLater):
                 await asyncio.sleep(0.05)  # backoff before reconnecting
 
     async def _poll_once(self, capacity: int) -> None:
@@ -234,6 +240,9 @@ class FakeDaemon:
         if response.status_code == 404:
             await self.register()
             return
+        if response.status_code == 503 and response.headers.get("x-should-retry") == "true":
+            self.retried_polls += 1
+            raise RetryLater(response.text)
         if response.status_code != 200:
             raise AssertionError(f"poll failed: {response.status_code} {response.text}")
         body = response.json()

@@ -349,6 +349,18 @@ describe("retries", () => {
     assert.deepEqual(slept, [1.5]);
   });
 
+  it("retries a replica shutting down, not a chat it cut off", async () => {
+    const unavailable = (retry: string): Response => json(503, envelope("service_unavailable"), { "x-should-retry": retry });
+    const retried = fakeFetch(unavailable("true"), json(200, COMPLETION));
+    const c = compute(retried.fetch);
+    (c as unknown as { transport: { sleep: (s: number) => Promise<void> } }).transport.sleep = async () => {};
+    assert.equal((await c.chatCompleteForPersonalRuntime("lat_1", { messages: [] })).id, "c1");
+    assert.equal(retried.sent.length, 2);
+    const cutOff = fakeFetch(unavailable("false"), json(200, COMPLETION));
+    await assert.rejects(compute(cutOff.fetch).chatCompleteForPersonalRuntime("lat_1", { messages: [] }), client.LatticeApiError);
+    assert.equal(cutOff.sent.length, 1);
+  });
+
   it("gives up after two retries", async () => {
     const { fetch, sent } = fakeFetch(json(429, envelope("rate_limited"), { "retry-after": "0" }));
     await assert.rejects(compute(fetch).listPersonalRuntimes(), client.RateLimitedError);

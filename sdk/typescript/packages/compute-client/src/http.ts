@@ -68,7 +68,8 @@ function authHeaders(credential: Credential): Record<string, string> {
     : { authorization: `Bearer ${credential.accessToken}` };
 }
 
-const RETRYABLE_CODE_BY_STATUS: Readonly<Record<number, string>> = { 429: "rate_limited", 503: "runtime_unreachable" };
+/** status:code pairs a retry can fix; service_unavailable: a gateway replica shutting down or full. */
+const RETRYABLE = new Set(["429:rate_limited", "503:runtime_unreachable", "503:service_unavailable"]);
 /** undici's codes for a connection that was never established: no byte of the request left. */
 const NOT_SENT_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT", "EHOSTUNREACH", "ENETUNREACH"]);
 /** A connection lost before any answer: only reads (GET) are sent again after it. */
@@ -226,7 +227,7 @@ export class Transport {
 
   private retryDelay(response: Response, error: LatticeApiError, retryAfter: number | null, attempt: number): number | null {
     if (attempt >= this.maxRetries) return null;
-    if (RETRYABLE_CODE_BY_STATUS[response.status] !== error.code) return null;
+    if (!RETRYABLE.has(`${response.status}:${error.code}`)) return null;
     if ((response.headers.get("x-should-retry") ?? "").trim().toLowerCase() === "false") return null;
     if (retryAfter === null) return backoffSeconds(attempt);
     return retryAfter <= MAX_DELAY_S ? retryAfter : null;
