@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "models": "lattice_ctl.commands.models:models",
     "service": "lattice_ctl.commands.service:service",
     "doctor": "lattice_ctl.commands.doctor:doctor",
+    "pause": "lattice_ctl.commands.controls:pause",
+    "resume": "lattice_ctl.commands.controls:resume",
+    "limits": "lattice_ctl.commands.controls:limits",
 }
 
 _HELP = {
@@ -34,6 +37,9 @@ _HELP = {
     "models": "List the provider's models and the GGUF files here; pull a GGUF model.",
     "service": "Install the daemon as a launchd/systemd user service.",
     "doctor": "Run the troubleshooting checks and print a fix for each failure.",
+    "pause": "Stop taking jobs now (--for 30m: for a while); the gateway learns it at once.",
+    "resume": "Take jobs again after a pause.",
+    "limits": "Show or change who may use this machine, when and how much (live).",
 }
 
 

@@ -169,10 +169,70 @@ def routes_for(backend: ControlBackend) -> dict[str, tuple[str, Route]]:
     }
 
 
-async def dispatch(routes: dict[str, tuple[str, Route]], request: Request) -> bytes:
+# -- the owner's controls (docs/control-api.md): routes that read a JSON body --------
+
+BodyRoute = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _no_body(handler: Route) -> BodyRoute:
+    async def call(_body: dict[str, Any]) -> dict[str, Any]:
+        return await handler()
+
+    return call
+
+
+def controls_routes(backend: Any) -> dict[str, tuple[str, BodyRoute]]:
+    """The controls endpoints of a backend that has them (the daemon does)."""
+    if not hasattr(backend, "controls_state"):
+        return {}
+    return {
+        "/v1/controls": ("GET", _no_body(backend.controls_state)),
+        "/v1/controls/pause": ("POST", backend.pause),
+        "/v1/controls/resume": ("POST", backend.resume),
+        "/v1/controls/limits": ("PATCH", backend.patch_limits),
+    }
+
+
+def json_body(request: Request) -> dict[str, Any]:
+    """A request's body as a JSON object ({} when empty); _BadRequest otherwise."""
+    if not request.body.strip():
+        return {}
+    try:
+        value = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest(400, "bad_request", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _BadRequest(400, "bad_request", "the body must be a JSON object")
+    return value
+
+
+async def dispatch_body_route(route: tuple[str, BodyRoute], request: Request) -> bytes:
+    method, handler = route
+    if request.method != method:
+        return error_response(405, "method_not_allowed",
+                              f"{request.path} takes {method}, not {request.method[:10]}")
+    try:
+        return render(200, await handler(json_body(request)))
+    except _BadRequest as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except ControlRefusal as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except Exception:
+        log.exception("control request %s %s failed", request.method, request.path)
+        return error_response(500, "internal_error", "the daemon failed to answer; see its log")
+
+
+# --------------------------------------------------------------------------------
+
+
+async def dispatch(routes: dict[str, tuple[str, Route]], request: Request,
+                   body_routes: dict[str, tuple[str, BodyRoute]] | None = None) -> bytes:
     if _is_browser(request.headers):
         return error_response(403, "forbidden",
                               "requests from web browsers are refused by the daemon")
+    body_route = (body_routes or {}).get(request.path.rstrip("/") or "/")
+    if body_route is not None:
+        return await dispatch_body_route(body_route, request)
     route = routes.get(request.path.rstrip("/") or "/")
     if route is None:
         return error_response(404, "not_found", f"no such endpoint: {request.path[:100]}")
@@ -198,6 +258,7 @@ class ControlServer:
                  max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.socket_path = socket_path
         self._routes = routes_for(backend)
+        self._body_routes = controls_routes(backend)
         self._private_dir = private_dir
         self._read_timeout = read_timeout
         self._max = max_request_bytes
@@ -227,7 +288,7 @@ class ControlServer:
             try:
                 request = await within(read_request(reader, self._max),
                                        self._read_timeout)
-                answer = await dispatch(self._routes, request)
+                answer = await dispatch(self._routes, request, self._body_routes)
             except _BadRequest as exc:
                 answer = error_response(exc.status, exc.code, exc.message)
             except asyncio.TimeoutError:

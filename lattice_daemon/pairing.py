@@ -33,7 +33,8 @@ class Pairing:
               provider: Provider, status: RelayStatus, *, replay_guard: ReplayGuard,
               describe_provider: Callable[[], Awaitable[dict[str, Any]]],
               admit: AdmitFn | None = None,
-              observers: tuple[JobObserver, ...] = ()) -> Pairing:
+              observers: tuple[JobObserver, ...] = (),
+              paused: Callable[[], dict[str, Any] | None] | None = None) -> Pairing:
         """Build the pairing's parts around one outbox and start polling."""
         outbox = Outbox()
         settings = config.daemon
@@ -44,7 +45,7 @@ class Pairing:
                            admit=admit, observers=observers)
         relay = RelayClient(RelayApi(relay_config.relay_url, relay_config.daemon_token),
                             runner, status, outbox=outbox,
-                            describe_provider=describe_provider,
+                            describe_provider=describe_provider, paused=paused,
                             backoff=Backoff(settings.backoff_initial_seconds,
                                             settings.backoff_max_seconds))
         relay.start()

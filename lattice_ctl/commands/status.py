@@ -71,6 +71,11 @@ def _status_text(data: dict[str, Any]) -> str:
                      f"{provider.get('url') or 'its default URL'} (from the config)")
         return "\n".join(lines)
     relay = data.get("relay") or {}
+    paused = data.get("paused")
+    if paused:
+        from lattice_ctl.commands.controls import _pause_line
+
+        lines.append(_pause_line(paused) + " (lattice-ctl resume / limits show)")
     lines.append(f"Last successful poll: {relay.get('lastPollAt') or 'never'}")
     if relay.get("lastError"):
         lines.append(f"Last error: {relay['lastError']}")

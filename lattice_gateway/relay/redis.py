@@ -39,11 +39,13 @@ from .base import (
     EventInbox,
     EventsResult,
     ParkedPoll,
+    Pause,
     PollResult,
     Receive,
     SessionNotFound,
     answer_expired,
     not_leased,
+    pause_ttl,
     pickup_timed_out,
     queue_full,
     revoked,
@@ -274,6 +276,31 @@ class RedisBroker:
         values = await self._redis.mget([self._prefix + "seen:" + lid for lid in lattice_ids])
         return {lid: float(v) if v is not None else None
                 for lid, v in zip(lattice_ids, values, strict=True)}
+
+    # -- pauses (plain keys, no script: ``P pause:<rt>`` JSON {reason, until}, expiring
+    # unless the paused daemon's polls say it again) --
+
+    async def pauses(self, lattice_ids: list[str]) -> dict[str, Pause | None]:
+        if not lattice_ids:
+            return {}
+        raw = await self._redis.mget([f"{self._prefix}pause:{lid}" for lid in lattice_ids])
+        now = self._clock.time()
+        result: dict[str, Pause | None] = {}
+        for lid, value in zip(lattice_ids, raw, strict=True):
+            pause = Pause.from_store(orjson.loads(value)) if value else None
+            result[lid] = None if pause is None or pause.over(now) else pause
+        return result
+
+    async def set_pause(self, lattice_id: str, session_id: str, pause: Pause | None) -> None:
+        if _text(await self._redis.hget(f"{self._prefix}s:{session_id}", "rt") or b"") \
+                != lattice_id:
+            raise SessionNotFound()
+        key = f"{self._prefix}pause:{lattice_id}"
+        if pause is None:
+            await self._redis.delete(key)
+            return
+        ttl = pause_ttl(self.poll_window_seconds, self.presence_window_seconds)
+        await self._redis.set(key, orjson.dumps(pause.to_store()), px=int(ttl * 1000))
 
     async def revoke_runtime(self, lattice_id: str) -> None:
         await self._ensure_started()

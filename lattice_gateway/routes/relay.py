@@ -8,6 +8,7 @@ disturbs other sessions.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from lattice_protocol import (
 from ..auth import authenticate_daemon
 from ..http import json_response, read_json_body
 from ..relay import poll_window
+from ..relay.base import PAUSE_REASONS, Pause
 from ..services import services_of
 
 MAX_CONCURRENCY = 1024  # bounds capacity and maxConcurrency
@@ -70,13 +72,38 @@ def _parse_register(body: dict[str, Any]) -> tuple[str, list[str], str | None, i
     return daemon_version, models, default_model, max_concurrency
 
 
+def _parse_pause(body: dict[str, Any]) -> Pause | None:
+    """``paused``: null, or {reason: owner|schedule|battery, until: ISO-8601 or null}."""
+    value = body.get("paused")
+    if value is None:
+        return None
+    what = "field 'paused' must be null or {reason, until}"
+    if not isinstance(value, dict) or value.get("reason") not in PAUSE_REASONS:
+        raise _invalid(f"{what} with reason one of {', '.join(PAUSE_REASONS)}", "paused")
+    until = value.get("until")
+    if until is None:
+        return Pause(value["reason"])
+    if not isinstance(until, str) or len(until) > 64:
+        raise _invalid(f"{what}: 'until' must be an ISO-8601 time or null", "paused.until")
+    try:
+        stamp = datetime.fromisoformat(until.replace("Z", "+00:00"))
+    except ValueError:
+        raise _invalid(f"{what}: 'until' must be an ISO-8601 time or null",
+                       "paused.until") from None
+    if stamp.tzinfo is None:
+        raise _invalid(f"{what}: 'until' needs a time zone (e.g. Z)", "paused.until")
+    return Pause(value["reason"], stamp.timestamp())
+
+
 async def register_session(request: Request) -> Response:
     services = services_of(request)
     runtime = await authenticate_daemon(request)
     body = await read_json_body(request, services.settings.max_body_bytes)
     daemon_version, models, default_model, max_concurrency = _parse_register(body)
+    pause = _parse_pause(body)
     session_id = await services.broker.register_session(runtime.lattice_id, max_concurrency,
                                                daemon_key=runtime.daemon_public_key)
+    await services.broker.set_pause(runtime.lattice_id, session_id, pause)
     await services.store.record_daemon_session(
         runtime.lattice_id, daemon_version=daemon_version, models=models,
         default_model=default_model)
@@ -95,6 +122,12 @@ async def poll(request: Request) -> Response:
     # capacity 0 is a heartbeat that only collects cancel notices (a daemon whose slots
     # are all busy keeps one such poll outstanding).
     capacity = _count(body, "capacity", 0)
+    # A paused daemon says so on every poll (it keeps the pause alive in the broker); a
+    # change is posted at once to /state, so it never waits for the next poll.
+    pause = _parse_pause(body)
+    if pause is not None:
+        await services.broker.set_pause(runtime.lattice_id, request.path_params["session_id"],
+                                        pause)
     result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
                                         capacity, receive=request.receive)
     return json_response(result.to_dict())
@@ -120,6 +153,19 @@ async def post_events(request: Request) -> Response:
     return json_response(result.to_dict())
 
 
+async def post_state(request: Request) -> Response:
+    """The daemon's serving state changed (paused, or not any more): the gateway knows at
+    once, whatever its held poll is doing."""
+    services = services_of(request)
+    runtime = await authenticate_daemon(request)
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    if "paused" not in body:
+        raise _invalid("field 'paused' is required (null when serving)", "paused")
+    await services.broker.set_pause(runtime.lattice_id, request.path_params["session_id"],
+                                    _parse_pause(body))
+    return Response(status_code=204)
+
+
 async def deregister_session(request: Request) -> Response:
     runtime = await authenticate_daemon(request)
     await services_of(request).broker.deregister_session(runtime.lattice_id,
@@ -131,5 +177,6 @@ routes: list[BaseRoute] = [
     Route("/v1/relay/sessions", register_session, methods=["POST"]),
     Route("/v1/relay/sessions/{session_id}/poll", poll, methods=["POST"]),
     Route("/v1/relay/sessions/{session_id}/events", post_events, methods=["POST"]),
+    Route("/v1/relay/sessions/{session_id}/state", post_state, methods=["POST"]),
     Route("/v1/relay/sessions/{session_id}", deregister_session, methods=["DELETE"]),
 ]

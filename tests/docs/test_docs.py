@@ -172,13 +172,14 @@ def test_the_broker_import_checker_catches_concrete_brokers() -> None:
 
 
 def test_control_api_doc_lists_exactly_the_daemon_routes() -> None:
-    from lattice_daemon.control import routes_for
+    from lattice_daemon.control import controls_routes, routes_for
 
     class Backend:  # routes_for only takes the bound handlers' names
         def __getattr__(self, name: str) -> None:
             return None
 
     served = {(method, path) for path, (method, _) in routes_for(Backend()).items()}
+    served |= {(method, path) for path, (method, _) in controls_routes(Backend()).items()}
     assert table_endpoints("control-api.md") == served
 
 
