@@ -34,17 +34,18 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def _pause_line(paused: dict[str, Any] | None) -> str:
+def pause_line(paused: dict[str, Any] | None) -> str:
     if paused is None:
-        return "Serving: new jobs are taken"
+        return "serving: new jobs are taken"
     why = {"owner": "paused by you", "schedule": "outside the serving hours",
            "battery": "paused: running on battery"}.get(paused.get("reason", ""), "paused")
     until = paused.get("until")
-    return f"Not serving ({why}){f' until {until}' if until else ''}"
+    return f"not serving ({why}){f' until {until}' if until else ''}"
 
 
 def _controls_text(data: dict[str, Any]) -> Any:
-    lines = [_pause_line(data.get("paused"))]
+    line = pause_line(data.get("paused"))
+    lines = [line[0].upper() + line[1:]]
     limits = data.get("limits") or {}
     schedule = data.get("schedule") or {}
 

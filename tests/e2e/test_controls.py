@@ -157,7 +157,8 @@ def test_pause_resume_and_pause_for(machine: PairedMachine, apps: tuple[str, str
     assert "paused" in refused.json()["error"]["message"]
     assert "retry-after" not in refused.headers  # no known end
     status = ctl(machine.home, "status")
-    assert "paused by you" in status.stdout
+    assert status.returncode == 8, status.stdout  # connected, but not serving
+    assert status.stdout.startswith("Connected") and "paused by you" in status.stdout
 
     ctl_json(machine.home, "resume")
     wait_runtime_status(machine.gateway_url, machine.key, machine.lattice_id, "reachable",
