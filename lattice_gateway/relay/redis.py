@@ -57,6 +57,8 @@ log = logging.getLogger("lattice_gateway.relay")
 
 _JOB_TTL_SECONDS = 24 * 3600  # a safety net; finished jobs are deleted at once
 _CLOSE_SECONDS = 2.0  # bound on waiting for background tasks at close
+PAUSE_CACHE_SECONDS = 0.25
+PAUSE_CACHE_MAX = 100_000  # runtimes remembered; past it the cache starts over
 
 
 def _text(value: Any) -> str:
@@ -117,6 +119,7 @@ class RedisBroker:
         self._clock = clock
         self._prefix = key_prefix
         self._replica = secrets.token_hex(8)
+        self._pause_cache: dict[str, tuple[float, Pause | None]] = {}
         self._redis = aioredis.from_url(url)
         self._scripts = {name.lower(): self._redis.register_script(getattr(lua, name))
                          for name in ("REACHABLE", "SUBMIT", "END_OTHER_PAIRINGS", "REGISTER",
@@ -278,17 +281,27 @@ class RedisBroker:
                 for lid, v in zip(lattice_ids, values, strict=True)}
 
     # -- pauses (plain keys, no script: ``P pause:<rt>`` JSON {reason, until}, expiring
-    # unless the paused daemon's polls say it again) --
+    # unless the paused daemon's polls say it again). Each replica remembers what it read
+    # for PAUSE_CACHE_SECONDS: a chat costs no extra round trip at full load, another
+    # replica's change shows within that, and a job that reaches a paused daemon in
+    # between is refused by the daemon with the same error. --
 
     async def pauses(self, lattice_ids: list[str]) -> dict[str, Pause | None]:
-        if not lattice_ids:
-            return {}
-        raw = await self._redis.mget([f"{self._prefix}pause:{lid}" for lid in lattice_ids])
-        now = self._clock.time()
+        now = self._clock.monotonic()
+        cache = self._pause_cache
+        stale = [lid for lid in lattice_ids
+                 if (hit := cache.get(lid)) is None or now - hit[0] > PAUSE_CACHE_SECONDS]
+        if stale:
+            raw = await self._redis.mget([f"{self._prefix}pause:{lid}" for lid in stale])
+            if len(cache) > PAUSE_CACHE_MAX:
+                cache.clear()
+            for lid, value in zip(stale, raw, strict=True):
+                cache[lid] = (now, Pause.from_store(orjson.loads(value)) if value else None)
+        wall = self._clock.time()
         result: dict[str, Pause | None] = {}
-        for lid, value in zip(lattice_ids, raw, strict=True):
-            pause = Pause.from_store(orjson.loads(value)) if value else None
-            result[lid] = None if pause is None or pause.over(now) else pause
+        for lid in lattice_ids:
+            pause = cache[lid][1]
+            result[lid] = None if pause is None or pause.over(wall) else pause
         return result
 
     async def set_pause(self, lattice_id: str, session_id: str, pause: Pause | None) -> None:
@@ -296,6 +309,7 @@ class RedisBroker:
                 != lattice_id:
             raise SessionNotFound()
         key = f"{self._prefix}pause:{lattice_id}"
+        self._pause_cache.pop(lattice_id, None)
         if pause is None:
             await self._redis.delete(key)
             return

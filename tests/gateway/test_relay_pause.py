@@ -15,6 +15,7 @@ import pytest
 
 from lattice_gateway.relay import SessionNotFound
 from lattice_gateway.relay.base import Pause
+from lattice_gateway.relay.memory import MemoryBroker
 from lattice_protocol import ResultEvent, SealedEvent, iso_from_seconds
 from tests.gateway import test_broker_contract as contract
 from tests.gateway.test_broker_contract import RUNTIME, Maker, ManualClock
@@ -59,11 +60,28 @@ async def test_a_pause_its_daemon_stops_repeating_lapses(make_broker: Maker,
     assert (await broker.pauses([RUNTIME]))[RUNTIME] == Pause("battery")
     await clock.advance(0.5)
 
-    async def lapsed() -> bool:  # Redis expires the key on its own (real) clock
+    async def lapsed() -> bool:
+        # Redis expires the key on its own (real) clock; broker time moves on too, past
+        # what a replica remembers of it
+        await clock.advance(0.3)
         return (await broker.pauses([RUNTIME]))[RUNTIME] is None
 
     await async_wait_until(lapsed, timeout=5, interval=0.02, what="the pause to lapse")
     await broker.close()
+
+
+async def test_a_pause_set_through_another_replica_shows_within_moments(
+        make_broker: Maker, clock: ManualClock) -> None:
+    first = make_broker(poll_window_seconds=30, presence_window_seconds=30, clock=clock)
+    session = await first.register_session(RUNTIME, 1)
+    second = first if isinstance(first, MemoryBroker) else make_broker(
+        poll_window_seconds=30, presence_window_seconds=30, clock=clock)
+    assert (await second.pauses([RUNTIME]))[RUNTIME] is None
+    await first.set_pause(RUNTIME, session, Pause("owner"))
+    await clock.advance(0.3)  # a replica may remember what it read for a quarter second
+    assert (await second.pauses([RUNTIME]))[RUNTIME] == Pause("owner")
+    await first.close()
+    await second.close()
 
 
 async def test_only_the_runtimes_own_session_sets_its_pause(make_broker: Maker) -> None:
