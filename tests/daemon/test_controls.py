@@ -329,3 +329,32 @@ def test_a_patch_changes_only_what_it_names() -> None:
 def test_a_bad_patch_is_refused_with_the_key(body: dict[str, Any], message: str) -> None:
     with pytest.raises(PatchError, match=message):
         apply_patch(DaemonConfig(), body)
+
+
+def test_a_reload_that_changes_only_the_rules_keeps_the_pairing() -> None:
+    from lattice_daemon.config import ProviderConfig
+    from lattice_daemon.daemon import _only_controls_differ
+
+    base = DaemonConfig(provider=ProviderConfig(allowed_models=["m1"]))
+    rules = DaemonConfig(provider=ProviderConfig(allowed_models=["m2"]),
+                         limits=LimitsConfig(max_tokens=5, allowed_models=["m2"]))
+    assert _only_controls_differ(rules, base)
+    assert not _only_controls_differ(DaemonConfig(provider=ProviderConfig(allowed_models=["m1"])),
+                                     base)  # nothing changed
+    other = DaemonConfig(provider=ProviderConfig(kind="lmstudio", allowed_models=["m1"]),
+                         limits=LimitsConfig(max_tokens=5))
+    assert not _only_controls_differ(other, base)  # the provider changed too
+
+
+async def test_the_runner_takes_a_new_max_concurrency_live() -> None:
+    from lattice_daemon.config import ProviderConfig
+    from lattice_daemon.runner import JobRunner
+    from lattice_protocol import KeyPair, Sealer
+
+    keys = KeyPair.generate()
+    runner = JobRunner(object(), Sealer(keys, KeyPair.generate().public_text()),  # type: ignore[arg-type]
+                       "lat_1", ProviderConfig(), emit=lambda _event: None, max_concurrency=4)
+    runner.set_max_concurrency(1)
+    assert runner.free_slots == 1
+    with pytest.raises(ValueError):
+        runner.set_max_concurrency(0)

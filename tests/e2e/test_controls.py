@@ -124,6 +124,10 @@ def test_per_app_rules_budgets_and_request_limits(machine_factory: MachineFactor
     assert other.status_code == 403 and error_code(other) == "model_not_allowed"
     limits(machine.home, "unset", "allowed_models")
     limits(machine.home, "unset", "max_prompt_chars")
+    shown = limits(machine.home, "set", "max_concurrency", "2")
+    assert shown["limits"]["max_concurrency"] == 2
+    assert ctl_json(machine.home, "status")["jobs"]["maxConcurrency"] == 2  # no restart
+    assert chat(machine, notes).status_code == 200
 
     # Everything set live is in daemon.toml, and the day's use in the state file: a
     # restarted daemon keeps the budget spent.
