@@ -156,6 +156,7 @@ class Daemon:
         os._exit(exitcodes.OK)
 
     async def _graceful_stop(self) -> None:
+        self._pause_recheck.set()  # the pause watcher sees the stop now, not in a minute
         async with self._reload_lock:  # a reload under way finishes first
             pairing = self.pairing
         if pairing is not None:
@@ -222,6 +223,8 @@ class Daemon:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._pause_recheck.wait(), self.controls.next_check())
             self._pause_recheck.clear()
+            if self._stop.is_set():
+                return
             try:
                 self._update_pause()
             except Exception:  # a sensor's failure must not end the watch

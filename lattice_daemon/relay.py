@@ -469,8 +469,8 @@ class RelayClient:
             try:
                 await self.api.post_state(session, self._paused())
                 return
-            except CredentialRejected:
-                return  # the poll loop meets it too
+            except (CredentialRejected, SessionLost):
+                return  # the poll loop meets it too (and a new session carries the state)
             except RelayError as exc:
                 log.warning("could not tell the gateway the runtime's state: %s", exc.message)
                 await asyncio.sleep(backoff.next_delay(exc.retry_after))

@@ -182,6 +182,13 @@ def test_pause_resume_and_pause_for(machine: PairedMachine, apps: tuple[str, str
     assert chat(machine, notes).status_code == 200
     assert ctl_json(machine.home, "limits", "show")["paused"] is None
 
+    # The pause watcher sleeps up to a minute between looks; a stop must not wait for it
+    # (it held every graceful stop for the daemon's 5 s background grace).
+    started = time.monotonic()
+    stopped = ctl(machine.home, "daemon", "stop", "--timeout", "10")
+    assert stopped.returncode == 0, stopped.stderr
+    assert time.monotonic() - started < 3.0
+
 
 def test_serve_hours_and_battery(tmp_path: Path, lattice_home: Path, gateway: GatewayProcess,
                                  api_key: str, apps: tuple[str, str]) -> None:
