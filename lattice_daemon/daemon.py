@@ -438,7 +438,7 @@ class Daemon:
                 self._spawn(old.aclose())
             self.config, self.keys = config, keys
             self.controls.update_config(config)
-            self._recheck_pause()
+            self._update_pause()  # the new pairing registers with the new rules' state
             self._start_pairing()
             self._refresh_health_soon()
             await self._settle(RELOAD_SETTLE)
