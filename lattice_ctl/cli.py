@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "doctor": "lattice_ctl.commands.doctor:doctor",
     "activity": "lattice_ctl.commands.activity:activity",
     "top": "lattice_ctl.commands.top:top",
+    "pause": "lattice_ctl.commands.controls:pause",
+    "resume": "lattice_ctl.commands.controls:resume",
+    "limits": "lattice_ctl.commands.controls:limits",
 }
 
 _HELP = {
@@ -38,6 +41,9 @@ _HELP = {
     "doctor": "Run the troubleshooting checks and print a fix for each failure.",
     "activity": "The jobs this machine ran: who asked, tokens, time; per-app totals.",
     "top": "Live view: jobs running now, tokens/s, each app's usage today.",
+    "pause": "Stop taking jobs now (--for 30m: for a while); the gateway learns it at once.",
+    "resume": "Take jobs again after a pause.",
+    "limits": "Show or change who may use this machine, when and how much (live).",
 }
 
 

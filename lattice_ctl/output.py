@@ -187,6 +187,16 @@ def local_time(iso: Any, with_date: bool = False) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
 
 
+def pause_line(paused: dict[str, Any] | None) -> str:
+    """The owner's pause (``paused`` of the daemon's status: {reason, until} or null)."""
+    if paused is None:
+        return "serving: new jobs are taken"
+    why = {"owner": "paused by you", "schedule": "outside the serving hours",
+           "battery": "paused: running on battery"}.get(paused.get("reason", ""), "paused")
+    until = paused.get("until")
+    return f"not serving ({why}){f' until {local_time(until, with_date=True)}' if until else ''}"
+
+
 def millis_text(ms: Any) -> str:
     """Milliseconds for people: "850 ms", "12.4 s", "3m 05s"; "-" when unknown."""
     if not isinstance(ms, int | float) or isinstance(ms, bool):
@@ -279,11 +289,8 @@ def top_view(live: dict[str, Any] | None, problem: str | None = None) -> Any:
     relay = live.get("relay") or {}
     provider = live.get("provider") or {}
     queue = live.get("queue") or {}
-    paused = live.get("paused")  # None: this daemon has no pause
-    pause = "" if paused is None else ("  PAUSED" if paused else "  not paused")
-    controls = live.get("controls") or {}
-    if paused and isinstance(controls, dict) and controls.get("pausedUntil"):
-        pause += f" until {local_time(controls['pausedUntil'], with_date=True)}"
+    paused = live.get("paused")  # {reason, until} or None
+    pause = "  " + pause_line(paused).upper() if paused else ""
     health = "ok" if provider.get("ok") else (
         "not checked yet" if provider.get("ok") is None
         else f"DOWN ({provider.get('detail') or 'unknown'})")

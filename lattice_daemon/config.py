@@ -106,11 +106,45 @@ class DaemonSettings:
 
 
 @dataclass
+class AppLimits:
+    """``[limits.apps."NAME"]``: one app's own rules (an app is a credential's name)."""
+
+    tokens_per_day: int | None = None  # None: the [limits] default
+
+
+@dataclass
+class LimitsConfig:
+    """``[limits]``: who may use this machine and how much (docs/operations.md).
+
+    ``allowed_models`` and ``max_concurrency`` are the ``[provider]`` and ``[daemon]``
+    keys of the same name, settable here too (load_config keeps both places equal)."""
+
+    allowed_models: list[str] | None = None
+    max_concurrency: int | None = None
+    allow: list[str] = field(default_factory=list)  # app names; empty: every app
+    block: list[str] = field(default_factory=list)  # app names refused (wins over allow)
+    max_tokens: int | None = None  # per request; a larger or missing max_tokens is clamped
+    max_prompt_chars: int | None = None  # characters of message text per request
+    tokens_per_day: int | None = None  # each app's daily budget unless its own is set
+    apps: dict[str, AppLimits] = field(default_factory=dict)
+
+
+@dataclass
+class ScheduleConfig:
+    """``[schedule]``: when this machine serves."""
+
+    pause_on_battery: bool = False
+    serve_hours: list[str] = field(default_factory=list)  # e.g. "Mon-Fri 09:00-18:00"
+
+
+@dataclass
 class DaemonConfig:
     relay: RelayConfig | None = None
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     assistant: AssistantConfig = field(default_factory=AssistantConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     @property
     def paired(self) -> bool:
@@ -172,6 +206,94 @@ def check_provider(p: ProviderConfig) -> None:
                           "(kind lmstudio or openai); Ollama takes none")
 
 
+MAX_APP_NAME = 256  # a credential's name, as the gateway seals it
+
+
+def check_limits(limits: LimitsConfig) -> None:
+    """The [limits] rules a type check cannot make; raises ConfigError."""
+    if limits.max_concurrency is not None and not 1 <= limits.max_concurrency <= 1024:
+        raise ConfigError("[limits] max_concurrency must be an integer from 1 to 1024")
+    for key in ("max_tokens", "max_prompt_chars", "tokens_per_day"):
+        value = getattr(limits, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"[limits] {key} must be at least 1 (leave it out for no limit)")
+    for key in ("allow", "block"):
+        for name in getattr(limits, key):
+            if not name or len(name) > MAX_APP_NAME:
+                raise ConfigError(f"[limits] {key} holds app names of 1 to {MAX_APP_NAME} "
+                                  "characters")
+    for name, app in limits.apps.items():
+        if app.tokens_per_day is not None and app.tokens_per_day < 1:
+            raise ConfigError(f'[limits.apps."{name}"] tokens_per_day must be at least 1')
+
+
+def check_schedule(schedule: ScheduleConfig) -> None:
+    """The [schedule] rules a type check cannot make; raises ConfigError."""
+    for text in schedule.serve_hours:
+        parse_serve_hours(text)
+
+
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_DAY_NUMBERS = {name: number for number, day in enumerate(_DAY_NAMES)
+                for name in (day, day[:3])}
+
+
+@dataclass(frozen=True)
+class ServeWindow:
+    """One ``serve_hours`` entry: on ``days`` (0 = Monday), from ``start`` to ``end``
+    minutes after midnight, local time; an ``end`` at or before ``start`` runs past
+    midnight into the next day."""
+
+    days: frozenset[int]
+    start: int
+    end: int
+
+
+def _minutes(text: str, entry: str) -> int:
+    hours, colon, minutes = text.partition(":")
+    if not (colon and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ConfigError(f"[schedule] serve_hours {entry!r}: {text!r} is not a time (HH:MM)")
+    value = int(hours) * 60 + int(minutes)
+    if int(minutes) > 59 or value > 24 * 60:
+        raise ConfigError(f"[schedule] serve_hours {entry!r}: {text!r} is not a time of day")
+    return value
+
+
+def _day(text: str, entry: str) -> int:
+    number = _DAY_NUMBERS.get(text.strip().lower())
+    if number is None:
+        raise ConfigError(f"[schedule] serve_hours {entry!r}: {text.strip()!r} is not a day "
+                          "(Mon, Mon-Fri, Sat,Sun or daily)")
+    return number
+
+
+def _days(text: str, entry: str) -> frozenset[int]:
+    if text.lower() == "daily":
+        return frozenset(range(7))
+    days: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        day, end = _day(first, entry), _day(last, entry) if dash else None
+        days.add(day)
+        while end is not None and day != end:  # Fri-Mon wraps over the weekend
+            day = (day + 1) % 7
+            days.add(day)
+    return frozenset(days)
+
+
+def parse_serve_hours(entry: str) -> ServeWindow:
+    """``"Mon-Fri 09:00-18:00"``, ``"Sat,Sun 10:00-14:00"``, ``"daily 22:00-06:00"``."""
+    days_text, _, hours_text = entry.strip().rpartition(" ")
+    start_text, dash, end_text = hours_text.partition("-")
+    if not days_text.strip() or not dash:
+        raise ConfigError(f"[schedule] serve_hours {entry!r} must look like "
+                          "\"Mon-Fri 09:00-18:00\" (days, then HH:MM-HH:MM, local time)")
+    start, end = _minutes(start_text, entry), _minutes(end_text, entry)
+    if start == end:
+        raise ConfigError(f"[schedule] serve_hours {entry!r}: the window is empty")
+    return ServeWindow(_days(days_text.strip(), entry), start, end)
+
+
 def validate(config: DaemonConfig) -> None:
     """Checks load_config cannot make (it only knows shapes); raises ConfigError."""
     from lattice_protocol import KeyPair, Sealer, SealError  # the daemon's checks only
@@ -185,6 +307,8 @@ def validate(config: DaemonConfig) -> None:
     if isinstance(d.max_concurrency, bool) or not isinstance(d.max_concurrency, int) \
             or not 1 <= d.max_concurrency <= 1024:
         raise ConfigError("[daemon] max_concurrency must be an integer from 1 to 1024")
+    check_limits(config.limits)
+    check_schedule(config.schedule)
     if not 0 <= d.drain_seconds < math.inf:
         raise ConfigError("[daemon] drain_seconds must be a number >= 0")
     if not 0 < d.backoff_initial_seconds <= d.backoff_max_seconds < math.inf:
@@ -224,7 +348,43 @@ def load_config(paths: Paths) -> DaemonConfig:
         config.daemon = _section(DaemonSettings, raw["daemon"], "daemon")
     if "assistant" in raw:
         config.assistant = _section(AssistantConfig, raw["assistant"], "assistant")
+    if "limits" in raw:
+        config.limits = _limits(raw["limits"])
+    if "schedule" in raw:
+        config.schedule = _section(ScheduleConfig, raw["schedule"], "schedule")
+    _mirror_limits(config)
     return config
+
+
+def _limits(raw: Any) -> LimitsConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("[limits] must be a table")
+    raw = dict(raw)
+    apps_raw = raw.pop("apps", {})
+    if not isinstance(apps_raw, dict):
+        raise ConfigError('[limits.apps] must hold tables: [limits.apps."App name"]')
+    limits: LimitsConfig = _section(LimitsConfig, raw, "limits")
+    limits.apps = {name: _section(AppLimits, value, f'limits.apps."{name}"')
+                   for name, value in apps_raw.items()}
+    return limits
+
+
+def _mirror_limits(config: DaemonConfig) -> None:
+    """``allowed_models`` / ``max_concurrency`` may be set under [limits] or in their old
+    places ([provider], [daemon]); the rest of the daemon reads the old places."""
+    limits = config.limits
+    if limits.allowed_models is not None:
+        if config.provider.allowed_models and \
+                config.provider.allowed_models != limits.allowed_models:
+            raise ConfigError("allowed_models is set in both [limits] and [provider] with "
+                              "different values; keep one")
+        config.provider.allowed_models = list(limits.allowed_models)
+    if limits.max_concurrency is not None:
+        default = DaemonSettings().max_concurrency
+        if config.daemon.max_concurrency not in (default, limits.max_concurrency):
+            raise ConfigError("max_concurrency is set in both [limits] and [daemon] with "
+                              "different values; keep one")
+        config.daemon.max_concurrency = limits.max_concurrency
 
 
 def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +392,8 @@ def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_config(paths: Paths, config: DaemonConfig) -> None:
-    import tomli_w  # only `lattice-ctl` writes the config; the daemon never imports this
+    # `lattice-ctl` writes the config, and the daemon when the owner changes a limit live
+    import tomli_w
 
     data: dict[str, Any] = {
         "provider": _drop_none(asdict(config.provider)),
@@ -240,6 +401,12 @@ def save_config(paths: Paths, config: DaemonConfig) -> None:
     }
     if config.assistant != AssistantConfig():
         data["assistant"] = _drop_none(asdict(config.assistant))
+    if config.limits != LimitsConfig():
+        limits = _drop_none(asdict(config.limits))
+        limits["apps"] = {name: _drop_none(app) for name, app in limits["apps"].items()}
+        data["limits"] = {k: v for k, v in limits.items() if v not in ([], {})}
+    if config.schedule != ScheduleConfig():
+        data["schedule"] = asdict(config.schedule)
     if config.relay is not None:
         data["relay"] = asdict(config.relay)
     write_private_file(paths.config_file, tomli_w.dumps(data).encode("utf-8"))

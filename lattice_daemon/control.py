@@ -68,6 +68,14 @@ class ControlBackend(Protocol):
 
     async def live(self) -> dict[str, Any]: ...
 
+    async def controls_state(self) -> dict[str, Any]: ...
+
+    async def pause(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def resume(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_limits(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
 
 class ControlRefusal(Exception):
     """A handler's refusal, answered as ``{"error": {message, code}}``."""
@@ -167,33 +175,64 @@ def error_response(status: int, code: str, message: str) -> bytes:
 
 # ---------------------------------------------------------------------- routing
 
-@dataclass(frozen=True)
-class WithQuery:
-    """A route handler that reads the query string (``?since=...``), as a dict."""
-
-    handler: Callable[[dict[str, str]], Awaitable[dict[str, Any]]]
+# A route's handler gets the parsed request; the backend's methods get what they read.
+Handler = Callable[[Request], Awaitable[dict[str, Any]]]
 
 
-Route = Callable[[], Awaitable[dict[str, Any]]] | WithQuery
+def _plain(method: Callable[[], Awaitable[dict[str, Any]]]) -> Handler:
+    async def call(_request: Request) -> dict[str, Any]:
+        return await method()
+
+    return call
 
 
-def routes_for(backend: ControlBackend) -> dict[str, tuple[str, Route]]:
-    routes: dict[str, tuple[str, Route]] = {
-        "/v1/ping": ("GET", backend.ping),
-        "/v1/status": ("GET", backend.status),
-        "/v1/reload": ("POST", backend.reload),
-        "/v1/relay/disconnect": ("POST", backend.disconnect),
-        "/v1/shutdown": ("POST", backend.shutdown),
+def _with_query(method: Callable[[dict[str, str]], Awaitable[dict[str, Any]]]) -> Handler:
+    async def call(request: Request) -> dict[str, Any]:
+        return await method(request.query)
+
+    return call
+
+
+def _with_body(method: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Handler:
+    async def call(request: Request) -> dict[str, Any]:
+        return await method(json_body(request))
+
+    return call
+
+
+def routes_for(backend: ControlBackend) -> dict[str, tuple[str, Handler]]:
+    routes: dict[str, tuple[str, Handler]] = {
+        "/v1/ping": ("GET", _plain(backend.ping)),
+        "/v1/status": ("GET", _plain(backend.status)),
+        "/v1/reload": ("POST", _plain(backend.reload)),
+        "/v1/relay/disconnect": ("POST", _plain(backend.disconnect)),
+        "/v1/shutdown": ("POST", _plain(backend.shutdown)),
+        # Visibility: the activity log and the live view (`lattice-ctl activity` / `top`).
+        "/v1/activity": ("GET", _with_query(backend.activity)),
+        "/v1/live": ("GET", _plain(backend.live)),
+        # The owner's controls: pause, resume, the rules.
+        "/v1/controls": ("GET", _plain(backend.controls_state)),
+        "/v1/controls/pause": ("POST", _with_body(backend.pause)),
+        "/v1/controls/resume": ("POST", _with_body(backend.resume)),
+        "/v1/controls/limits": ("PATCH", _with_body(backend.patch_limits)),
     }
-    # Visibility: the activity log and the live view (`lattice-ctl activity` / `top`).
-    routes.update({
-        "/v1/activity": ("GET", WithQuery(backend.activity)),
-        "/v1/live": ("GET", backend.live),
-    })
     return routes
 
 
-async def dispatch(routes: dict[str, tuple[str, Route]], request: Request) -> bytes:
+def json_body(request: Request) -> dict[str, Any]:
+    """A request's body as a JSON object ({} when empty); _BadRequest otherwise."""
+    if not request.body.strip():
+        return {}
+    try:
+        value = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise _BadRequest(400, "bad_request", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _BadRequest(400, "bad_request", "the body must be a JSON object")
+    return value
+
+
+async def dispatch(routes: dict[str, tuple[str, Handler]], request: Request) -> bytes:
     if _is_browser(request.headers):
         return error_response(403, "forbidden",
                               "requests from web browsers are refused by the daemon")
@@ -205,10 +244,8 @@ async def dispatch(routes: dict[str, tuple[str, Route]], request: Request) -> by
         return error_response(405, "method_not_allowed",
                               f"{request.path} takes {method}, not {request.method[:10]}")
     try:
-        if isinstance(handler, WithQuery):
-            return render(200, await handler.handler(request.query))
-        return render(200, await handler())
-    except ControlRefusal as exc:
+        return render(200, await handler(request))
+    except (_BadRequest, ControlRefusal) as exc:
         return error_response(exc.status, exc.code, exc.message)
     except Exception:
         log.exception("control request %s %s failed", request.method, request.path)

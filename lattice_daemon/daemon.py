@@ -13,6 +13,7 @@ once. Losing the credential is not an exit: the daemon stays up and says
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ from . import exitcodes
 from .activity import ActivityLog, ActivityQuery, ActivityRecorder, query_activity
 from .config import ConfigError, DaemonConfig, check_provider, load_startup
 from .control import ControlRefusal, ControlServer, SocketInUse, SocketPathUnusable
+from .controls import Controls, PatchError, PauseState, apply_patch
 from .instance import load_or_create_instance_id
 from .lock import AlreadyRunning, InstanceLock
 from .memory import trim_heap
@@ -111,6 +113,9 @@ class Daemon:
         self.recorder = ActivityRecorder(ActivityLog(paths.data_dir),
                                          log_prompts=config.daemon.log_prompts)
         self.recorder.load_today()
+        self.controls = Controls(paths, config)
+        self._pause: PauseState | None = None  # as last told to the gateway
+        self._pause_recheck = asyncio.Event()
         self.control = ControlServer(paths.socket, self,
                                      private_dir=paths.socket.parent == paths.runtime_dir)
 
@@ -132,8 +137,10 @@ class Daemon:
             return exitcodes.CONFIG if isinstance(exc, SocketPathUnusable) \
                 else exitcodes.FAILURE
         log.info("lattice-daemon %s started (pid %d)", __version__, os.getpid())
+        self._pause = self.controls.current_pause()
         self._start_pairing()
         self._refresh_health_soon()
+        self._spawn(self._watch_pause())
         loop.call_later(STARTUP_SETTLE, trim_heap)  # once start-up garbage is freed
         await self._stop.wait()
         await self._graceful_stop()
@@ -166,6 +173,7 @@ class Daemon:
         os._exit(exitcodes.OK)
 
     async def _graceful_stop(self) -> None:
+        self._pause_recheck.set()  # the pause watcher sees the stop now, not in a minute
         async with self._reload_lock:  # a reload under way finishes first
             pairing = self.pairing
         if pairing is not None:
@@ -180,6 +188,7 @@ class Daemon:
                 await runner.wait_idle(2.0)
             await pairing.relay.flush(5.0)
             await pairing.close(deregister=True)
+        self.controls.flush()
         if self._background:
             await asyncio.wait(self._background, timeout=5.0)
         await self.provider.aclose()
@@ -202,7 +211,9 @@ class Daemon:
                                      self.relay_status, replay_guard=self._replays,
                                      instance_id=self.instance_id,
                                      describe_provider=self.describe_provider,
-                                     observers=(self.recorder,))
+                                     admit=self.controls.admit,
+                                     observers=(self.controls, self.recorder),
+                                     paused=self._pause_dict)
         log.info("serving runtime %s (%s) via %s", relay_config.lattice_id,
                  relay_config.display_name, relay_config.gateway)
 
@@ -220,6 +231,102 @@ class Daemon:
         pairing = self._take_pairing()
         if pairing is not None:
             self._spawn(pairing.close(deregister=deregister))
+
+    # -- the owner's controls -------------------------------------------------------------
+
+    def _pause_dict(self) -> dict[str, Any] | None:
+        """The pause as the relay hears it (with each registration and poll)."""
+        return None if self._pause is None else self._pause.to_dict()
+
+    async def _watch_pause(self) -> None:
+        """Notice the pause state changing by itself (the clock, the battery)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._pause_recheck.wait(), self.controls.next_check())
+            self._pause_recheck.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._update_pause()
+            except Exception:  # a sensor's failure must not end the watch
+                log.exception("checking the pause state failed")
+
+    def _update_pause(self) -> None:
+        """Look at the pause state now; a change goes to the gateway at once."""
+        pause = self.controls.current_pause()
+        if pause == self._pause:
+            return
+        log.info("%s", "serving again" if pause is None else
+                 f"not taking jobs: {pause.message()}")
+        self._pause = pause
+        if self.pairing is not None:
+            self.pairing.relay.announce_state()
+
+    def _recheck_pause(self) -> None:
+        self._pause_recheck.set()
+
+    async def controls_state(self) -> dict[str, Any]:
+        return self.controls.snapshot()
+
+    async def pause(self, body: dict[str, Any]) -> dict[str, Any]:
+        seconds = body.get("for")
+        if seconds is not None and (isinstance(seconds, bool)
+                                    or not isinstance(seconds, int | float)
+                                    or not 0 < seconds <= 366 * 86400):
+            raise ControlRefusal(400, "bad_request",
+                                 "'for' must be null or a number of seconds up to a year")
+        self.controls.pause(None if seconds is None else float(seconds))
+        self._update_pause()
+        self._recheck_pause()  # the watcher's next look is at the new end
+        return self.controls.snapshot()
+
+    async def resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.controls.resume()
+        self._update_pause()
+        self._recheck_pause()
+        return self.controls.snapshot()
+
+    async def patch_limits(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._refuse_while_stopping()
+        async with self._reload_lock:
+            try:
+                new = apply_patch(self.config, body)
+            except PatchError as exc:
+                raise ControlRefusal(400, "bad_request", str(exc)) from None
+            from .config import load_config, save_config
+
+            try:  # the file as it is now (not as loaded at start), with the change
+                on_disk = load_config(self.paths)
+                on_disk.limits, on_disk.schedule = new.limits, new.schedule
+                on_disk.provider.allowed_models = new.provider.allowed_models
+                on_disk.daemon.max_concurrency = new.daemon.max_concurrency
+                save_config(self.paths, on_disk)
+            except (ConfigError, OSError) as exc:
+                raise ControlRefusal(500, "config_error",
+                                     f"cannot write {self.paths.config_file}: {exc}") from None
+            self._apply_controls(new)
+            log.info("limits changed: %s", ", ".join(
+                f"[{section}] {key}" for section in ("limits", "schedule", "apps")
+                for key in (body.get(section) or {})))
+            self._update_pause()
+            self._recheck_pause()
+        return self.controls.snapshot()
+
+    def _apply_controls(self, new: DaemonConfig) -> None:
+        """Live, no re-pairing: the runner and the relay client read these objects."""
+        old = self.config
+        models_changed = new.provider.allowed_models != old.provider.allowed_models
+        slots_changed = new.daemon.max_concurrency != old.daemon.max_concurrency
+        old.provider.allowed_models = list(new.provider.allowed_models)
+        old.daemon.max_concurrency = new.daemon.max_concurrency
+        old.limits, old.schedule = new.limits, new.schedule
+        self.controls.update_config(old)
+        pairing = self.pairing
+        if pairing is not None:
+            if slots_changed:
+                pairing.runner.set_max_concurrency(new.daemon.max_concurrency)
+            if models_changed or slots_changed:
+                pairing.relay.registration_changed()
 
     # -- provider -----------------------------------------------------------------------
 
@@ -313,6 +420,7 @@ class Daemon:
             },
             "configFile": str(self.paths.config_file),
             "logFile": str(self.paths.log_file),
+            "paused": self._pause_dict(),
         })
         return answer
 
@@ -333,6 +441,12 @@ class Daemon:
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
                 raise ControlRefusal(400, "config_error", str(exc)) from None
+            if _only_controls_differ(config, self.config) \
+                    and keys.private_text() == self.keys.private_text():
+                self._apply_controls(config)  # no re-pairing for a rule change
+                self._update_pause()
+                self._recheck_pause()
+                return {"ok": True, "changed": True, "relay": self.relay_status.to_dict()}
             same = (config == self.config and keys.private_text() == self.keys.private_text())
             healthy = self.pairing is not None or config.relay is None
             if same and healthy and self.relay_status.state != RelayState.REPAIR_REQUIRED:
@@ -344,6 +458,8 @@ class Daemon:
                 self._health, self._health_at = None, float("-inf")
                 self._spawn(old.aclose())
             self.config, self.keys = config, keys
+            self.controls.update_config(config)
+            self._update_pause()  # the new pairing registers with the new rules' state
             self._start_pairing()
             self._refresh_health_soon()
             await self._settle(RELOAD_SETTLE)
@@ -399,9 +515,7 @@ class Daemon:
             "relay": status["relay"],
             "provider": status["provider"],
             "runtime": status["runtime"],
-            # The owner's pause and rules, when this daemon has them (absent otherwise).
-            "controls": status.get("controls"),
-            "paused": _paused(status),
+            "paused": status["paused"],  # {reason, until} or None
         })
         return answer
 
@@ -411,14 +525,17 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
 
-def _paused(status: dict[str, Any]) -> bool | None:
-    """The pause state as the status tells it; None when this daemon cannot pause."""
-    if isinstance(status.get("paused"), bool):
-        return bool(status["paused"])
-    controls = status.get("controls")
-    if isinstance(controls, dict) and isinstance(controls.get("paused"), bool):
-        return bool(controls["paused"])
-    return None
+def _only_controls_differ(new: DaemonConfig, old: DaemonConfig) -> bool:
+    """Whether a reloaded config changes the owner's rules and nothing else."""
+    if (new.limits, new.schedule) == (old.limits, old.schedule) \
+            and new.provider.allowed_models == old.provider.allowed_models \
+            and new.daemon.max_concurrency == old.daemon.max_concurrency:
+        return False
+    same_rest = replace(new, limits=old.limits, schedule=old.schedule,
+                        provider=replace(new.provider,
+                                         allowed_models=old.provider.allowed_models),
+                        daemon=replace(new.daemon, max_concurrency=old.daemon.max_concurrency))
+    return same_rest == old
 
 
 def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

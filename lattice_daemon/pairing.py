@@ -34,7 +34,8 @@ class Pairing:
               describe_provider: Callable[[], Awaitable[dict[str, Any]]],
               admit: AdmitFn | None = None,
               observers: tuple[JobObserver, ...] = (),
-              instance_id: str | None = None) -> Pairing:
+              instance_id: str | None = None,
+              paused: Callable[[], dict[str, Any] | None] | None = None) -> Pairing:
         """Build the pairing's parts around one outbox and start polling."""
         outbox = Outbox()
         settings = config.daemon
@@ -46,7 +47,7 @@ class Pairing:
         relay = RelayClient(RelayApi(relay_config.relay_url, relay_config.daemon_token),
                             runner, status, outbox=outbox,
                             describe_provider=describe_provider,
-                            instance_id=instance_id,
+                            instance_id=instance_id, paused=paused,
                             backoff=Backoff(settings.backoff_initial_seconds,
                                             settings.backoff_max_seconds))
         relay.start()

@@ -222,11 +222,15 @@ class RelayApi:
         return Session(answer["sessionId"], min(float(window), MAX_POLL_WINDOW),
                        answer.get("instanceConflict") is True)
 
-    async def poll(self, session: Session, capacity: int
+    async def poll(self, session: Session, capacity: int,
+                   paused: dict[str, Any] | None = None
                    ) -> tuple[list[JobEnvelope], list[CancelNotice]]:
         timeout = httpx.Timeout(CALL_TIMEOUT, read=session.poll_window + POLL_GRACE)
+        body: dict[str, Any] = {"capacity": capacity}
+        if paused is not None:  # said again on every poll while paused (it expires)
+            body["paused"] = paused
         answer = await self._call("POST", f"/sessions/{session.session_id}/poll",
-                                  {"capacity": capacity}, timeout)
+                                  body, timeout)
         if not isinstance(answer, dict):
             raise RelayError("gateway sent a malformed poll answer")
         # Read by RelayClient after each poll (kept out of the return value: one flag).
@@ -242,6 +246,10 @@ class RelayApi:
             return [], []
         refused = [r for r in answer.get("refused") or [] if isinstance(r, dict)]
         return refused, _parse_list(answer.get("cancels"), CancelNotice.from_dict, "cancel")
+
+    async def post_state(self, session: Session, paused: dict[str, Any] | None) -> None:
+        await self._call("POST", f"/sessions/{session.session_id}/state",
+                         {"paused": paused})
 
     async def deregister(self, session: Session, timeout: float = 5.0) -> None:
         await self._call("DELETE", f"/sessions/{session.session_id}",
@@ -324,6 +332,7 @@ class RelayClient:
         describe_provider: Callable[[], Awaitable[dict[str, Any]]],
         backoff: Backoff | None = None,
         instance_id: str | None = None,
+        paused: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.api = api
         self._instance_id = instance_id
@@ -331,6 +340,8 @@ class RelayClient:
         self.status = status
         self.session: Session | None = None
         self._describe_provider = describe_provider
+        self._paused = paused or (lambda: None)
+        self._state_task: asyncio.Task[None] | None = None
         self._backoff = backoff or Backoff()
         self.outbox = outbox
         self._heartbeat: asyncio.Task[None] | None = None
@@ -355,7 +366,7 @@ class RelayClient:
     async def stop_polling(self) -> None:
         """Take no more jobs (the first step of a graceful stop)."""
         self._stopping = True  # the loops end on their next turn even if a cancel is lost
-        for task in (self._poll_task, self._heartbeat, self._check_task):
+        for task in (self._poll_task, self._heartbeat, self._check_task, self._state_task):
             await _stop(task)
 
     async def flush(self, timeout: float) -> bool:
@@ -415,7 +426,7 @@ class RelayClient:
     async def _poll_once(self, capacity: int) -> None:
         session = self.session
         assert session is not None
-        jobs, cancels = await self.api.poll(session, capacity)
+        jobs, cancels = await self.api.poll(session, capacity, self._paused())
         self.polls += 1
         self._lost_in_a_row = 0
         self._backoff.reset()
@@ -453,7 +464,7 @@ class RelayClient:
     async def _register(self) -> None:
         provider = await self._describe_provider()
         body = {"daemonVersion": __version__, "provider": provider,
-                "maxConcurrency": self.runner.max_concurrency}
+                "maxConcurrency": self.runner.max_concurrency, "paused": self._paused()}
         if self._instance_id:
             body["instanceId"] = self._instance_id
         self.session = await self.api.register(body)
@@ -465,6 +476,36 @@ class RelayClient:
             log.info("reconnected to the gateway")
         self.status.last_poll_at = time.time()
         self.status.set(RelayState.CONNECTED)
+
+    def announce_state(self) -> None:
+        """The runtime was paused or resumed: tell the gateway now, not at the next poll
+        (a held poll can take a whole window). A newer change replaces one on its way."""
+        if self._stopping:
+            return
+        if self._state_task is not None:
+            self._state_task.cancel()
+        self._state_task = asyncio.get_running_loop().create_task(self._post_state(),
+                                                                  name="relay-state")
+
+    async def _post_state(self) -> None:
+        backoff = Backoff(EVENTS_RETRY_INITIAL, EVENTS_RETRY_MAX)
+        for _attempt in range(8):
+            session = self.session
+            if session is None:
+                return  # the next registration carries the state
+            try:
+                await self.api.post_state(session, self._paused())
+                return
+            except (CredentialRejected, SessionLost):
+                return  # the poll loop meets it too (and a new session carries the state)
+            except RelayError as exc:
+                log.warning("could not tell the gateway the runtime's state: %s", exc.message)
+                await asyncio.sleep(backoff.next_delay(exc.retry_after))
+
+    def registration_changed(self) -> None:
+        """What the session was registered with changed (max_concurrency, the allowed
+        models): register again once no job runs."""
+        self._registration_stale = True
 
     async def check_provider(self) -> None:
         """Mark the session for a new registration when the provider's models changed

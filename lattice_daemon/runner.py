@@ -55,10 +55,12 @@ MODEL_CACHE_SECONDS = 10.0  # how long the provider's model list is trusted for 
 class JobRefused(Exception):
     """A job that must not run; becomes an ``error`` event with ``code``."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None
+                 ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds until the refusal lifts, if known
 
 
 @dataclass
@@ -125,9 +127,11 @@ class _Job:
         self._emit = emit
 
     def send(self, kind: str, data: dict[str, Any] | None = None, code: str | None = None,
-             message: str | None = None, timing: JobTiming | None = None) -> None:
+             message: str | None = None, timing: JobTiming | None = None,
+             retry_after: float | None = None) -> None:
         event = ResultEvent(kind=kind, job_id=self.job_id, seq=self.seq, data=data,  # type: ignore[arg-type]
-                            code=code, message=message, timing=timing)
+                            code=code, message=message, timing=timing,
+                            retry_after=retry_after)
         sealed = self._sealer.seal_json(event.to_dict())
         if len(sealed) > MAX_SEALED_EVENT_BYTES:
             # The relay would refuse the post and hold every other job's results behind
@@ -144,8 +148,10 @@ class _Job:
         self._emit(SealedEvent(self.job_id, self.seq, sealed))
         self.seq += 1
 
-    def error(self, code: ErrorCode | str, message: str, timing: JobTiming | None = None) -> None:
-        self.send("error", code=ErrorCode(code).value, message=message, timing=timing)
+    def error(self, code: ErrorCode | str, message: str, timing: JobTiming | None = None,
+              retry_after: float | None = None) -> None:
+        self.send("error", code=ErrorCode(code).value, message=message, timing=timing,
+                  retry_after=retry_after)
 
 
 def _progress_interval(idle_timeout: float) -> float:
@@ -226,6 +232,13 @@ class JobRunner:
     @property
     def free_slots(self) -> int:
         return max(0, self.max_concurrency - len(self._tasks))
+
+    def set_max_concurrency(self, value: int) -> None:
+        """The owner changed it live: running jobs go on, new ones fit the new bound."""
+        if value < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.max_concurrency = value
+        self._slot_freed.set()  # a poll waiting for a slot may have one now
 
     def running(self, job_id: str) -> bool:
         return job_id in self._tasks
@@ -406,7 +419,7 @@ class JobRunner:
         except JobRefused as exc:
             self.counters.failed += 1
             log.warning("job %s refused: %s", spec.job_id, exc.message)
-            job.error(exc.code, exc.message, self._timing(record))
+            job.error(exc.code, exc.message, self._timing(record), exc.retry_after)
             record.refused = True
             self._end(record, exc.code.value, exc.message)
         except ProviderError as exc:
@@ -481,7 +494,7 @@ class JobRunner:
                                  f"{self.provider.display_name}: no model to run (no default "
                                  "model configured and the provider lists none)")
         if not model_allowed(model, allowed):
-            raise JobRefused(ErrorCode.INVALID_REQUEST,
+            raise JobRefused(ErrorCode.MODEL_NOT_ALLOWED,
                              f"model {model!r} is not allowed on this runtime (allowed: "
                              f"{', '.join(allowed)})")
         return model

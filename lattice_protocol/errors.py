@@ -20,6 +20,12 @@ class ErrorCode(str, enum.Enum):
     BOOTSTRAP_TOKEN_USED = "bootstrap_token_used"
     INVALID_BOOTSTRAP_TOKEN = "invalid_bootstrap_token"
     RATE_LIMITED = "rate_limited"
+    # The runtime owner's controls (the daemon decides; docs/api.md).
+    RUNTIME_PAUSED = "runtime_paused"
+    APP_NOT_ALLOWED = "app_not_allowed"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    PROMPT_TOO_LONG = "prompt_too_long"
     # Beyond the table in docs/api.md: routing, relay and last-resort codes.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -64,6 +70,11 @@ _STATUS: dict[ErrorCode, int] = {
     ErrorCode.BOOTSTRAP_TOKEN_USED: 409,
     ErrorCode.INVALID_BOOTSTRAP_TOKEN: 401,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.RUNTIME_PAUSED: 503,
+    ErrorCode.APP_NOT_ALLOWED: 403,
+    ErrorCode.MODEL_NOT_ALLOWED: 403,
+    ErrorCode.BUDGET_EXCEEDED: 429,
+    ErrorCode.PROMPT_TOO_LONG: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.LEASE_NOT_HELD: 409,
@@ -92,7 +103,9 @@ _TYPE_BY_STATUS = {
 # A daemon that is reconnecting comes back within seconds, a rate limit lifts, a
 # gateway replica that is full or shutting down has a sibling (or comes back), and a
 # request that arrived too slowly may arrive in time over a better network; everything
-# else fails the same way again, so clients are told not to retry.
+# else fails the same way again, so clients are told not to retry. A paused runtime or a
+# spent budget comes back too, but later (their Retry-After says when): an SDK's short
+# automatic retries would only fail again, so they are not retryable here.
 _RETRYABLE = frozenset(
     {ErrorCode.RATE_LIMITED, ErrorCode.RUNTIME_UNREACHABLE, ErrorCode.INTERNAL_ERROR,
      ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.REQUEST_TIMEOUT}

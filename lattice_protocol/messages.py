@@ -286,7 +286,8 @@ class ResultEvent:
     * ``chunk``: ``data`` is one OpenAI ``chat.completion.chunk`` (streaming jobs);
     * ``result``: ``data`` is the OpenAI ``chat.completion`` (non-streaming jobs);
     * ``end``: the stream finished normally;
-    * ``error``: the job failed; ``code`` is an ErrorCode value, ``message`` says why;
+    * ``error``: the job failed; ``code`` is an ErrorCode value, ``message`` says why,
+      ``retry_after`` (optional, seconds) when the refusal lifts (a spent budget);
     * ``progress``: a non-streaming job is still running (the daemon keeps the
       provider's silence deadlines itself), so a long generation is not taken for a
       dead daemon.
@@ -302,6 +303,7 @@ class ResultEvent:
     code: str | None = None
     message: str | None = None
     timing: JobTiming | None = None  # final events of daemons that report it
+    retry_after: float | None = None
 
     @property
     def final(self) -> bool:
@@ -315,6 +317,8 @@ class ResultEvent:
         if self.kind == "error":
             d["code"] = self.code
             d["message"] = self.message
+            if self.retry_after is not None:
+                d["retryAfter"] = self.retry_after
         if self.timing is not None:
             d["timing"] = self.timing.to_dict()
         return d
@@ -332,16 +336,32 @@ class ResultEvent:
             raise ProtocolError("event: field 'seq' must be >= 0")
         data = None
         code = message = None
+        retry_after: float | None = None
         if kind in ("chunk", "result"):
             data = _obj(d.get("data"), f"{kind}.data")
         elif kind == "error":
             code = _field(d, "code", str, what)
             message = _field(d, "message", str, what)
+            retry_after = _retry_after(d.get("retryAfter"))
         timing = None
         if kind in FINAL_KINDS and d.get("timing") is not None:
             timing = JobTiming.from_dict(d["timing"])
         return cls(kind=kind, job_id=_id(d, "jobId", what), seq=seq, data=data, code=code,
-                   message=message, timing=timing)
+                   message=message, timing=timing, retry_after=retry_after)
+
+
+MAX_RETRY_AFTER = 8 * 24 * 3600.0  # a week and a day: the longest a daemon rule can mean
+
+
+def _retry_after(value: Any) -> float | None:
+    """An error event's optional ``retryAfter``: seconds, finite, 0 to MAX_RETRY_AFTER."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 <= value <= MAX_RETRY_AFTER:
+        raise ProtocolError("event: field 'retryAfter' must be a number of seconds from 0 "
+                            f"to {MAX_RETRY_AFTER:g}")
+    return float(value)
 
 
 def parse_event(value: Any) -> ResultEvent:

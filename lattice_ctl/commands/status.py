@@ -80,6 +80,9 @@ def _status_text(data: dict[str, Any]) -> str:
                      f"{provider.get('url') or 'its default URL'} (from the config)")
         return "\n".join(lines)
     relay = data.get("relay") or {}
+    if data.get("paused"):
+        lines.append("Why: see `lattice-ctl limits show`; `lattice-ctl resume` ends a pause "
+                     "of yours")
     lines.append(f"Last successful poll: {relay.get('lastPollAt') or 'never'}")
     if relay.get("lastError"):
         lines.append(f"Last error: {relay['lastError']}")
@@ -105,20 +108,26 @@ STATUS_EXIT_CODES = {
     "reconnecting": 5,
     "repair_required": 6,
     "model_server_down": 7,
+    "paused": 8,
 }
 
 
 def _exit_code(data: dict[str, Any]) -> int:
     if data.get("state") == "connected":
+        if data.get("paused"):
+            return STATUS_EXIT_CODES["paused"]
         serving = (data.get("provider") or {}).get("ok") is True
         return STATUS_EXIT_CODES["serving" if serving else "model_server_down"]
     return STATUS_EXIT_CODES.get(str(data.get("state")), 1)
 
 
-def _online_state_line(relay: dict[str, Any], provider: dict[str, Any]) -> str:
+def _online_state_line(relay: dict[str, Any], provider: dict[str, Any],
+                       paused: dict[str, Any] | None = None) -> str:
     """The relay and the model server side by side when the relay is up but the model
     server is not: "Connected" alone would say the runtime can serve."""
     line = relay_state_line(relay)
+    if relay.get("state") == "connected" and paused:
+        return f"{line}; {output.pause_line(paused)}"
     if relay.get("state") == "connected" and provider.get("ok") is False:
         return f"Relay: {line}; model server: not answering"
     return line
@@ -160,7 +169,8 @@ def status() -> None:
     """One state line (Not paired / Connected / Reconnecting / Re-pair required), details.
 
     Exit 0 only when connected and the model server answers; 3 daemon not running, 4
-    not paired, 5 connecting or reconnecting, 6 re-pair required, 7 model server down.
+    not paired, 5 connecting or reconnecting, 6 re-pair required, 7 model server down,
+    8 paused (by you, the serving hours or the battery).
     """
     answer = try_ask(client_for().status)
     if answer is None:
@@ -170,7 +180,8 @@ def status() -> None:
         relay = data.get("relay") or {}
         data["running"] = True
         data["state"] = relay.get("state")
-        data["stateLine"] = _online_state_line(relay, data.get("provider") or {})
+        data["stateLine"] = _online_state_line(relay, data.get("provider") or {},
+                                               data.get("paused"))
         data["gateway"] = relay.get("gateway")
         data["instanceConflict"] = relay.get("instanceConflict") is True
     code = _exit_code(data)

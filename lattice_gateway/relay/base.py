@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from lattice_protocol import CancelNotice, ErrorCode, JobEnvelope, LatticeError, SealedEvent
+from lattice_protocol import (
+    CancelNotice,
+    ErrorCode,
+    JobEnvelope,
+    LatticeError,
+    SealedEvent,
+    iso_from_seconds,
+)
 
 MAX_SESSIONS_PER_RUNTIME = 32  # a daemon token cannot grow the broker without bound
 SESSION_LIMIT_RETRY_AFTER = 5.0  # seconds: a restarting daemon's old session lapses
@@ -50,6 +57,60 @@ def queue_full(limit: int) -> LatticeError:
     return LatticeError(ErrorCode.RATE_LIMITED,
                         f"too many requests are waiting for this personal runtime ({limit} "
                         "queued); retry shortly", retry_after=QUEUE_FULL_RETRY_AFTER)
+
+
+# ------------------------------------------------------------------------ pauses
+
+PAUSE_REASONS = ("owner", "schedule", "battery")
+
+
+@dataclass(frozen=True)
+class Pause:
+    """The runtime's owner paused it (``owner``), or its daemon's rules did: outside its
+    serving hours (``schedule``), on battery power (``battery``). ``until`` is unix
+    seconds when the pause ends by itself, if known. The daemon says so; the broker keeps
+    it with presence (a pause outlives its daemon's silence by a poll window at most)."""
+
+    reason: str
+    until: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason,
+                "until": None if self.until is None else iso_from_seconds(self.until)}
+
+    def to_store(self) -> dict[str, Any]:
+        return {"reason": self.reason, "until": self.until}
+
+    @classmethod
+    def from_store(cls, value: Any) -> Pause | None:
+        if not isinstance(value, dict) or value.get("reason") not in PAUSE_REASONS:
+            return None
+        until = value.get("until")
+        return cls(value["reason"], float(until) if isinstance(until, int | float) else None)
+
+    def over(self, now: float) -> bool:
+        """A pause with an end is over at that end even if its daemon never says so."""
+        return self.until is not None and self.until <= now
+
+
+def pause_ttl(poll_window: float, presence_window: float) -> float:
+    """How long a broker keeps a pause its daemon stopped repeating (each poll of a
+    paused daemon says it again)."""
+    return poll_window + presence_window
+
+
+def paused_error(lattice_id: str, pause: Pause) -> LatticeError:
+    """What the app gets for a job sent to a paused runtime: at once, never a timeout."""
+    why = {"owner": "its owner paused it",
+           "schedule": "it is outside the hours its owner set for serving",
+           "battery": "its machine is running on battery"}.get(pause.reason, "it is paused")
+    if pause.until is None:
+        return LatticeError(ErrorCode.RUNTIME_PAUSED,
+                            f"personal runtime {lattice_id} is not serving: {why}")
+    return LatticeError(ErrorCode.RUNTIME_PAUSED,
+                        f"personal runtime {lattice_id} is not serving: {why} until "
+                        f"{iso_from_seconds(pause.until)}",
+                        retry_after=max(1.0, pause.until - time.time()))
 
 
 class SessionNotFound(LatticeError):
@@ -280,6 +341,15 @@ class RelayBroker(Protocol):
 
     async def last_seen(self, lattice_ids: list[str]) -> dict[str, float | None]:
         """Unix seconds of each runtime's last daemon activity, if any."""
+        ...
+
+    async def pauses(self, lattice_ids: list[str]) -> dict[str, Pause | None]:
+        """Each runtime's pause as its daemon last said (None: not paused)."""
+        ...
+
+    async def set_pause(self, lattice_id: str, session_id: str, pause: Pause | None) -> None:
+        """The daemon of ``session_id`` says its runtime is paused (or not any more).
+        Raises SessionNotFound when the session is not this runtime's."""
         ...
 
     async def revoke_runtime(self, lattice_id: str) -> None:

@@ -34,11 +34,13 @@ from .base import (
     EventInbox,
     EventsResult,
     ParkedPoll,
+    Pause,
     PollResult,
     Receive,
     SessionNotFound,
     answer_expired,
     not_leased,
+    pause_ttl,
     pickup_timed_out,
     queue_full,
     revoked,
@@ -113,6 +115,8 @@ class _Runtime:
     sessions: dict[str, _Session] = field(default_factory=dict)
     last_seen_wall: float | None = None
     flush_scheduled: bool = False
+    pause: Pause | None = None  # as its daemon last said
+    pause_expires: float = 0.0  # monotonic; a daemon that is still paused says so again
 
 
 class MemoryBroker:
@@ -174,6 +178,24 @@ class MemoryBroker:
             rt = self._runtimes.get(lid)
             result[lid] = rt.last_seen_wall if rt else None
         return result
+
+    # --------------------------------------------------------------------------- pauses
+
+    async def pauses(self, lattice_ids: list[str]) -> dict[str, Pause | None]:
+        now, wall = self._clock.monotonic(), self._clock.time()
+        result: dict[str, Pause | None] = {}
+        for lid in lattice_ids:
+            rt = self._runtimes.get(lid)
+            pause = rt.pause if rt is not None and rt.pause_expires > now else None
+            result[lid] = None if pause is None or pause.over(wall) else pause
+        return result
+
+    async def set_pause(self, lattice_id: str, session_id: str, pause: Pause | None) -> None:
+        self._session(lattice_id, session_id)
+        rt = self._runtimes[lattice_id]
+        rt.pause = pause
+        rt.pause_expires = self._clock.monotonic() + pause_ttl(self.poll_window_seconds,
+                                                               self.presence_window_seconds)
 
     async def revoke_runtime(self, lattice_id: str) -> None:
         self._revoked.add(lattice_id)

@@ -55,11 +55,13 @@ from .base import (
     EventInbox,
     EventsResult,
     ParkedPoll,
+    Pause,
     PollResult,
     Receive,
     SessionNotFound,
     answer_expired,
     not_leased,
+    pause_ttl,
     pickup_timed_out,
     queue_full,
     revoked,
@@ -79,6 +81,8 @@ _EVENTS_SOCKET_SLACK = 5.0
 _RECONNECT_PAUSE = 0.05
 _ATTEMPT_TRIES = 3  # tries of a parked poll's retake or a write-behind when Redis errs
 EVENTS_LOST = "the relay lost events of this job (the gateway was cut off from Redis)"
+PAUSE_CACHE_SECONDS = 0.25
+PAUSE_CACHE_MAX = 100_000  # runtimes remembered; past it the cache starts over
 
 
 def _text(value: Any) -> str:
@@ -147,6 +151,7 @@ class RedisBroker:
         self._clock = clock
         self._prefix = key_prefix
         self._replica = secrets.token_hex(8)
+        self._pause_cache: dict[str, tuple[float, Pause | None]] = {}
         self._redis = aioredis.from_url(url)
         # The event reader's own connection: its blocking read would hold a pooled one,
         # and a socket timeout just above the block time notices a dead connection.
@@ -375,6 +380,42 @@ class RedisBroker:
         values = await self._redis.mget([self._prefix + "seen:" + lid for lid in lattice_ids])
         return {lid: float(v) if v is not None else None
                 for lid, v in zip(lattice_ids, values, strict=True)}
+
+    # -- pauses (plain keys, no script: ``P pause:<rt>`` JSON {reason, until}, expiring
+    # unless the paused daemon's polls say it again). Each replica remembers what it read
+    # for PAUSE_CACHE_SECONDS: a chat costs no extra round trip at full load, another
+    # replica's change shows within that, and a job that reaches a paused daemon in
+    # between is refused by the daemon with the same error. --
+
+    async def pauses(self, lattice_ids: list[str]) -> dict[str, Pause | None]:
+        now = self._clock.monotonic()
+        cache = self._pause_cache
+        stale = [lid for lid in lattice_ids
+                 if (hit := cache.get(lid)) is None or now - hit[0] > PAUSE_CACHE_SECONDS]
+        if stale:
+            raw = await self._redis.mget([f"{self._prefix}pause:{lid}" for lid in stale])
+            if len(cache) > PAUSE_CACHE_MAX:
+                cache.clear()
+            for lid, value in zip(stale, raw, strict=True):
+                cache[lid] = (now, Pause.from_store(orjson.loads(value)) if value else None)
+        wall = self._clock.time()
+        result: dict[str, Pause | None] = {}
+        for lid in lattice_ids:
+            pause = cache[lid][1]
+            result[lid] = None if pause is None or pause.over(wall) else pause
+        return result
+
+    async def set_pause(self, lattice_id: str, session_id: str, pause: Pause | None) -> None:
+        if _text(await self._redis.hget(f"{self._prefix}s:{session_id}", "rt") or b"") \
+                != lattice_id:
+            raise SessionNotFound()
+        key = f"{self._prefix}pause:{lattice_id}"
+        self._pause_cache.pop(lattice_id, None)
+        if pause is None:
+            await self._redis.delete(key)
+            return
+        ttl = pause_ttl(self.poll_window_seconds, self.presence_window_seconds)
+        await self._redis.set(key, orjson.dumps(pause.to_store()), px=int(ttl * 1000))
 
     async def revoke_runtime(self, lattice_id: str) -> None:
         await self._ensure_started()

@@ -47,7 +47,7 @@ from lattice_protocol import (
 from .. import metrics
 from ..drain import Drain, drain_of, shutting_down
 from ..http import read_json_body, request_id_of
-from ..relay.base import JobTicket, watch_disconnect
+from ..relay.base import JobTicket, paused_error, watch_disconnect
 from ..services import SCOPE_INFERENCE, Principal, services_of
 from ..settings import Settings
 from ..sse import SSE_DONE, SSE_HEADERS, SSE_KEEPALIVE, SSE_MEDIA_TYPE, sse_error, sse_frame
@@ -56,7 +56,10 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "functio
 # Error codes a daemon's error event may carry to the app; anything else is provider_error.
 _DAEMON_CODES = {code.value: code for code in (
     ErrorCode.PROVIDER_ERROR, ErrorCode.RUNTIME_TIMEOUT, ErrorCode.INVALID_REQUEST,
-    ErrorCode.RUNTIME_UNREACHABLE)}
+    ErrorCode.RUNTIME_UNREACHABLE,
+    # the owner's controls, decided on the machine (docs/api.md)
+    ErrorCode.RUNTIME_PAUSED, ErrorCode.APP_NOT_ALLOWED, ErrorCode.MODEL_NOT_ALLOWED,
+    ErrorCode.BUDGET_EXCEEDED, ErrorCode.PROMPT_TOO_LONG)}
 _MAX_DAEMON_MESSAGE = 2000
 
 # ------------------------------------------------------------------------ validation
@@ -200,6 +203,9 @@ async def chat_completions(request: Request) -> Response:
         raise LatticeError(ErrorCode.RUNTIME_UNREACHABLE,
                            f"personal runtime {chat.lattice_id} is offline: its daemon is not "
                            "connected")
+    pause = (await services.broker.pauses([chat.lattice_id]))[chat.lattice_id]
+    if pause is not None:
+        raise paused_error(chat.lattice_id, pause)
     sealer = services.sealers.for_daemon(runtime.daemon_public_key)
     job_id = "job_" + secrets.token_hex(12)
     deadline = time.time() + settings.job_start_deadline_seconds
@@ -393,7 +399,7 @@ class _RelayedJob:
         mean are passed on: a daemon must not make the app think its key is invalid."""
         code = _DAEMON_CODES.get(event.code or "", ErrorCode.PROVIDER_ERROR)
         message = (event.message or "the local provider failed")[:_MAX_DAEMON_MESSAGE]
-        return LatticeError(code, message)
+        return LatticeError(code, message, retry_after=event.retry_after)
 
     def encode(self, data: dict[str, Any]) -> bytes | LatticeError:
         """A daemon's completion or chunk as the app's JSON, carrying the app's model

@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the caller's reachable runtimes as an OpenAI model list."""
+"""``GET /v1/models``: the caller's reachable runtimes (not paused) as an OpenAI model list."""
 
 from __future__ import annotations
 
@@ -35,7 +35,11 @@ async def list_models(request: Request) -> Response:
     paired = [r for r in await services.store.list_runtimes(principal.account_id)
               if r.status == "paired"]
     reachable = await services.broker.reachable([r.lattice_id for r in paired]) if paired else {}
-    data = [_model_object(r) for r in paired if reachable.get(r.lattice_id)]
+    present = [lid for lid, live in reachable.items() if live]
+    # A paused runtime is not reachable (its record says offline): not listed either.
+    pauses = await services.broker.pauses(present) if present else {}
+    data = [_model_object(r) for r in paired
+            if reachable.get(r.lattice_id) and pauses.get(r.lattice_id) is None]
     return json_response({"object": "list", "data": data})
 
 

@@ -9,6 +9,7 @@ disturbs other sessions.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -28,6 +29,7 @@ from ..drain import drain_of, shutting_down
 from ..errors import error_response
 from ..http import json_response, read_json_body
 from ..relay import poll_window
+from ..relay.base import PAUSE_REASONS, Pause
 from ..services import services_of
 
 log = logging.getLogger("lattice_gateway.relay")
@@ -78,6 +80,29 @@ def _parse_register(body: dict[str, Any]) -> tuple[str, list[str], str | None, i
     return daemon_version, models, default_model, max_concurrency
 
 
+def _parse_pause(body: dict[str, Any]) -> Pause | None:
+    """``paused``: null, or {reason: owner|schedule|battery, until: ISO-8601 or null}."""
+    value = body.get("paused")
+    if value is None:
+        return None
+    what = "field 'paused' must be null or {reason, until}"
+    if not isinstance(value, dict) or value.get("reason") not in PAUSE_REASONS:
+        raise _invalid(f"{what} with reason one of {', '.join(PAUSE_REASONS)}", "paused")
+    until = value.get("until")
+    if until is None:
+        return Pause(value["reason"])
+    if not isinstance(until, str) or len(until) > 64:
+        raise _invalid(f"{what}: 'until' must be an ISO-8601 time or null", "paused.until")
+    try:
+        stamp = datetime.fromisoformat(until.replace("Z", "+00:00"))
+    except ValueError:
+        raise _invalid(f"{what}: 'until' must be an ISO-8601 time or null",
+                       "paused.until") from None
+    if stamp.tzinfo is None:
+        raise _invalid(f"{what}: 'until' needs a time zone (e.g. Z)", "paused.until")
+    return Pause(value["reason"], stamp.timestamp())
+
+
 async def register_session(request: Request) -> Response:
     services = services_of(request)
     runtime = await authenticate_daemon(request)
@@ -89,6 +114,7 @@ async def register_session(request: Request) -> Response:
     if instance_id is not None and len(instance_id) > _MAX_INSTANCE_ID:
         raise _invalid(f"field 'instanceId' must be at most {_MAX_INSTANCE_ID} characters",
                        "instanceId")
+    pause = _parse_pause(body)
     broker = services.broker
     session_id = await broker.register_session(runtime.lattice_id, max_concurrency,
                                                daemon_key=runtime.daemon_public_key,
@@ -98,6 +124,7 @@ async def register_session(request: Request) -> Response:
     if conflict:
         log.warning("runtime %s: daemons of two machines serve one pairing (a copied "
                     "daemon config?); jobs are split between them", runtime.lattice_id)
+    await broker.set_pause(runtime.lattice_id, session_id, pause)
     await services.store.record_daemon_session(
         runtime.lattice_id, daemon_version=daemon_version, models=models,
         default_model=default_model)
@@ -117,6 +144,12 @@ async def poll(request: Request) -> Response:
     # capacity 0 is a heartbeat that only collects cancel notices (a daemon whose slots
     # are all busy keeps one such poll outstanding).
     capacity = _count(body, "capacity", 0)
+    # A paused daemon says so on every poll (it keeps the pause alive in the broker); a
+    # change is posted at once to /state, so it never waits for the next poll.
+    pause = _parse_pause(body)
+    if pause is not None:
+        await services.broker.set_pause(runtime.lattice_id, request.path_params["session_id"],
+                                        pause)
     drain = drain_of(request)
     arrived_draining = drain.draining
     result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
@@ -154,6 +187,19 @@ async def post_events(request: Request) -> Response:
     return json_response(result.to_dict())
 
 
+async def post_state(request: Request) -> Response:
+    """The daemon's serving state changed (paused, or not any more): the gateway knows at
+    once, whatever its held poll is doing."""
+    services = services_of(request)
+    runtime = await authenticate_daemon(request)
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    if "paused" not in body:
+        raise _invalid("field 'paused' is required (null when serving)", "paused")
+    await services.broker.set_pause(runtime.lattice_id, request.path_params["session_id"],
+                                    _parse_pause(body))
+    return Response(status_code=204)
+
+
 async def deregister_session(request: Request) -> Response:
     runtime = await authenticate_daemon(request)
     await services_of(request).broker.deregister_session(runtime.lattice_id,
@@ -165,5 +211,6 @@ routes: list[BaseRoute] = [
     Route("/v1/relay/sessions", register_session, methods=["POST"]),
     Route("/v1/relay/sessions/{session_id}/poll", poll, methods=["POST"]),
     Route("/v1/relay/sessions/{session_id}/events", post_events, methods=["POST"]),
+    Route("/v1/relay/sessions/{session_id}/state", post_state, methods=["POST"]),
     Route("/v1/relay/sessions/{session_id}", deregister_session, methods=["DELETE"]),
 ]

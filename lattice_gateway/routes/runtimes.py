@@ -35,12 +35,17 @@ async def public_records(services: Services, runtimes: list[Runtime]) -> list[di
     live_ids = [r.lattice_id for r in runtimes if r.status == "paired"]
     reachable = await services.broker.reachable(live_ids) if live_ids else {}
     last_seen = await services.broker.last_seen(live_ids) if live_ids else {}
+    present = [lid for lid in live_ids if reachable.get(lid)]
+    pauses = await services.broker.pauses(present) if present else {}
     records = []
     for runtime in runtimes:
         status: str = runtime.status
         seen = last_seen.get(runtime.lattice_id)
+        pause = pauses.get(runtime.lattice_id)
         if status == "paired":
-            if reachable.get(runtime.lattice_id):
+            if pause is not None:
+                status = "offline"  # its daemon is there, but takes no jobs (``paused``)
+            elif reachable.get(runtime.lattice_id):
                 status = "reachable"
             elif seen is None and runtime.last_seen_at is None:
                 status = "unpaired"  # redeemed, but no daemon has registered yet
@@ -58,6 +63,7 @@ async def public_records(services: Services, runtimes: list[Runtime]) -> list[di
             "daemonVersion": runtime.daemon_version,
             "models": list(runtime.models),
             "defaultModel": runtime.default_model,
+            "paused": None if pause is None else pause.to_dict(),
         })
     return records
 

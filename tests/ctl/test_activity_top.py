@@ -47,7 +47,7 @@ LIVE = {
     "queue": {"inFlight": 1, "maxConcurrency": 4, "waiting": 0},
     "jobs": status_body()["jobs"], "relay": ping_body()["relay"],
     "provider": ping_body()["provider"], "runtime": status_body()["runtime"],
-    "paused": True, "controls": {"paused": True, "pausedUntil": "2026-01-01T12:00:00.000Z"},
+    "paused": {"reason": "owner", "until": "2026-01-01T12:00:00.000Z"},
 }
 
 
@@ -92,12 +92,11 @@ def test_top_without_a_terminal_prints_one_snapshot(run_ctl: RunCtl,
     result = run_ctl("top")
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    assert "PAUSED until" in out and "Running now" in out
+    assert "NOT SERVING (PAUSED BY YOU) UNTIL 2026-01-01" in out and "Running now" in out
     assert "bob" in out and "21.5" in out and "1 running of 4" in out
     assert "Today, per app" in out and "notes-app" in out
     assert stdout_json(run_ctl("--json", "top"))["running"] == LIVE["running"]
-    fake_daemon.answer("GET /v1/live", 200, {**LIVE, "paused": None, "controls": None,
-                                              "running": []})
+    fake_daemon.answer("GET /v1/live", 200, {**LIVE, "paused": None, "running": []})
     quiet = run_ctl("top").stdout
-    assert "PAUSED" not in quiet and "paused" not in quiet
+    assert "PAUSED" not in quiet and "SERVING" not in quiet
     assert "Running now: no jobs" in quiet

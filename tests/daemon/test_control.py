@@ -52,6 +52,22 @@ class StubBackend:
         self.calls.append("live")
         return {"running": []}
 
+    async def controls_state(self) -> dict[str, Any]:
+        self.calls.append("controls")
+        return {"paused": None}
+
+    async def pause(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("pause")
+        return {"paused": {"reason": "owner", "until": None}, "body": body}
+
+    async def resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("resume")
+        return {"paused": None}
+
+    async def patch_limits(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("limits")
+        return {"limits": body}
+
 
 async def exchange(path: Path, data: bytes, *, eof: bool = True) -> tuple[int, dict[str, str],
                                                                            Any]:
@@ -222,3 +238,22 @@ async def test_a_malformed_query_is_refused_and_the_server_keeps_serving(
     status, _, _ = await exchange(control.socket_path, request("GET", "/v1/ping"))
     assert status == 200
     assert backend.calls == ["ping"]
+
+
+async def test_json_bodies_reach_the_routes_that_read_them(
+        server: tuple[ControlServer, StubBackend]) -> None:
+    control, backend = server
+    status, _, body = await exchange(control.socket_path, request(
+        "POST", "/v1/controls/pause", body=b'{"for": 60}'))
+    assert status == 200 and body["body"] == {"for": 60}
+    status, _, body = await exchange(control.socket_path, request("POST", "/v1/controls/pause"))
+    assert status == 200 and body["body"] == {}  # an empty body reads as {}
+    for garbage in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        status, _, body = await exchange(control.socket_path, request(
+            "PATCH", "/v1/controls/limits", body=garbage))
+        assert status == 400 and body["error"]["code"] == "bad_request", garbage
+    status, _, body = await exchange(control.socket_path, request("GET", "/v1/controls/pause"))
+    assert status == 405
+    status, _, _ = await exchange(control.socket_path, request("GET", "/v1/controls"))
+    assert status == 200
+    assert backend.calls == ["pause", "pause", "controls"]

@@ -201,7 +201,7 @@ async def test_allowed_models_are_enforced() -> None:
     h.runner.start(h.envelope(refused))
     h.runner.start(h.envelope(allowed))
     (event,) = await h.finished(refused.job_id)
-    assert event.code == "invalid_request" and "'m1' is not allowed" in (event.message or "")
+    assert event.code == "model_not_allowed" and "'m1' is not allowed" in (event.message or "")
     assert [e.kind for e in await h.finished(allowed.job_id)] == ["result"]
     assert [r["model"] for r in h.provider.requests] == ["m2"]
 
@@ -248,7 +248,7 @@ async def test_an_allowed_model_matches_with_or_without_latest() -> None:
     spec = h.spec(model="qwen3:latest")
     h.runner.start(h.envelope(spec))
     (event,) = await h.finished(spec.job_id)
-    assert event.code == "invalid_request" and "not allowed" in (event.message or "")
+    assert event.code == "model_not_allowed" and "not allowed" in (event.message or "")
     assert default_model_among([], []) is None
 
 
