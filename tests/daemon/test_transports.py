@@ -198,8 +198,14 @@ async def test_a_server_that_closes_after_every_answer_fails_no_request(
             assert completion["choices"][0]["message"]["content"] == "one two three"
             streamed = await collect(provider.stream({**REQUEST, "stream": True}))
             assert streamed.strip() == "one two three"
+        # The server counts an answer completed just after its last byte: the client may
+        # have read it a moment before.
+        async def all_completed() -> bool:
+            return bool(server.stats()["completed"] == 30)
+
+        await async_wait_until(all_completed, timeout=5, what="the server to finish 30 answers")
         stats = server.stats()
-        assert stats["request_count"] == stats["completed"] == 30
+        assert stats["request_count"] == 30  # none reached the server twice
         assert stats["connections_opened"] == 30  # each answer ended its connection
     finally:
         await provider.aclose()

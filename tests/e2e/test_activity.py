@@ -158,14 +158,14 @@ def test_each_job_is_logged_for_its_app_with_tokens_and_no_prompt_text(
         # A job the daemon refuses (a model the owner did not allow) is logged as such.
         import openai
 
-        with pytest.raises(openai.BadRequestError):
+        with pytest.raises(openai.PermissionDeniedError):
             notes_app.chat.completions.create(model=f"{machine.model}/other-model",
                                               messages=[{"role": "user", "content": "hi"}])
         wait_until(lambda: len(log_entries(lattice_home)) == 6, timeout=10,
                    what="the refused job's entry")
         refused = log_entries(lattice_home)[-1]
         assert (refused["app"], refused["outcome"], refused["refused"]) == (
-            "notes-app", "invalid_request", True)
+            "notes-app", "model_not_allowed", True)
         assert "not allowed" in refused["message"]
         apps = {app["app"]: app for app in ctl_json(lattice_home, "activity")["apps"]}
         assert apps["notes-app"]["refusals"] == 1 and apps["chat-app"]["refusals"] == 0
