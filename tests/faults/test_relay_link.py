@@ -94,6 +94,18 @@ def test_link_cut_mid_stream_finishes_or_fails_once(link: Link, make_machine: Ma
     served_again(machine, f"after-{cut}")
 
 
+def test_slow_link_delivers_everything_once(link: Link, make_machine: MakeMachine) -> None:
+    """0.15 s added to every piece each way (a congested uplink): a stream still arrives
+    whole and in order, the job runs once."""
+    machine = make_machine(link, reply=" ".join(f"s{i}" for i in range(8)))
+    link.proxy.delay(0.15)
+    started = time.monotonic()
+    text = stream_text(machine.openai(), machine.model, "slow-link", lambda n: None)
+    assert text == " ".join(f"s{i}" for i in range(8))
+    assert time.monotonic() - started < 10
+    assert machine.prompt_count("slow-link") == 1
+
+
 def test_silent_gateway_to_daemon_path_fails_the_job_then_recovers(
         link: Link, make_machine: MakeMachine) -> None:
     """Polls still arrive at the gateway, their answers (the leased job) never reach the
