@@ -127,6 +127,23 @@ def test_silent_gateway_to_daemon_path_fails_the_job_then_recovers(
     assert machine.prompt_count("lost-lease") == 0  # its start deadline passed: refused
 
 
+def test_a_lease_delivered_after_the_app_was_told_it_failed_never_runs(
+        link: Link, make_machine: MakeMachine) -> None:
+    """The poll answer carrying a job stalls on the way to the daemon (TCP holds it, as
+    during retransmissions) past the presence window: the gateway declares the session
+    dead and tells the app 503 runtime_unreachable, which the app may retry. When the
+    stalled answer then arrives, within the job's start deadline, the daemon must not run
+    the job: the app was told it failed, and a retry would reach the provider twice."""
+    machine = make_machine(link)
+    link.proxy.half_open("down")
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(machine, "told-it-failed")
+    assert info.value.status_code in (503, 504), info.value
+    link.proxy.heal()  # the stalled answer (with the lease) reaches the daemon now
+    served_again(machine, "after-stall")  # the daemon is past the stalled answer
+    assert machine.prompt_count("told-it-failed") == 0
+
+
 def test_blackholed_link_turns_offline_and_recovers(link: Link, make_machine: MakeMachine
                                                     ) -> None:
     machine = make_machine(link)
