@@ -14,9 +14,12 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import CheckContext
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -29,7 +32,7 @@ from tests.support.gateway import GatewayProcess, run_gateway
 
 pytestmark = pytest.mark.e2e
 
-# Per operation; ~15 operations, a few ms each: well under a minute on 2 cores.
+# Per operation and mode (positive, negative); 15 operations, a few ms per case.
 MAX_EXAMPLES = 25
 
 
@@ -76,7 +79,7 @@ def no_server_error(ctx: CheckContext, response: Any, case: Any) -> bool | None:
 
 
 CHECKS = [no_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+          response_headers_conformance, response_schema_conformance, negative_data_rejection]
 
 
 def test_the_gateway_answers_every_generated_request_as_documented(
@@ -87,8 +90,10 @@ def test_the_gateway_answers_every_generated_request_as_documented(
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 15, [op.label for op in operations]
 
-    for operation in operations:
-        @given(case=operation.as_strategy())
+    for operation, mode in [(op, mode) for op in operations for mode in GenerationMode]:
+        # Positive cases fit the document; negative ones break it (bad input must get a
+        # 4xx in the envelope, never a server error).
+        @given(case=operation.as_strategy(mode))
         @settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None,
                   database=None, suppress_health_check=list(HealthCheck))
         def run(case: Any) -> None:
@@ -103,6 +108,9 @@ def test_the_gateway_answers_every_generated_request_as_documented(
 
         try:
             run()
+        except Unsatisfiable:
+            # Negative mode on an operation with no input to break (GET /healthz).
+            assert mode is GenerationMode.NEGATIVE, operation.label
         except Exception as exc:
-            failures.append(f"{operation.label}: {exc}")
+            failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
