@@ -69,6 +69,9 @@ CREDENTIAL_CACHE_SECONDS = 0.5
 _GATEWAY_PUBLIC_KEY = "gateway_public_key"
 _LEGACY_PRIVATE_KEY = "gateway_private_key"
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
+# PostgreSQL: seconds to connect, and for one statement (the gateway's are all short).
+PG_CONNECT_TIMEOUT = 5.0
+PG_COMMAND_TIMEOUT = 10.0
 
 
 def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
@@ -149,11 +152,16 @@ class SqlStore:
             engine = create_async_engine(target.url, pool_size=8, max_overflow=16)
             _install_sqlite_pragmas(engine)
         else:
-            connect_args: dict[str, Any] = {}
+            # Bounded waits: a PostgreSQL that stops answering (host gone, network
+            # blackholed) fails requests with an error within seconds instead of holding
+            # them, and their connections, until TCP gives up (hours).
+            connect_args: dict[str, Any] = {"timeout": PG_CONNECT_TIMEOUT,
+                                            "command_timeout": PG_COMMAND_TIMEOUT}
             if target.pg_schema:
                 connect_args["server_settings"] = {"search_path": target.pg_schema}
             engine = create_async_engine(target.url, pool_size=10, max_overflow=20,
-                                         pool_pre_ping=True, connect_args=connect_args)
+                                         pool_pre_ping=True, pool_timeout=PG_COMMAND_TIMEOUT,
+                                         connect_args=connect_args)
         store = cls(engine, target, clock=clock, cache_ttl=cache_ttl, key_file=key_file)
         try:
             await store._migrate()

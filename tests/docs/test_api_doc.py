@@ -138,6 +138,20 @@ def test_the_endpoint_table_is_exactly_what_the_gateway_serves() -> None:
     assert sections == documented  # each endpoint has its section
 
 
+def test_the_openapi_document_lists_exactly_the_documented_endpoints_and_codes() -> None:
+    """lattice_gateway/openapi.json (served at /openapi.json, which schemathesis tests
+    against a real gateway) describes the same routes as docs/api.md and protocol.md,
+    and its error codes are the contract's."""
+    document = json.loads((REPO / "lattice_gateway" / "openapi.json").read_text())
+    described = {(method.upper(), re.sub(r"\{[^}]+\}", "{}", path))
+                 for path, item in document["paths"].items()
+                 for method in item if method != "parameters"}
+    assert described == table_endpoints("api.md") | table_endpoints("protocol.md")
+    codes = document["components"]["schemas"]["Error"]["properties"]["error"]["properties"][
+        "code"]["enum"]
+    assert sorted(codes) == sorted(code.value for code in ErrorCode)
+
+
 def test_the_error_table_is_exactly_the_contracts_codes() -> None:
     text = API_MD.read_text()
     rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \| `([a-z_]+)` \|", text, re.MULTILINE)
