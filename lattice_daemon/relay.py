@@ -28,6 +28,7 @@ import httpx
 from lattice_protocol import (
     MAX_EVENTS_POST_BYTES,
     CancelNotice,
+    ErrorCode,
     JobEnvelope,
     ProtocolError,
     SealedEvent,
@@ -42,6 +43,8 @@ from .runner import JobRunner
 log = logging.getLogger("lattice_daemon.relay")
 
 CALL_TIMEOUT = 15.0  # register / events / deregister: a healthy gateway answers in ms
+LATE_LEASE = ("the job reached this machine too late (the network held the relay's answer): "
+              "it was not run")
 POLL_GRACE = 10.0  # the poll's read timeout is the announced window plus this
 DEFAULT_POLL_WINDOW = 25.0
 MAX_POLL_WINDOW = 50.0  # docs/protocol.md: the announced window is bounded 1..50 s
@@ -154,6 +157,19 @@ class Session:
     session_id: str
     poll_window: float
     instance_conflict: bool = False
+    # The gateway fails a leased job when the daemon shows no sign of life this long
+    # after the lease (None: a gateway that does not say).
+    presence_window: float | None = None
+
+
+@dataclass(frozen=True)
+class PollAnswer:
+    jobs: list[JobEnvelope]
+    cancels: list[CancelNotice]
+    # An upper bound on how long ago the jobs were leased: the poll's round trip less the
+    # time the gateway held it (durations on each side: no clocks compared). None when
+    # the gateway does not say how long it held the poll.
+    leased_at_most_ago: float | None = None
 
 
 class RelayApi:
@@ -219,24 +235,29 @@ class RelayApi:
             window = DEFAULT_POLL_WINDOW
         # The poll's read timeout derives from the window: an absurd one (a gateway bug)
         # would leave a silently dropped connection (NAT, Wi-Fi change) hanging for ever.
+        presence = _seconds(answer.get("presenceWindowSeconds"))
         return Session(answer["sessionId"], min(float(window), MAX_POLL_WINDOW),
-                       answer.get("instanceConflict") is True)
+                       answer.get("instanceConflict") is True, presence)
 
     async def poll(self, session: Session, capacity: int,
-                   paused: dict[str, Any] | None = None
-                   ) -> tuple[list[JobEnvelope], list[CancelNotice]]:
+                   paused: dict[str, Any] | None = None) -> PollAnswer:
         timeout = httpx.Timeout(CALL_TIMEOUT, read=session.poll_window + POLL_GRACE)
         body: dict[str, Any] = {"capacity": capacity}
         if paused is not None:  # said again on every poll while paused (it expires)
             body["paused"] = paused
+        sent = time.monotonic()
         answer = await self._call("POST", f"/sessions/{session.session_id}/poll",
                                   body, timeout)
+        round_trip = time.monotonic() - sent
         if not isinstance(answer, dict):
             raise RelayError("gateway sent a malformed poll answer")
         # Read by RelayClient after each poll (kept out of the return value: one flag).
         self.instance_conflict = answer.get("instanceConflict") is True
-        jobs = _parse_list(answer.get("jobs"), JobEnvelope.from_dict, "job")
-        return jobs, _parse_list(answer.get("cancels"), CancelNotice.from_dict, "cancel")
+        held = _seconds(answer.get("heldSeconds"))
+        return PollAnswer(
+            _parse_list(answer.get("jobs"), JobEnvelope.from_dict, "job"),
+            _parse_list(answer.get("cancels"), CancelNotice.from_dict, "cancel"),
+            None if held is None else max(0.0, round_trip - held))
 
     async def post_events(self, session: Session, events: list[SealedEvent]
                           ) -> tuple[list[dict[str, Any]], list[CancelNotice]]:
@@ -254,6 +275,28 @@ class RelayApi:
     async def deregister(self, session: Session, timeout: float = 5.0) -> None:
         await self._call("DELETE", f"/sessions/{session.session_id}",
                          timeout=httpx.Timeout(timeout))
+
+
+def _lease_may_have_lapsed(answer: PollAnswer, session: Session) -> bool:
+    """Whether the gateway may already have failed these jobs for the app.
+
+    It fails a leased job when the daemon shows no sign of life for the presence window
+    after the lease. A poll answer the network held that long (TCP retransmitting over a
+    bad link) may carry jobs the app was already told failed, and may retry: running one
+    then would reach the provider twice. Refused instead (the gateway drops the error if
+    it already answered the app). The bound also counts the request's way to the
+    gateway, so it errs towards refusing.
+    """
+    if answer.leased_at_most_ago is None or session.presence_window is None:
+        return False
+    return answer.leased_at_most_ago > session.presence_window
+
+
+def _seconds(value: Any) -> float | None:
+    """A non-negative number of seconds from the gateway, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return float(value)
 
 
 def _parse_list(value: Any, parse: Callable[[Any], Any], what: str) -> list[Any]:
@@ -426,7 +469,7 @@ class RelayClient:
     async def _poll_once(self, capacity: int) -> None:
         session = self.session
         assert session is not None
-        jobs, cancels = await self.api.poll(session, capacity, self._paused())
+        answer = await self.api.poll(session, capacity, self._paused())
         self.polls += 1
         self._lost_in_a_row = 0
         self._backoff.reset()
@@ -434,11 +477,15 @@ class RelayClient:
         if self.session is session:
             self.status.set(RelayState.CONNECTED)
             self.status.set_instance_conflict(self.api.instance_conflict)
-        for notice in cancels:
+        for notice in answer.cancels:
             self.runner.cancel(notice.job_id, notice.reason)
-        for envelope in jobs:
-            self.runner.start(envelope)
-        if jobs:
+        late = _lease_may_have_lapsed(answer, session)
+        for envelope in answer.jobs:
+            if late:
+                self.runner.refuse(envelope, ErrorCode.RUNTIME_UNREACHABLE, LATE_LEASE)
+            else:
+                self.runner.start(envelope)
+        if answer.jobs:
             # Let the jobs reach their provider before building the next poll request
             # (~0.3 ms of CPU that would otherwise delay every pickup).
             await asyncio.sleep(0)

@@ -288,6 +288,12 @@ class JobRunner:
         task.add_done_callback(lambda _task: self._finished(spec.job_id))
         return True
 
+    def refuse(self, envelope: JobEnvelope, code: ErrorCode, message: str) -> None:
+        """Answer a leased job with an error without opening or running it."""
+        self.counters.refused += 1
+        log.warning("job %s refused: %s", envelope.job_id, message)
+        _Job(envelope.job_id, self._sealer, self._emit).error(code, message)
+
     def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
         task = self._tasks.get(job_id)
         if task is None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from lattice_protocol import ErrorCode, LatticeError
 
-from .relay.base import JobTicket
+from .relay.base import JobTicket, MayHaveRun
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -34,11 +34,9 @@ def shutting_down() -> LatticeError:
     return LatticeError(ErrorCode.SERVICE_UNAVAILABLE, SHUTTING_DOWN)
 
 
-class EndedByShutdown(LatticeError):
+class EndedByShutdown(MayHaveRun):
     """A chat the drain time cut off. Its job had reached the daemon, so the answer says
     ``x-should-retry: false``: the SDKs only retry what cannot have run (the app may)."""
-
-    headers = {"x-should-retry": "false"}
 
     def __init__(self) -> None:
         super().__init__(ErrorCode.SERVICE_UNAVAILABLE, ENDED_BY_SHUTDOWN)

@@ -39,6 +39,20 @@ DAEMON_STOPPED = "the personal runtime's daemon stopped"
 DAEMON_SILENT = "the personal runtime's daemon stopped answering"
 
 
+class MayHaveRun(LatticeError):
+    """A job that reached a daemon and ended without its answer: it may have run, so the
+    answer says ``x-should-retry: false``. An SDK's automatic retry could bring the same
+    prompt to the provider twice; the app decides."""
+
+    headers = {"x-should-retry": "false"}
+
+
+def lost_with_its_session(message: str) -> MayHaveRun:
+    """A leased job whose relay session ended (the daemon stopped, fell silent, or the
+    runtime was paired elsewhere)."""
+    return MayHaveRun(ErrorCode.RUNTIME_UNREACHABLE, message)
+
+
 def revoked() -> LatticeError:
     return LatticeError(ErrorCode.RUNTIME_REVOKED, REVOKED)
 

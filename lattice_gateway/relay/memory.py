@@ -39,6 +39,7 @@ from .base import (
     Receive,
     SessionNotFound,
     answer_expired,
+    lost_with_its_session,
     not_leased,
     pause_ttl,
     pickup_timed_out,
@@ -282,12 +283,11 @@ class MemoryBroker:
     def _end_other_pairings(self, rt: _Runtime, daemon_key: str | None) -> None:
         for old in list(rt.sessions.values()):
             if old.daemon_key != daemon_key:
-                self._end_session(old, LatticeError(ErrorCode.RUNTIME_UNREACHABLE,
-                                                    PAIRED_ELSEWHERE))
+                self._end_session(old, lost_with_its_session(PAIRED_ELSEWHERE))
 
     async def deregister_session(self, lattice_id: str, session_id: str) -> None:
         session = self._session(lattice_id, session_id)
-        self._end_session(session, LatticeError(ErrorCode.RUNTIME_UNREACHABLE, DAEMON_STOPPED))
+        self._end_session(session, lost_with_its_session(DAEMON_STOPPED))
 
     def _session(self, lattice_id: str, session_id: str) -> _Session:
         rt = self._runtimes.get(lattice_id)
@@ -483,5 +483,4 @@ class MemoryBroker:
         while presence and presence[0][0] <= now:
             _, session, activity = presence.popleft()
             if session.alive and session.activity == activity and session.parked is None:
-                self._end_session(session, LatticeError(ErrorCode.RUNTIME_UNREACHABLE,
-                                                        DAEMON_SILENT))
+                self._end_session(session, lost_with_its_session(DAEMON_SILENT))

@@ -60,6 +60,7 @@ from .base import (
     Receive,
     SessionNotFound,
     answer_expired,
+    lost_with_its_session,
     not_leased,
     pause_ttl,
     pickup_timed_out,
@@ -336,8 +337,7 @@ class RedisBroker:
             if count != ticket.events_read + 1:
                 # Entries of this job were trimmed before this replica read them: its
                 # stream cannot be trusted any more. Fail it now; its daemon stops.
-                ticket.fail(LatticeError(ErrorCode.RUNTIME_UNREACHABLE, EVENTS_LOST),
-                            "events_lost")
+                ticket.fail(lost_with_its_session(EVENTS_LOST), "events_lost")
                 return
             ticket.events_read = count
             ticket.push(SealedEvent.from_dict(orjson.loads(fields[b"e"])))
@@ -348,7 +348,10 @@ class RedisBroker:
             code = ErrorCode.RUNTIME_UNREACHABLE
         self._forget(ticket)
         ticket.done = True
-        ticket.push(LatticeError(code, _text(fields.get(b"m", b"")) or code.value))
+        message = _text(fields.get(b"m", b"")) or code.value
+        # runtime_unreachable comes only from an ended session, i.e. for a leased job.
+        ticket.push(lost_with_its_session(message) if code is ErrorCode.RUNTIME_UNREACHABLE
+                    else LatticeError(code, message))
 
     def _forget(self, ticket: RedisTicket) -> None:
         self._tickets.pop(ticket.job_id, None)

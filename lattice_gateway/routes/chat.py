@@ -15,6 +15,7 @@ first byte. If the app disconnects or the silence deadline passes, the job is ca
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import secrets
 import time
@@ -363,7 +364,7 @@ class _RelayedJob:
                 # request raises its own.
                 if (ended := self.drain.failure_of_cancel(item)) is not item:
                     return ended
-                return LatticeError(item.code, item.message, item.param, item.retry_after)
+                return copy.copy(item)
             event = self._open(item)
             if isinstance(event, ResultEvent):
                 self.silence_deadline = time.monotonic() + self.idle_timeout

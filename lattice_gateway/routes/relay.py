@@ -9,6 +9,7 @@ disturbs other sessions.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -152,8 +153,14 @@ async def poll(request: Request) -> Response:
                                         pause)
     drain = drain_of(request)
     arrived_draining = drain.draining
+    arrived = time.monotonic()
     result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
                                         capacity, receive=request.receive)
+    answer = result.to_dict()
+    # How long the poll was held here: with it the daemon bounds how long ago its jobs
+    # were leased without comparing clocks, and refuses a lease that reached it later
+    # than the presence window (by then this gateway may have failed the job).
+    answer["heldSeconds"] = round(time.monotonic() - arrived, 3)
     if drain.draining and not result.jobs and not result.cancels:
         # This replica is shutting down (the session lives in Redis; jobs already leased
         # here still post their results to this replica until it exits). A poll it held
@@ -163,8 +170,8 @@ async def poll(request: Request) -> Response:
         # spreads a fleet) and tries again, until the balancer stops sending it here.
         if arrived_draining:
             return error_response(shutting_down(), {"connection": "close"})
-        return json_response(result.to_dict(), headers={"connection": "close"})
-    return json_response(result.to_dict())
+        return json_response(answer, headers={"connection": "close"})
+    return json_response(answer)
 
 
 async def post_events(request: Request) -> Response:

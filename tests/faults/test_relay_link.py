@@ -182,6 +182,9 @@ def test_daemon_sigkill_and_restart_runs_nothing_twice(link: Link, make_machine:
     first.join(15)
     assert isinstance(first.error, openai.APIStatusError), (first.value, first.error)
     assert first.ended_at is not None and first.ended_at - killed_at < 12
+    # It reached the provider: an SDK must not retry it by itself (the prompt would run
+    # twice); the app decides.
+    assert first.error.response.headers["x-should-retry"] == "false"
     second.join(20)
     if second.error is None:
         assert second.value == "once"
