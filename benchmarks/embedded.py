@@ -94,6 +94,7 @@ def main() -> None:
     from lattice_daemon.config import AssistantConfig, load_config, save_config
     from lattice_daemon.paths import get_paths
     from providers.embedded import packaged_model
+    from providers.embedded_worker import avoid_amx_matmul
 
     model = args.model or packaged_model()
     if model is None:
@@ -106,6 +107,8 @@ def main() -> None:
     from tests.support.net import wait_until
 
     paths = get_paths()
+    if avoid_amx_matmul():  # as the worker does: the baseline runs the same kernels
+        print("  this CPU has AMX: models load without llama.cpp's extra buffer types")
     started = time.perf_counter()
     llm = Llama(model_path=str(model), n_ctx=4096, n_threads=args.n_threads, verbose=False)
     direct_load = time.perf_counter() - started

@@ -167,6 +167,44 @@ def _run(engine: Any, jobs: _Jobs, frames: _Frames, message: dict[str, Any]) -> 
         "completion_tokens": engine.completion_tokens}}})
 
 
+def _cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU advertises Intel AMX (Linux; elsewhere: no)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def avoid_amx_matmul(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """On a CPU with AMX, load models without llama.cpp's extra buffer types.
+
+    llama.cpp's AMX matrix multiply (one of those buffer types) crashed the process with
+    SIGSEGV on every prompt longer than one token on an AMX server (llama-cpp-python
+    0.3.36 built for the machine itself). Without extra buffer types the model runs on
+    the plain CPU kernels: the same answers, without the AMX and weight-repacking speed-ups.
+    Returns whether it changed anything.
+    """
+    if not _cpu_has_amx(cpuinfo):
+        return False
+    import llama_cpp.llama_cpp as bindings
+
+    defaults = bindings.llama_model_default_params
+    if not hasattr(defaults(), "use_extra_bufts"):  # an older llama.cpp: nothing to turn off
+        return False
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = without_extra_buffers  # read by Llama()
+    return True
+
+
 def main() -> int:
     frames = _Frames(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # anything printed from here on (C code included) goes to stderr
@@ -178,6 +216,7 @@ def main() -> int:
         frames.send({"fatal": f"llama-cpp-python is not installed ({exc})",
                      "reason": "not_installed"})
         return 1
+    avoid_amx_matmul()
     started = time.perf_counter()
     try:
         engine = _engine_class(Llama)(model_path=load["path"], n_ctx=load["n_ctx"],

@@ -82,6 +82,7 @@ _EVENTS_SOCKET_SLACK = 5.0
 _RECONNECT_PAUSE = 0.05
 _ATTEMPT_TRIES = 3  # tries of a parked poll's retake or a write-behind when Redis errs
 EVENTS_LOST = "the relay lost events of this job (the gateway was cut off from Redis)"
+JOB_LOST = "the relay lost this job (Redis restarted or failed over without it)"
 PAUSE_CACHE_SECONDS = 0.25
 PAUSE_CACHE_MAX = 100_000  # runtimes remembered; past it the cache starts over
 
@@ -289,25 +290,55 @@ class RedisBroker:
 
     async def _read_events(self) -> None:
         """Hand this replica's event stream to its tickets, in order, each entry once."""
+        cut_off = False
         while not self._closed:
             try:
+                # Back from a cut: take what is waiting without blocking, then look for
+                # jobs that Redis no longer has.
                 answer = await self._events_redis.xread(
                     {self._events_key: self._events_seen}, count=_EVENTS_BATCH,
-                    block=_EVENTS_BLOCK_MS)
+                    block=None if cut_off else _EVENTS_BLOCK_MS)
             except (ConnectionError, OSError, aioredis.RedisError):
                 # Cut off: read on from _events_seen once Redis answers again.
+                cut_off = True
                 await asyncio.sleep(_RECONNECT_PAUSE)
                 continue
             # [[stream, entries]] (RESP2) or {stream: entries} (RESP3)
             streams: Any = answer.items() if isinstance(answer, dict) else answer or ()
+            read = 0
             for _, entries in streams:
                 for entry_id, fields in entries:
+                    read += 1
                     self._events_seen = _text(entry_id)
                     try:
                         self._on_event(fields)
                     except (ValueError, KeyError, TypeError):
                         log.warning("ignored a malformed relay event entry %s",
                                     self._events_seen)
+            if cut_off and read < _EVENTS_BATCH:
+                cut_off = False
+                await self._fail_lost_jobs()
+
+    async def _fail_lost_jobs(self) -> None:
+        """After a cut, with every entry read: a job this replica waits for whose key Redis
+        no longer has (it restarted without its data, or failed over to a replica that
+        lacks it) will never send anything more. Fail it now, not at its idle timeout."""
+        tickets = [t for t in self._tickets.values() if not t.done]
+        if not tickets:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for ticket in tickets:
+            pipe.exists(self._prefix + "job:" + ticket.job_id)
+        try:
+            found = await pipe.execute()
+        except (ConnectionError, OSError, aioredis.RedisError):
+            return  # cut off again: the next reconnect looks again
+        for ticket, exists in zip(tickets, found, strict=True):
+            if not exists and self._tickets.get(ticket.job_id) is ticket:
+                log.warning("job %s: lost from Redis", ticket.job_id)
+                self._forget(ticket)
+                ticket.done = True
+                ticket.push(lost_with_its_session(JOB_LOST))
 
     def _on_wake(self, data: str) -> None:
         kind, _, target = data.partition(" ")

@@ -15,7 +15,6 @@ first byte. If the app disconnects or the silence deadline passes, the job is ca
 from __future__ import annotations
 
 import asyncio
-import copy
 import math
 import secrets
 import time
@@ -364,7 +363,8 @@ class _RelayedJob:
                 # request raises its own.
                 if (ended := self.drain.failure_of_cancel(item)) is not item:
                     return ended
-                return copy.copy(item)
+                # (its class too: MayHaveRun carries x-should-retry: false).
+                return type(item)(item.code, item.message, item.param, item.retry_after)
             event = self._open(item)
             if isinstance(event, ResultEvent):
                 self.silence_deadline = time.monotonic() + self.idle_timeout

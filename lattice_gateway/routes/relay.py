@@ -157,10 +157,11 @@ async def poll(request: Request) -> Response:
     result = await services.broker.poll(runtime.lattice_id, request.path_params["session_id"],
                                         capacity, receive=request.receive)
     answer = result.to_dict()
-    # How long the poll was held here: with it the daemon bounds how long ago its jobs
-    # were leased without comparing clocks, and refuses a lease that reached it later
-    # than the presence window (by then this gateway may have failed the job).
-    answer["heldSeconds"] = round(time.monotonic() - arrived, 3)
+    if result.jobs:
+        # How long the poll was held here: with it the daemon bounds how long ago its
+        # jobs were leased without comparing clocks, and refuses a lease that reached it
+        # later than the presence window (by then this gateway may have failed the job).
+        answer["heldSeconds"] = round(time.monotonic() - arrived, 3)
     if drain.draining and not result.jobs and not result.cancels:
         # This replica is shutting down (the session lives in Redis; jobs already leased
         # here still post their results to this replica until it exits). A poll it held

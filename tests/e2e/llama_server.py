@@ -39,10 +39,16 @@ class LlamaServer(ProviderProcess):
     model: str = MODEL_ALIAS
 
 
+_RUN_SERVER = ("import runpy; from providers.embedded_worker import avoid_amx_matmul; "
+               "avoid_amx_matmul(); runpy.run_module('llama_cpp.server', run_name='__main__')")
+
+
 def _start(port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
+            # The server with the embedded engine's AMX workaround
+            # (providers/embedded_worker.py avoid_amx_matmul): the same llama.cpp crashes.
+            [sys.executable, "-c", _RUN_SERVER, "--model", str(smollm2_gguf()),
              "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
              "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)

@@ -202,3 +202,26 @@ async def test_without_the_engine_installed_the_error_names_the_install_command(
     with pytest.raises(ProviderError) as caught:
         await engine.chat(_request(HELLO))
     assert INSTALL_COMMAND in caught.value.message
+
+
+def test_amx_cpus_load_models_without_extra_buffer_types(tmp_path: Path) -> None:
+    # llama.cpp's AMX matmul crashed on every multi-token prompt on an AMX machine: the
+    # worker turns extra buffer types off there, and only there.
+    import llama_cpp.llama_cpp as bindings
+
+    from providers.embedded_worker import avoid_amx_matmul
+
+    original = bindings.llama_model_default_params
+    plain = tmp_path / "plain"
+    plain.write_text("processor : 0\nflags : fpu sse avx2 avx512f\n")
+    amx = tmp_path / "amx"
+    amx.write_text("processor : 0\nflags : fpu avx2 amx_bf16 amx_tile amx_int8\n")
+    try:
+        assert avoid_amx_matmul(str(plain)) is False
+        assert bindings.llama_model_default_params is original
+        assert avoid_amx_matmul(str(tmp_path / "missing")) is False
+        assert avoid_amx_matmul(str(amx)) is True
+        assert bindings.llama_model_default_params().use_extra_bufts is False
+        assert original().use_extra_bufts is True  # llama.cpp's own default, untouched
+    finally:
+        bindings.llama_model_default_params = original
