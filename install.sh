@@ -48,7 +48,7 @@ Usage: install.sh [--uninstall [--purge]]
 
   (no option)   install Lattice, or upgrade an existing install in place
   --uninstall   remove the install, the command links and the user service;
-                config, keys and logs are kept
+                config, keys, logs and the daemon's data (activity) are kept
   --purge       with --uninstall: also remove the daemon's config, keys, logs and data
 EOF
 }
@@ -348,9 +348,9 @@ do_uninstall() {
             [ -n "$dir" ] && [ -e "$dir" ] || continue
             purge_dir "$dir"
         done
-        say "Lattice is uninstalled; config, keys and logs are removed"
+        say "Lattice is uninstalled; config, keys, logs and data are removed"
     else
-        say "Lattice is uninstalled; your config and keys are kept (remove them too: --uninstall --purge)"
+        say "Lattice is uninstalled; your config, keys, logs and activity are kept (remove them too: --uninstall --purge)"
     fi
 }
 

@@ -58,8 +58,11 @@ def alive(pid: int) -> bool:
 
 
 def kept_by_uninstall(path: str) -> bool:
-    """What --uninstall keeps: config and keys, and logs."""
-    return path.startswith((".config/lattice/", ".local/state/lattice/"))
+    """What --uninstall keeps: config and keys, logs, and the daemon's data (this
+    machine's instance id, its replay record, the activity log); never the program."""
+    return (path.startswith((".config/lattice/", ".local/state/lattice/",
+                             ".local/share/lattice/"))
+            and not path.startswith(".local/share/lattice/venv"))
 
 
 # Four real pip installs into fresh virtualenvs: minutes on a loaded 2-core machine.
@@ -123,11 +126,11 @@ def test_install_service_upgrade_uninstall_purge(wheels: Wheels, clean_home: Pat
         assert config.read_text() == CONFIG_TEXT
         assert stat.S_IMODE(config.stat().st_mode) == 0o600
 
-        # 4. --uninstall stops and removes the service; only config, keys and logs stay.
+        # 4. --uninstall stops and removes the service; config, keys, logs and data stay.
         last_pid = service_pid(systemctl_log)
         removed = run_installer(env, "--uninstall")
         assert removed.returncode == 0, removed.stderr
-        assert "config and keys are kept" in removed.stdout
+        assert "config, keys, logs and activity are kept" in removed.stdout
         assert "--user disable --now lattice-daemon.service" in systemctl_log.read_text()
         assert last_pid and not alive(last_pid)
         assert not unit.exists()
