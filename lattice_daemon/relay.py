@@ -46,6 +46,9 @@ CALL_TIMEOUT = 15.0  # register / events / deregister: a healthy gateway answers
 LATE_LEASE = ("the job reached this machine too late (the network held the relay's answer): "
               "it was not run")
 POLL_GRACE = 10.0  # the poll's read timeout is the announced window plus this
+# A draining replica's 503s while the load balancer moves us elsewhere are no outage
+# for this long (balancers check health every few seconds).
+MOVE_GRACE_SECONDS = 30.0
 DEFAULT_POLL_WINDOW = 25.0
 MAX_POLL_WINDOW = 50.0  # docs/protocol.md: the announced window is bounded 1..50 s
 SPACE_FOR_EVENTS = 256  # at most this many events in one post
@@ -112,6 +115,11 @@ class RelayError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+
+
+class ReplicaDraining(RelayError):
+    """503 ``service_unavailable``: this gateway replica is shutting down; another one
+    answers the next request (the load balancer learns it from the replica's /readyz)."""
 
 
 class SessionLost(RelayError):
@@ -224,7 +232,8 @@ class RelayApi:
             raise SessionLost("relay session not found (gateway restarted?)")
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         detail = f": {message}" if message else ""
-        raise RelayError(f"gateway answered HTTP {status}{detail}", retry_after)
+        error = ReplicaDraining if status == 503 and code == "service_unavailable" else RelayError
+        raise error(f"gateway answered HTTP {status}{detail}", retry_after)
 
     async def register(self, body: dict[str, Any]) -> Session:
         answer = await self._call("POST", "/sessions", body, session=False)
@@ -388,6 +397,7 @@ class RelayClient:
         self._backoff = backoff or Backoff()
         self.outbox = outbox
         self._heartbeat: asyncio.Task[None] | None = None
+        self._draining_since = 0.0  # monotonic: since when replicas answer "draining"
         self._poll_task: asyncio.Task[None] | None = None
         self._send_task: asyncio.Task[None] | None = None
         self._check_task: asyncio.Task[None] | None = None
@@ -458,6 +468,14 @@ class RelayClient:
                 if self._lost_in_a_row:  # re-register at once, but never in a tight loop
                     await asyncio.sleep(self._backoff.next_delay())
                 self._lost_in_a_row += 1
+            except ReplicaDraining as exc:
+                # Moving to another replica: not an outage, unless it lasts (a gateway that
+                # is only ever shutting down, or a balancer that keeps choosing it).
+                now = time.monotonic()
+                self._draining_since = self._draining_since or now
+                if now - self._draining_since > MOVE_GRACE_SECONDS:
+                    self._failed(exc)
+                await asyncio.sleep(self._backoff.next_delay(exc.retry_after))
             except RelayError as exc:
                 self._failed(exc)
                 await asyncio.sleep(self._backoff.next_delay(exc.retry_after))
@@ -472,6 +490,7 @@ class RelayClient:
         answer = await self.api.poll(session, capacity, self._paused())
         self.polls += 1
         self._lost_in_a_row = 0
+        self._draining_since = 0.0
         self._backoff.reset()
         self.status.last_poll_at = time.time()
         if self.session is session:

@@ -469,3 +469,59 @@ def _async(condition: Any) -> Any:
         return bool(condition())
 
     return check
+
+
+async def test_a_draining_replicas_503_is_a_move_not_an_outage(setup: Setup) -> None:
+    setup.client.start()
+    await setup.state(RelayState.CONNECTED)
+    draining = httpx.Response(503, headers={"x-should-retry": "true"}, json={"error": {
+        "message": "this gateway replica is shutting down", "type": "api_error",
+        "param": None, "code": "service_unavailable"}})
+    polls = setup.relay.count("poll")
+    for _ in range(3):
+        setup.relay.scripted["poll"].append(draining)
+    seen: set[RelayState] = set()
+
+    async def moved_on() -> bool:  # the three 503s answered, and a normal poll after them
+        seen.add(setup.status.state)
+        return setup.relay.count("poll") >= polls + 4
+
+    await async_wait_until(moved_on, timeout=3, interval=0.001, what="polls past the 503s")
+    assert seen == {RelayState.CONNECTED} and setup.status.last_error is None
+
+
+async def test_a_lease_that_reached_the_daemon_after_the_presence_window_is_not_run() -> None:
+    # The poll answer took 0.4 s to arrive though the gateway held it 0 s: the gateway,
+    # whose presence window is 0.2 s, may have failed the job for the app already.
+    s = Setup()
+    try:
+        late = s.harness.envelope(s.harness.spec()).to_dict()
+        s.relay.scripted["register"].append(httpx.Response(201, json={
+            "sessionId": "s1", "pollWindowSeconds": 1, "presenceWindowSeconds": 0.2}))
+
+        async def held_back_by_the_network(request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(0.4)  # the network, not the gateway, holds the answer
+            return httpx.Response(200, json={"jobs": [late], "cancels": [],
+                                             "heldSeconds": 0.0})
+
+        s.relay.scripted["poll"].append(held_back_by_the_network)
+        s.client.start()
+        await async_wait_until(_async(lambda: s.opened_events()), timeout=3,
+                               what="the refusal")
+        refusal = s.opened_events()[0]
+        assert (refusal.kind, refusal.code) == ("error", "runtime_unreachable")
+        assert "too late" in (refusal.message or "")
+        assert s.harness.provider.requests == []  # never reached the provider
+        # The same delay with the gateway holding the poll most of it: run.
+        on_time = s.harness.envelope(s.harness.spec()).to_dict()
+
+        async def held_by_the_gateway(request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(0.4)
+            return httpx.Response(200, json={"jobs": [on_time], "cancels": [],
+                                             "heldSeconds": 0.35})
+
+        s.relay.scripted["poll"].append(held_by_the_gateway)
+        await async_wait_until(_async(lambda: len(s.harness.provider.requests) == 1),
+                               timeout=3, what="the on-time job at the provider")
+    finally:
+        await s.client.close(deregister=False)
