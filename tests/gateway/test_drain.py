@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import signal
 import subprocess
 import time
@@ -19,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from openai import OpenAI
 
 from tests.e2e.harness import pair_machine, provider_process, stop_daemon
@@ -27,10 +25,10 @@ from tests.support.balancer import Balancer, ThreadedBalancer
 from tests.support.fake_daemon import FakeDaemon, Reply, paired_daemon
 from tests.support.gateway import GatewayProcess, run_gateway
 from tests.support.net import async_wait_until, wait_until
+from tests.support.redis_keys import REDIS_URL, redis_prefix
 
 pytestmark = pytest.mark.e2e
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 MESSAGES = [{"role": "user", "content": "drain"}]
 
 
@@ -133,20 +131,13 @@ async def test_chats_open_at_the_drain_time_end_in_the_envelope_or_an_sse_error(
 
 @pytest.fixture
 def replicas(postgres_url: str) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    prefix = f"lattice-test:{secrets.token_hex(6)}:"
-    settings = {"redis_url": REDIS_URL, "poll_window_seconds": 20,
-                "presence_window_seconds": 2}
-    env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
-    try:
+    with redis_prefix() as prefix:
+        settings = {"redis_url": REDIS_URL, "poll_window_seconds": 20,
+                    "presence_window_seconds": 2}
+        env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
         with run_gateway(postgres_url, env=env, shutdown_timeout=5, **settings) as a, \
                 run_gateway(postgres_url, env=env, **settings) as b:
             yield a, b
-    finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @pytest.mark.postgres
@@ -188,10 +179,9 @@ def test_the_real_daemon_moves_to_the_other_replica_and_finishes_its_job(
     """The same with ``lattice-daemon`` (paired by its bootstrap command, through the
     balancer) and a model server that takes 1.5 s: the daemon's own backoff and
     reconnection, not the test daemon's."""
-    prefix = f"lattice-test:{secrets.token_hex(6)}:"
-    env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
-    settings = {"redis_url": REDIS_URL, "presence_window_seconds": 2}
-    try:
+    with redis_prefix() as prefix:
+        env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
+        settings = {"redis_url": REDIS_URL, "presence_window_seconds": 2}
         with ThreadedBalancer() as balancer, \
                 provider_process("ollama", reply="still here", first_byte_delay=1.5) as model, \
                 run_gateway(postgres_url, env=env, public_url=balancer.url,
@@ -226,12 +216,6 @@ def test_the_real_daemon_moves_to_the_other_replica_and_finishes_its_job(
                 assert again.choices[0].message.content == "still here"
             finally:
                 stop_daemon(lattice_home)
-    finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 async def test_a_second_sigint_ends_the_drain_at_once() -> None:

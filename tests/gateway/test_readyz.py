@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from tests.support.gateway import GatewayProcess, run_gateway
 from tests.support.net import async_wait_until
+from tests.support.redis_keys import redis_prefix
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -104,9 +104,10 @@ def forwarded(postgres_url: str) -> Iterator[tuple[GatewayProcess, Forwarder, Fo
     redis = Forwarder(REDIS)
     database.start()
     redis.start()
-    with run_gateway(through(postgres_url, database.port),
-                     redis_url=f"redis://127.0.0.1:{redis.port}/0",
-                     redis_prefix=f"lattice-test:{secrets.token_hex(6)}:") as gw:
+    with redis_prefix() as prefix, \
+            run_gateway(through(postgres_url, database.port),
+                        redis_url=f"redis://127.0.0.1:{redis.port}/0",
+                        redis_prefix=prefix) as gw:
         yield gw, database, redis
     database.close()
     redis.close()

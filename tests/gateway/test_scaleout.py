@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -13,16 +12,15 @@ from contextlib import contextmanager
 import httpx
 import openai
 import pytest
-import redis
 
 from tests.support.cut_proxy import CutProxy
 from tests.support.fake_daemon import FakeDaemon, Reply, paired_daemon
 from tests.support.gateway import GatewayProcess, run_gateway
 from tests.support.net import async_wait_until
+from tests.support.redis_keys import REDIS_URL, redis_prefix
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 PRESENCE_WINDOW = 1.0
 MESSAGES = [{"role": "user", "content": "across replicas"}]
 
@@ -31,20 +29,13 @@ MESSAGES = [{"role": "user", "content": "across replicas"}]
 def two_replicas(postgres_url: str, a_redis_url: str = REDIS_URL, **extra: object
                  ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     """Replicas A and B on one PostgreSQL and one Redis (A's path to it: ``a_redis_url``)."""
-    prefix = f"lattice-test:{secrets.token_hex(6)}:"
-    settings = {"poll_window_seconds": 2, "presence_window_seconds": PRESENCE_WINDOW,
-                "sse_keepalive_seconds": 0.2, **extra}
-    env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
-    try:
+    with redis_prefix() as prefix:
+        settings = {"poll_window_seconds": 2, "presence_window_seconds": PRESENCE_WINDOW,
+                    "sse_keepalive_seconds": 0.2, **extra}
+        env = {"LATTICE_GATEWAY_REDIS_PREFIX": prefix}
         with run_gateway(postgres_url, env=env, redis_url=a_redis_url, **settings) as a, \
                 run_gateway(postgres_url, env=env, redis_url=REDIS_URL, **settings) as b:
             yield a, b
-    finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @pytest.fixture
