@@ -316,29 +316,36 @@ class RedisBroker:
                         log.warning("ignored a malformed relay event entry %s",
                                     self._events_seen)
             if cut_off and read < _EVENTS_BATCH:
-                cut_off = False
-                await self._fail_lost_jobs()
+                # Asked again after the next read if Redis failed the question (a pooled
+                # connection it dropped fails its next command once).
+                cut_off = not await self._fail_lost_jobs()
 
-    async def _fail_lost_jobs(self) -> None:
-        """After a cut, with every entry read: a job this replica waits for whose key Redis
-        no longer has (it restarted without its data, or failed over to a replica that
-        lacks it) will never send anything more. Fail it now, not at its idle timeout."""
+    async def _fail_lost_jobs(self) -> bool:
+        """After a cut: a job this replica waits for whose key Redis no longer has (it
+        restarted without its data, or failed over to a replica that lacks it) will never
+        send anything more. Fail it now, not at its idle timeout. False when Redis could
+        not be asked.
+
+        A job that ended normally keeps its key until this replica has read its final
+        event (then ``finish`` deletes it), so a final event still unread is never lost
+        here."""
         tickets = [t for t in self._tickets.values() if not t.done]
         if not tickets:
-            return
+            return True
         pipe = self._redis.pipeline(transaction=False)
         for ticket in tickets:
             pipe.exists(self._prefix + "job:" + ticket.job_id)
         try:
             found = await pipe.execute()
         except (ConnectionError, OSError, aioredis.RedisError):
-            return  # cut off again: the next reconnect looks again
+            return False
         for ticket, exists in zip(tickets, found, strict=True):
             if not exists and self._tickets.get(ticket.job_id) is ticket:
                 log.warning("job %s: lost from Redis", ticket.job_id)
                 self._forget(ticket)
                 ticket.done = True
                 ticket.push(lost_with_its_session(JOB_LOST))
+        return True
 
     def _on_wake(self, data: str) -> None:
         kind, _, target = data.partition(" ")
