@@ -25,7 +25,7 @@ from lattice_gateway.relay.base import MAX_SESSIONS_PER_RUNTIME
 from lattice_gateway.relay.memory import MemoryBroker
 from lattice_gateway.relay.redis import RedisBroker
 from lattice_protocol import ErrorCode, JobEnvelope, LatticeError, SealedEvent
-from tests.support.cut_proxy import CutProxy
+from tests.support.faultproxy import FaultProxy, run_fault_proxy
 from tests.support.net import async_wait_until
 
 RUNTIME = "lat_test"
@@ -517,9 +517,9 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def redis_cut() -> Iterator[CutProxy]:
-    """A path to the test Redis that the test can cut and restore."""
-    with CutProxy("127.0.0.1", 6379) as proxy:
+def redis_cut() -> Iterator[FaultProxy]:
+    """A path to the test Redis that the test can cut and heal."""
+    with run_fault_proxy(6379) as proxy:
         yield proxy
 
 
@@ -529,14 +529,14 @@ def chunk(n: int) -> SealedEvent:
 
 @pytest.mark.redis
 async def test_redis_events_posted_while_the_waiting_replica_is_cut_off_all_arrive_once(
-        redis_prefix: str, redis_cut: CutProxy) -> None:
+        redis_prefix: str, redis_cut: FaultProxy) -> None:
     # The app's request waits on replica A (its Redis connections go through a proxy the
     # test cuts); the daemon polls and posts to replica B. Everything B accepts while A
     # is cut off reaches A once its connection is back: every chunk and the final event,
     # in order, none twice. (Pub/sub lost them, and the app waited for its idle timeout.)
     options: dict[str, Any] = {"key_prefix": redis_prefix, "poll_window_seconds": 0.3,
                                "presence_window_seconds": 30}
-    a = RedisBroker(redis_cut.url(), **options)
+    a = RedisBroker(redis_cut.redis_url, **options)
     b = RedisBroker(REDIS_URL, **options)
     try:
         ticket = await a.submit(RUNTIME, envelope())
@@ -547,12 +547,12 @@ async def test_redis_events_posted_while_the_waiting_replica_is_cut_off_all_arri
         assert isinstance(first, SealedEvent) and first.sealed == "v1.chunk0"
 
         redis_cut.cut()  # mid-stream: A's blocking read of its events is dropped
-        reconnects = redis_cut.accepted
         for n in range(1, 6):
             assert (await b.post_events(RUNTIME, session, [chunk(n)])).refused == []
         assert (await b.post_events(RUNTIME, session, [chunk(6), chunk(7)])).refused == []
         assert await ticket.next_event(0) is None  # A cannot have them yet
-        redis_cut.restore()
+        reconnects = redis_cut.forwarded
+        redis_cut.heal()
 
         got = []
         for _ in range(7):
@@ -560,7 +560,7 @@ async def test_redis_events_posted_while_the_waiting_replica_is_cut_off_all_arri
             assert isinstance(event, SealedEvent), event
             got.append(event.sealed)
         assert got == [f"v1.chunk{n}" for n in range(1, 8)]
-        assert redis_cut.accepted > reconnects  # A really reconnected through the proxy
+        assert redis_cut.forwarded > reconnects  # A really reconnected through the proxy
         ticket.finish()
         await a.flush()  # the release reached Redis, though A's pooled connection was cut
         assert not await b._redis.exists(redis_prefix + "job:job_0")
@@ -580,10 +580,10 @@ async def test_redis_events_posted_while_the_waiting_replica_is_cut_off_all_arri
 
 @pytest.mark.redis
 async def test_redis_failure_while_the_waiting_replica_is_cut_off_reaches_the_app(
-        redis_prefix: str, redis_cut: CutProxy) -> None:
+        redis_prefix: str, redis_cut: FaultProxy) -> None:
     # A failure (here: the daemon deregisters with the job leased) is a final event too.
     options: dict[str, Any] = {"key_prefix": redis_prefix, "presence_window_seconds": 30}
-    a = RedisBroker(redis_cut.url(), **options)
+    a = RedisBroker(redis_cut.redis_url, **options)
     b = RedisBroker(REDIS_URL, **options)
     try:
         ticket = await a.submit(RUNTIME, envelope())
@@ -591,7 +591,7 @@ async def test_redis_failure_while_the_waiting_replica_is_cut_off_reaches_the_ap
         assert (await b.poll(RUNTIME, session, 1)).jobs
         redis_cut.cut()
         await b.deregister_session(RUNTIME, session)
-        redis_cut.restore()
+        redis_cut.heal()
         failure = await ticket.next_event(HANG_GUARD)
         assert isinstance(failure, LatticeError)
         assert failure.code is ErrorCode.RUNTIME_UNREACHABLE
@@ -602,12 +602,12 @@ async def test_redis_failure_while_the_waiting_replica_is_cut_off_reaches_the_ap
 
 @pytest.mark.redis
 async def test_redis_poll_parked_on_a_cut_off_replica_gets_a_job_queued_meanwhile(
-        redis_prefix: str, redis_cut: CutProxy, clock: ManualClock) -> None:
+        redis_prefix: str, redis_cut: FaultProxy, clock: ManualClock) -> None:
     # The job's wake is published while A is not subscribed: A's parked poll must look
     # again once it is back, not sit out its window (time stands still here).
     options: dict[str, Any] = {"key_prefix": redis_prefix, "poll_window_seconds": 30,
                                "presence_window_seconds": 30, "clock": clock}
-    a = RedisBroker(redis_cut.url(), **options)
+    a = RedisBroker(redis_cut.redis_url, **options)
     b = RedisBroker(REDIS_URL, **options)
     try:
         session = await a.register_session(RUNTIME, 1)
@@ -615,7 +615,7 @@ async def test_redis_poll_parked_on_a_cut_off_replica_gets_a_job_queued_meanwhil
         await parked(a)
         redis_cut.cut()
         await b.submit(RUNTIME, envelope())
-        redis_cut.restore()
+        redis_cut.heal()
         result = await asyncio.wait_for(held, HANG_GUARD)
         assert [j.job_id for j in result.jobs] == ["job_0"]
     finally:
@@ -625,12 +625,12 @@ async def test_redis_poll_parked_on_a_cut_off_replica_gets_a_job_queued_meanwhil
 
 @pytest.mark.redis
 async def test_redis_job_whose_events_were_trimmed_unread_fails_at_once(
-        redis_prefix: str, redis_cut: CutProxy) -> None:
+        redis_prefix: str, redis_cut: FaultProxy) -> None:
     # The stream is capped: if a replica cut off for very long loses entries to the cap,
     # the job fails with runtime_unreachable (and its daemon is told to stop) rather
     # than the app missing chunks or waiting for its idle timeout.
     options: dict[str, Any] = {"key_prefix": redis_prefix, "presence_window_seconds": 30}
-    a = RedisBroker(redis_cut.url(), **options)
+    a = RedisBroker(redis_cut.redis_url, **options)
     b = RedisBroker(REDIS_URL, **options)
     try:
         ticket = await a.submit(RUNTIME, envelope())
@@ -641,7 +641,7 @@ async def test_redis_job_whose_events_were_trimmed_unread_fails_at_once(
         stream = redis_prefix + "evs:" + a._replica
         oldest = (await b._redis.xrange(stream, count=1))[0][0]
         await b._redis.xdel(stream, oldest)  # what the cap would trim first
-        redis_cut.restore()
+        redis_cut.heal()
         failure = await ticket.next_event(HANG_GUARD)
         assert isinstance(failure, LatticeError)
         assert failure.code is ErrorCode.RUNTIME_UNREACHABLE

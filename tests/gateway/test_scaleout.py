@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.support.cut_proxy import CutProxy
 from tests.support.fake_daemon import FakeDaemon, Reply, paired_daemon
+from tests.support.faultproxy import run_fault_proxy
 from tests.support.gateway import GatewayProcess, run_gateway
 from tests.support.net import async_wait_until
 from tests.support.redis_keys import REDIS_URL, redis_prefix
@@ -117,8 +117,8 @@ async def test_a_stream_on_a_survives_a_cut_of_as_redis_connection_mid_stream(
     # lost and the app waited for the idle timeout: 120 s by default, 30 s here so that
     # the old code fails in reasonable time).
     words = [f"w{n} " for n in range(12)]
-    with CutProxy("127.0.0.1", 6379) as proxy, \
-            two_replicas(postgres_url, a_redis_url=proxy.url(),
+    with run_fault_proxy(6379) as proxy, \
+            two_replicas(postgres_url, a_redis_url=proxy.redis_url,
                          idle_timeout_seconds=30) as (a, b):
         key = a.create_key("acme")
         daemon = await paired_daemon(b.url, key, reply=Reply(chunks=words, chunk_delay=0.05))
@@ -157,7 +157,7 @@ async def test_a_stream_on_a_survives_a_cut_of_as_redis_connection_mid_stream(
 
                         await async_wait_until(answered_on_b, timeout=10,
                                                what="the daemon to post the rest to B")
-                        proxy.restore()
+                        proxy.heal()
                         restored_at = time.monotonic()
             assert restored_at is not None
             elapsed = time.monotonic() - restored_at

@@ -8,6 +8,7 @@
         proxy.delay(0.5)                        # hold every forwarded piece 0.5 s
         proxy.half_open("down")                 # stop forwarding upstream -> client
         proxy.blackhole()                       # accept, never forward (new and old)
+        proxy.cut()                             # reset every connection, refuse new ones
         proxy.heal()                            # forward normally again
 
 Modes apply to connections already open and to new ones. A stopped direction holds its
@@ -46,12 +47,14 @@ class FaultProxy:
         self.host = host
         self.port = 0
         self.accepted = 0  # connections accepted since start
+        self.forwarded = 0  # of those, connected upstream (not refused, not blackholed)
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
         self._pipes: set[_Pipe] = set()
         self._delay = 0.0
         self._blackhole = False
+        self._cut = False
         self._flowing = {UP: asyncio.Event(), DOWN: asyncio.Event()}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -96,6 +99,10 @@ class FaultProxy:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
     def open_connections(self) -> int:
         return len(self._pipes)
 
@@ -127,9 +134,16 @@ class FaultProxy:
         self._call(self._flowing[UP].clear)
         self._call(self._flowing[DOWN].clear)
 
+    def cut(self) -> None:
+        """Reset every open connection and refuse new ones (closed at once) until
+        ``heal``: a path that went away, as a restarting peer or a failover looks."""
+        self._cut = True
+        self.reset()
+
     def heal(self) -> None:
         self._delay = 0.0
         self._blackhole = False
+        self._cut = False
         self._call(self._flowing[UP].set)
         self._call(self._flowing[DOWN].set)
 
@@ -167,8 +181,8 @@ class FaultProxy:
                     pass
             self._close_pipe(pipe, rst=False)
             return
-        if self.upstream is None:
-            self._close_pipe(pipe, rst=False)
+        if self.upstream is None or self._cut:
+            self._close_pipe(pipe, rst=self._cut)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream)
@@ -176,6 +190,7 @@ class FaultProxy:
             self._close_pipe(pipe, rst=True)  # as a refused connection looks to the client
             return
         pipe.upstream = up_writer
+        self.forwarded += 1
         if pipe not in self._pipes:  # dropped while connecting
             up_writer.close()
             return
