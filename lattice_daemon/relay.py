@@ -239,13 +239,11 @@ class RelayApi:
         answer = await self._call("POST", "/sessions", body, session=False)
         if not isinstance(answer, dict) or not isinstance(answer.get("sessionId"), str):
             raise RelayError("gateway sent a malformed session answer")
-        window = answer.get("pollWindowSeconds", DEFAULT_POLL_WINDOW)
-        if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
-            window = DEFAULT_POLL_WINDOW
+        window = _seconds(answer.get("pollWindowSeconds")) or DEFAULT_POLL_WINDOW
         # The poll's read timeout derives from the window: an absurd one (a gateway bug)
         # would leave a silently dropped connection (NAT, Wi-Fi change) hanging for ever.
         presence = _seconds(answer.get("presenceWindowSeconds"))
-        return Session(answer["sessionId"], min(float(window), MAX_POLL_WINDOW),
+        return Session(answer["sessionId"], min(window, MAX_POLL_WINDOW),
                        answer.get("instanceConflict") is True, presence)
 
     async def poll(self, session: Session, capacity: int,
